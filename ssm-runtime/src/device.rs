@@ -1,0 +1,248 @@
+//! Compute devices: selection by `SSM_DEVICE`, the CubeCL client behind each, and the
+//! per-thread launch counter.
+//!
+//! `SSM_DEVICE=cuda|vulkan|auto` (default `auto`: CUDA when a driver loads and reports a
+//! GPU, otherwise Vulkan, which on a machine without a GPU is Mesa's lavapipe).
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use cubecl::prelude::*;
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+
+use crate::error::{Error, Result};
+
+/// Which runtime a [`Device`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// NVIDIA GPU through CubeCL's CUDA runtime (kernels compiled by NVRTC).
+    Cuda,
+    /// Any Vulkan device through wgpu with the SPIR-V compiler (lavapipe on CPU-only hosts).
+    Vulkan,
+}
+
+/// The CubeCL client of a device. Kernel launch helpers are generic over the runtime and
+/// are instantiated once per arm by [`dispatch!`](crate::dispatch).
+#[derive(Clone)]
+pub enum Backend {
+    /// wgpu / Vulkan / SPIR-V.
+    Vulkan(ComputeClient<WgpuRuntime>),
+    /// CUDA.
+    #[cfg(feature = "cuda")]
+    Cuda(ComputeClient<cubecl::cuda::CudaRuntime>),
+}
+
+struct DeviceInner {
+    backend: Backend,
+    kind: DeviceKind,
+    name: String,
+    plane_ops: bool,
+    plane_size: u32,
+}
+
+/// A compute device. Cheap to clone; clones share the same client.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<DeviceInner>,
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+impl Eq for Device {}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Device({})", self.inner.name)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.name)
+    }
+}
+
+const VULKAN_HELP: &str = "install a Vulkan driver (on Debian/Ubuntu without a GPU: \
+     `apt-get install mesa-vulkan-drivers libvulkan1`, which provides lavapipe)";
+
+impl Device {
+    /// The Vulkan device wgpu ranks first (a GPU if one exists, else lavapipe).
+    pub fn vulkan() -> Result<Device> {
+        static VULKAN: OnceLock<std::result::Result<Device, Error>> = OnceLock::new();
+        VULKAN.get_or_init(init_vulkan).clone()
+    }
+
+    /// CUDA device 0.
+    pub fn cuda() -> Result<Device> {
+        static CUDA: OnceLock<std::result::Result<Device, Error>> = OnceLock::new();
+        CUDA.get_or_init(init_cuda).clone()
+    }
+
+    /// The device named by `SSM_DEVICE` (`cuda`, `vulkan` or `auto`, default `auto`).
+    /// Created once per process; later calls return the same device.
+    pub fn from_env() -> Result<Device> {
+        static DEFAULT: OnceLock<std::result::Result<Device, Error>> = OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                let choice = std::env::var("SSM_DEVICE").unwrap_or_else(|_| "auto".into());
+                match choice.trim().to_ascii_lowercase().as_str() {
+                    "cuda" => Device::cuda(),
+                    "vulkan" => Device::vulkan(),
+                    "auto" | "" => Device::cuda().or_else(|cuda_err| {
+                        Device::vulkan().map_err(|vk_err| {
+                            Error::NoDevice(format!("CUDA: {cuda_err}; Vulkan: {vk_err}"))
+                        })
+                    }),
+                    other => Err(Error::NoDevice(format!(
+                        "SSM_DEVICE={other:?} is not one of cuda, vulkan, auto"
+                    ))),
+                }
+            })
+            .clone()
+    }
+
+    /// Runtime kind.
+    pub fn kind(&self) -> DeviceKind {
+        self.inner.kind
+    }
+
+    /// Human-readable name, e.g. `cuda:0 (NVIDIA H100 80GB HBM3)` or `vulkan (llvmpipe …)`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Whether kernels may use plane (warp/subgroup) operations on this device.
+    pub fn has_plane_ops(&self) -> bool {
+        self.inner.plane_ops
+    }
+
+    /// Plane (warp) width when [`has_plane_ops`](Self::has_plane_ops) is true.
+    pub fn plane_size(&self) -> u32 {
+        self.inner.plane_size
+    }
+
+    /// The CubeCL client, for launch helpers.
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// Wait for all queued work and report deferred kernel failures.
+    pub fn sync(&self) -> Result<()> {
+        let res = match self.backend() {
+            Backend::Vulkan(c) => cubecl::future::block_on(c.sync()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(c) => cubecl::future::block_on(c.sync()),
+        };
+        res.map_err(|e| Error::kernel("sync", format!("{e:?}")))
+    }
+}
+
+fn init_vulkan() -> Result<Device> {
+    let adapters = vulkan_adapters();
+    if adapters.is_empty() {
+        return Err(Error::NoDevice(format!(
+            "no Vulkan adapter found; {VULKAN_HELP}"
+        )));
+    }
+    let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
+    let props = client.properties();
+    let plane_ops = client
+        .features()
+        .plane
+        .contains(cubecl::ir::features::Plane::Ops);
+    let plane_size = props.hardware.plane_size_max;
+    Ok(Device {
+        inner: Arc::new(DeviceInner {
+            backend: Backend::Vulkan(client),
+            kind: DeviceKind::Vulkan,
+            name: format!("vulkan ({})", adapters.join(", ")),
+            plane_ops,
+            plane_size,
+        }),
+    })
+}
+
+fn vulkan_adapters() -> Vec<String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::VULKAN,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    adapters.iter().map(|a| a.get_info().name).collect()
+}
+
+#[cfg(feature = "cuda")]
+fn init_cuda() -> Result<Device> {
+    use cubecl::cuda::{CudaDevice, CudaRuntime};
+    // SAFETY: probing for the driver library has no preconditions.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::NoDevice(
+            "the CUDA driver library (libcuda.so) was not found; install the NVIDIA driver".into(),
+        ));
+    }
+    cudarc::driver::result::init()
+        .map_err(|e| Error::NoDevice(format!("the CUDA driver failed to initialise: {e:?}")))?;
+    let count = cudarc::driver::result::device::get_count()
+        .map_err(|e| Error::NoDevice(format!("cannot count CUDA devices: {e:?}")))?;
+    if count < 1 {
+        return Err(Error::NoDevice("the CUDA driver reports no GPU".into()));
+    }
+    let client = CudaRuntime::client(&CudaDevice::new(0));
+    let gpu = cudarc::driver::result::device::get(0)
+        .ok()
+        .and_then(|d| cudarc::driver::result::device::get_name(d).ok())
+        .unwrap_or_else(|| "unknown GPU".into());
+    let plane_ops = client
+        .features()
+        .plane
+        .contains(cubecl::ir::features::Plane::Ops);
+    let plane_size = client.properties().hardware.plane_size_max;
+    Ok(Device {
+        inner: Arc::new(DeviceInner {
+            backend: Backend::Cuda(client),
+            kind: DeviceKind::Cuda,
+            name: format!("cuda:0 ({gpu})"),
+            plane_ops,
+            plane_size,
+        }),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn init_cuda() -> Result<Device> {
+    Err(Error::NoDevice(
+        "this build has no CUDA support; rebuild with `--features cuda`".into(),
+    ))
+}
+
+/// Run `$body` with `$client` bound to the device's CubeCL client; the body is compiled
+/// once per runtime, so it may call helpers generic over `R: Runtime`.
+#[macro_export]
+macro_rules! dispatch {
+    ($device:expr, $client:ident => $body:expr) => {
+        match $device.backend() {
+            $crate::device::Backend::Vulkan($client) => $body,
+            #[cfg(feature = "cuda")]
+            $crate::device::Backend::Cuda($client) => $body,
+        }
+    };
+}
+
+thread_local! {
+    static LAUNCHES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Record one kernel launch issued by this thread (called by every launch helper).
+pub fn record_launch() {
+    LAUNCHES.with(|c| c.set(c.get() + 1));
+}
+
+/// Number of kernel launches this thread has issued so far. Tests take the difference
+/// around a call to prove how many kernels it launched.
+pub fn launch_count() -> u64 {
+    LAUNCHES.with(|c| c.get())
+}

@@ -1,0 +1,12 @@
+//! Tensor-level operations: argument checking, output allocation and dispatch to the
+//! kernels in [`crate::kernels`].
+mod elementwise;
+mod matmul;
+mod optim;
+mod random;
+mod reduce;
+
+pub use crate::kernels::elementwise::{BinaryOp, UnaryOp};
+pub use crate::kernels::matmul::MatmulImpl;
+pub use crate::kernels::optim::{OptimRule, OptimScalars};
+pub use optim::optimizer_step;

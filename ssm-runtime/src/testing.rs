@@ -1,0 +1,125 @@
+//! Test support shared by every crate's tests: the device under test, fresh random host
+//! data, and tolerance checks with useful failure messages.
+//!
+//! Every test calls [`device`], which selects the device from `SSM_DEVICE`, prints it
+//! once, and turns on output poisoning ([`set_poison_outputs`](crate::set_poison_outputs))
+//! so that an element a kernel forgets to write fails the comparison.
+//!
+//! Random inputs are fresh on every run: the seed comes from the clock unless
+//! `SSM_TEST_SEED` is set, and every failure message includes the seed to replay it.
+
+use std::sync::OnceLock;
+
+use crate::device::Device;
+
+/// The device under test (panics with the selection error: tests cannot run without one).
+pub fn device() -> Device {
+    static ONCE: OnceLock<Device> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let d = Device::from_env().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("ssm tests: device {d} (plane ops: {})", d.has_plane_ops());
+        crate::set_poison_outputs(true);
+        d
+    })
+    .clone()
+}
+
+/// The run's base seed (`SSM_TEST_SEED` or the clock), printed once.
+pub fn base_seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let s = std::env::var("SSM_TEST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0x5eed)
+            });
+        eprintln!("ssm tests: SSM_TEST_SEED={s}");
+        s
+    })
+}
+
+/// A small deterministic host generator (SplitMix64) for test inputs.
+#[derive(Debug, Clone)]
+pub struct HostRng(u64);
+
+impl HostRng {
+    /// A generator for one test: the run's base seed mixed with a per-test salt.
+    pub fn new(salt: u64) -> Self {
+        HostRng(base_seed() ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 * 2f64.powi(-53))
+    }
+
+    /// `n` uniforms in [lo, hi).
+    pub fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// `n` values with |v| in [lo, hi) and random sign: never zero.
+    pub fn nonzero(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                let v = self.uniform(lo, hi);
+                if self.next_u64() & 1 == 0 { v } else { -v }
+            })
+            .collect()
+    }
+
+    /// A standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform(0.0, 1.0);
+        let u2 = self.uniform(0.0, 1.0);
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// Assert `|got − want| ≤ atol + rtol·|want|` elementwise (NaN only matches NaN).
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs expected {}",
+        got.len(),
+        want.len()
+    );
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= atol + rtol * w.abs()
+        };
+        if !ok {
+            panic!(
+                "{what}: element {i}: got {g:e}, expected {w:e} (rtol {rtol:e}, atol {atol:e}); \
+                 replay with SSM_TEST_SEED={}",
+                base_seed()
+            );
+        }
+    }
+}
+
+/// Relative L2 error ‖got − want‖ / ‖want‖.
+pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
