@@ -64,6 +64,10 @@ pub enum UnaryOp {
     GtScalar,
     /// 1 if x < p else 0
     LtScalar,
+    /// 1 if x >= p else 0
+    GeScalar,
+    /// 1 if x <= p else 0
+    LeScalar,
 }
 
 /// Two-input operations. The `*Grad` ops are the backward of a unary op: `a` is the
@@ -154,6 +158,8 @@ pub fn apply_unary<F: Float>(x: F, p: F, #[comptime] op: UnaryOp) -> F {
         UnaryOp::MinScalar => F::min(x, p),
         UnaryOp::GtScalar => select(x > p, one, zero),
         UnaryOp::LtScalar => select(x < p, one, zero),
+        UnaryOp::GeScalar => select(x >= p, one, zero),
+        UnaryOp::LeScalar => select(x <= p, one, zero),
     }
 }
 

@@ -127,6 +127,10 @@ impl Tensor {
         gt_scalar => GtScalar,
         /// 1 where x < s, else 0
         lt_scalar => LtScalar,
+        /// 1 where x >= s, else 0
+        ge_scalar => GeScalar,
+        /// 1 where x <= s, else 0
+        le_scalar => LeScalar,
     }
 
     binary_methods! {

@@ -1,0 +1,27 @@
+//! # ssm-autodiff
+//!
+//! Reverse-mode automatic differentiation over [`ssm_runtime::Tensor`]s.
+//!
+//! - [`Var`] wraps a tensor; ops on `Var`s (elementwise with broadcasting, reductions,
+//!   views, concat, matmul) record a backward closure that keeps only what it needs.
+//!   Custom fused kernels (the scan engine, DSL blocks) join the tape through
+//!   [`Var::from_op`].
+//! - [`Var::backward`] walks the graph once in reverse topological order, accumulating
+//!   gradients of values used several times and summing broadcast gradients back to
+//!   their operands' shapes. Each op's saved tensors are freed as soon as its backward
+//!   has run; intermediate gradients are dropped once propagated.
+//! - [`no_grad`] runs inference without recording anything.
+//! - [`gradcheck`] compares analytic gradients with f64 central differences.
+//! - [`Param`], [`Sgd`], [`Adam`] (and AdamW) with one fused kernel per parameter update,
+//!   and [`clip_grad_norm`].
+
+pub mod gradcheck;
+mod ops;
+pub mod optim;
+pub mod param;
+pub mod var;
+
+pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
+pub use optim::{Adam, Optimizer, Sgd, clip_grad_norm};
+pub use param::Param;
+pub use var::{BackwardFn, Gradients, NoGradGuard, Var, grad_enabled, no_grad};

@@ -1,0 +1,6 @@
+//! Differentiable versions of the runtime ops. Each forward computes with
+//! [`ssm_runtime::Tensor`] and records a backward closure holding only what it needs.
+mod elementwise;
+mod layout;
+mod matmul;
+mod reduce;

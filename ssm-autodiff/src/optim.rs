@@ -1,0 +1,210 @@
+//! Optimizers (one fused kernel per parameter update) and gradient clipping.
+
+use std::collections::HashMap;
+
+use ssm_runtime::{OptimRule, OptimScalars, Result, Tensor, optimizer_step};
+
+use crate::param::Param;
+use crate::var::Gradients;
+
+/// Updates parameters from gradients.
+pub trait Optimizer {
+    /// One update of every parameter that has a gradient in `grads` (others are skipped,
+    /// as PyTorch skips parameters whose `.grad` is `None`).
+    fn step(&mut self, params: &[Param], grads: &Gradients) -> Result<()>;
+    /// Current learning rate.
+    fn lr(&self) -> f64;
+    /// Set the learning rate (schedules call this between steps).
+    fn set_lr(&mut self, lr: f64);
+}
+
+/// Stochastic gradient descent with momentum, dampening, weight decay and Nesterov
+/// momentum, with PyTorch's semantics.
+#[derive(Debug)]
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum (0 disables the buffer).
+    pub momentum: f64,
+    /// Dampening of the momentum update.
+    pub dampening: f64,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    state: HashMap<u64, (Tensor, u64)>,
+}
+
+impl Sgd {
+    /// Plain SGD with learning rate `lr`.
+    pub fn new(lr: f64) -> Self {
+        Sgd {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            state: HashMap::new(),
+        }
+    }
+
+    /// With momentum.
+    pub fn with_momentum(mut self, momentum: f64) -> Self {
+        self.momentum = momentum;
+        self
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &[Param], grads: &Gradients) -> Result<()> {
+        for p in params {
+            let Some(g) = grads.get_id(p.id()) else {
+                continue;
+            };
+            let (buf, steps) = match self.state.remove(&p.id()) {
+                Some(s) => s,
+                None => (p.value().zeros_like()?, 0),
+            };
+            // Without momentum PyTorch keeps no buffer: every step is a "first" step.
+            let first = steps == 0 || self.momentum == 0.0;
+            let s = OptimScalars {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                beta1: self.momentum,
+                dampening: if self.momentum == 0.0 {
+                    0.0
+                } else {
+                    self.dampening
+                },
+                corr1: if first { 1.0 } else { 0.0 },
+                ..Default::default()
+            };
+            let rule = if self.nesterov {
+                OptimRule::SgdNesterov
+            } else {
+                OptimRule::Sgd
+            };
+            optimizer_step(p.value(), g, &buf, &buf, rule, &s)?;
+            self.state.insert(p.id(), (buf, steps + 1));
+        }
+        Ok(())
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+}
+
+/// Adam (L2 weight decay) or AdamW (decoupled weight decay), PyTorch semantics.
+#[derive(Debug)]
+pub struct Adam {
+    /// Learning rate.
+    pub lr: f64,
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// Weight decay (added to the gradient for Adam, applied to the weights for AdamW).
+    pub weight_decay: f64,
+    decoupled: bool,
+    state: HashMap<u64, (Tensor, Tensor, i32)>,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8, no weight decay).
+    pub fn new(lr: f64) -> Self {
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            state: HashMap::new(),
+        }
+    }
+
+    /// AdamW with PyTorch's defaults (weight decay 0.01).
+    pub fn adamw(lr: f64) -> Self {
+        Adam {
+            weight_decay: 0.01,
+            decoupled: true,
+            ..Adam::new(lr)
+        }
+    }
+
+    /// Set the weight decay.
+    pub fn with_weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &[Param], grads: &Gradients) -> Result<()> {
+        for p in params {
+            let Some(g) = grads.get_id(p.id()) else {
+                continue;
+            };
+            let (m, v, t) = match self.state.remove(&p.id()) {
+                Some(s) => s,
+                None => (p.value().zeros_like()?, p.value().zeros_like()?, 0),
+            };
+            let t = t + 1;
+            let s = OptimScalars {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                corr1: 1.0 / (1.0 - self.beta1.powi(t)),
+                corr2: 1.0 / (1.0 - self.beta2.powi(t)).sqrt(),
+                ..Default::default()
+            };
+            let rule = if self.decoupled {
+                OptimRule::AdamW
+            } else {
+                OptimRule::Adam
+            };
+            optimizer_step(p.value(), g, &m, &v, rule, &s)?;
+            self.state.insert(p.id(), (m, v, t));
+        }
+        Ok(())
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+}
+
+/// Scale all gradients so that their global L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`: coefficient min(1, max_norm / (norm + 1e-6))). Returns the norm
+/// before clipping as a rank-0 tensor; nothing is read back to the host.
+pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<Option<Tensor>> {
+    let ids: Vec<u64> = grads.ids().collect();
+    let mut total: Option<Tensor> = None;
+    for &id in &ids {
+        let sq = grads.get_id(id).expect("listed id").square()?.sum_all()?;
+        total = Some(match total {
+            Some(t) => t.add(&sq)?,
+            None => sq,
+        });
+    }
+    let Some(total) = total else { return Ok(None) };
+    let norm = total.sqrt()?;
+    let coef = norm
+        .add_scalar(1e-6)?
+        .rdiv_scalar(max_norm)?
+        .min_scalar(1.0)?;
+    for id in ids {
+        let g = grads.get_id(id).expect("listed id").mul(&coef)?;
+        grads.insert(id, g);
+    }
+    Ok(Some(norm))
+}
