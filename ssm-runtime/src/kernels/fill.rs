@@ -45,6 +45,7 @@ pub(crate) fn fill(t: &SsmTensor, value: f64) {
 pub(crate) fn fill_poison(t: &SsmTensor) {
     match t.dtype {
         DType::U32 => fill(t, f64::from(0xDEAD_BEEFu32)),
-        _ => fill(t, f64::NAN),
+        // A runtime scalar, so no NaN literal reaches the kernel source.
+        _ => fill(t, f64::from_bits(0x7ff8_0000_0000_0000)),
     }
 }

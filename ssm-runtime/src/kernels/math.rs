@@ -38,6 +38,42 @@ pub mod is_f64 {
     }
 }
 
+/// +∞ at the kernel's precision. Built by bit reinterpretation: CubeCL 0.10's CUDA code
+/// generator prints infinite and NaN literals as `inf`/`NaN`, which NVRTC rejects, and
+/// its optimiser folds arithmetic such as 1/0 into such literals; a bitcast is kept.
+#[cube]
+pub fn infinity<F: Float>() -> F {
+    if is_f64::<F>() {
+        F::cast_from(f64::reinterpret(0x7ff0_0000_0000_0000u64))
+    } else {
+        F::reinterpret(0x7f80_0000u32)
+    }
+}
+
+/// −∞ (see [`infinity`]).
+#[cube]
+pub fn neg_infinity<F: Float>() -> F {
+    -infinity::<F>()
+}
+
+/// A quiet NaN (see [`infinity`]).
+#[cube]
+pub fn nan<F: Float>() -> F {
+    if is_f64::<F>() {
+        F::cast_from(f64::reinterpret(0x7ff8_0000_0000_0000u64))
+    } else {
+        F::reinterpret(0x7fc0_0000u32)
+    }
+}
+
+/// Whether `x` is NaN. `x != x` is folded to `false` by CubeCL's optimiser; NaN is the
+/// only value that is not ≥ −∞.
+#[cube]
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+pub fn is_nan<F: Float>(x: F) -> bool {
+    !(x >= neg_infinity::<F>())
+}
+
 /// 2^k for an integer k in [-1100, 1100], exact where the result is representable.
 #[cube]
 fn pow2i_f64(k: i32) -> f64 {
@@ -58,10 +94,10 @@ fn pow2i_f64(k: i32) -> f64 {
 /// e^x in f64 by Cody–Waite reduction x = k·ln2 + r and a degree-13 Taylor polynomial.
 #[cube]
 pub fn exp_f64(x: f64) -> f64 {
-    if f64::is_nan(x) {
+    if is_nan::<f64>(x) {
         x
     } else if x > 709.782_712_893_384 {
-        f64::new(f32::INFINITY)
+        infinity::<f64>()
     } else if x < -745.2 {
         f64::new(0.0)
     } else {
@@ -119,11 +155,11 @@ pub fn expm1_f64(x: f64) -> f64 {
 /// squares the error: 1e-7 → 1e-14 → 1e-28).
 #[cube]
 pub fn ln_f64(x: f64) -> f64 {
-    if f64::is_nan(x) || x < 0.0f64 {
-        f64::new(f32::NAN)
+    if is_nan::<f64>(x) || x < 0.0f64 {
+        nan::<f64>()
     } else if x == 0.0f64 {
-        f64::new(f32::NEG_INFINITY)
-    } else if x == f64::INFINITY {
+        neg_infinity::<f64>()
+    } else if x == infinity::<f64>() {
         x
     } else {
         let mut m = x;
@@ -194,7 +230,7 @@ pub fn tanh_f64(x: f64) -> f64 {
     } else {
         f64::new(1.0)
     };
-    if f64::is_nan(x) {
+    if is_nan::<f64>(x) {
         x
     } else {
         select(x < 0.0f64, -t, t)
@@ -230,7 +266,7 @@ pub fn erf_f64(x: f64) -> f64 {
     } else {
         f64::new(1.0)
     };
-    if f64::is_nan(x) {
+    if is_nan::<f64>(x) {
         x
     } else {
         select(x < 0.0f64, -r, r)
@@ -265,12 +301,12 @@ pub fn pow_f64(x: f64, y: f64) -> f64 {
     } else if x > 0.0f64 {
         exp_f64(y * ln_f64(x))
     } else if x == 0.0f64 {
-        select(y > 0.0f64, 0.0f64, f64::INFINITY)
+        select(y > 0.0f64, 0.0f64, infinity::<f64>())
     } else if y_int {
         let m = exp_f64(y * ln_f64(-x));
         select(y_odd, -m, m)
     } else {
-        f64::new(f32::NAN)
+        nan::<f64>()
     }
 }
 
@@ -348,12 +384,12 @@ pub fn pow<F: Float>(x: F, y: F) -> F {
         } else if x > zero {
             F::powf(x, y)
         } else if x == zero {
-            select(y > zero, zero, F::INFINITY)
+            select(y > zero, zero, infinity::<F>())
         } else if F::floor(y) == y {
             let m = F::powf(-x, y);
             select(F::floor(y * F::new(0.5)) == y * F::new(0.5), m, -m)
         } else {
-            F::new(f32::NAN)
+            nan::<F>()
         }
     }
 }

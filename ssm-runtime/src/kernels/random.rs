@@ -96,8 +96,10 @@ fn uniform01<F: Float>(i: u32, #[comptime] s: u32, k0: u32, k1: u32) -> F {
     if math::is_f64::<F>() {
         let b1 = bits(i, s, k0, k1) >> 6;
         let b2 = bits(i, comptime!(s + 1), k0, k1) >> 5;
-        (F::cast_from(b1) * F::new(134_217_728.0) + F::cast_from(b2)) * F::new(1.110_223e-16)
+        (F::cast_from(b1) * F::new(134_217_728.0) + F::cast_from(b2))
+            * math::constant::<F>(1.110_223_024_625_156_5e-16)
     } else {
+        // 2^-24, exact in f32.
         F::cast_from(bits(i, s, k0, k1) >> 8) * F::new(5.960_464_5e-8)
     }
 }

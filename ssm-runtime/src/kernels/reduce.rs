@@ -15,15 +15,13 @@
 //! sum; this kernel covers any axis set, argmax/argmin with first-index tie-breaking and
 //! NaN propagation, and the centred sum of squares behind `var`, on every backend.
 
-// `!(x >= −∞)` is the NaN test that survives compilation (see `better`).
-#![allow(clippy::neg_cmp_op_on_partial_ord)]
-
 use cubecl::prelude::*;
 
 use crate::device::record_launch;
 use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::launch::ELEMWISE_CUBE;
+use crate::kernels::math;
 use crate::tensor::Tensor as SsmTensor;
 
 /// What a reduction computes.
@@ -45,10 +43,9 @@ pub enum ReduceOp {
 
 /// Whether `cand` replaces `best` (values with their indices) under `op`.
 #[cube]
-// NaN is the only value not >= −∞ (`x != x` gets folded to false when compiled).
 fn better<F: Float>(cand: F, ci: u32, best: F, bi: u32, #[comptime] op: ReduceOp) -> bool {
-    let cand_nan = !(cand >= F::new(f32::NEG_INFINITY));
-    let best_nan = !(best >= F::new(f32::NEG_INFINITY));
+    let cand_nan = math::is_nan::<F>(cand);
+    let best_nan = math::is_nan::<F>(best);
     let wins = match op {
         ReduceOp::Max | ReduceOp::ArgMax => cand > best,
         _ => cand < best,
@@ -60,8 +57,8 @@ fn better<F: Float>(cand: F, ci: u32, best: F, bi: u32, #[comptime] op: ReduceOp
 #[cube]
 fn identity<F: Float>(#[comptime] op: ReduceOp) -> F {
     match op {
-        ReduceOp::Max | ReduceOp::ArgMax => F::new(f32::NEG_INFINITY),
-        ReduceOp::Min | ReduceOp::ArgMin => F::new(f32::INFINITY),
+        ReduceOp::Max | ReduceOp::ArgMax => math::neg_infinity::<F>(),
+        ReduceOp::Min | ReduceOp::ArgMin => math::infinity::<F>(),
         _ => F::new(0.0),
     }
 }

@@ -1,0 +1,67 @@
+//! Elementwise and matmul throughput.
+//!
+//! - `elementwise/add`: c = a + b, 12 bytes per f32 element moved (read a, b; write c).
+//! - `elementwise/chain`: y = gelu(x·s + b) as three launches (mul_scalar, add, gelu), each
+//!   a full pass: 4 + 4 + 4 + 4 + 4 + 4 + 4 = 28 bytes per element in total.
+//! - `matmul/N`: N×N×N f32 product; throughput counts 2N³ FLOP as "elements".
+//!
+//! Sizes are scaled down on Vulkan (which in CI is a CPU).
+
+#![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented functions
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ssm_benches::{device, is_gpu, time_batched};
+use ssm_runtime::{DType, Tensor};
+
+fn elementwise(c: &mut Criterion) {
+    let d = device();
+    let sizes: &[usize] = if is_gpu(&d) {
+        &[1 << 20, 1 << 24, 1 << 27]
+    } else {
+        &[1 << 14, 1 << 18]
+    };
+    let mut g = c.benchmark_group("elementwise");
+    for &n in sizes {
+        let a = Tensor::rand_normal(&[n], 0.0, 1.0, 1, DType::F32, &d).unwrap();
+        let b = Tensor::rand_normal(&[n], 0.0, 1.0, 2, DType::F32, &d).unwrap();
+        g.throughput(Throughput::Bytes(12 * n as u64));
+        g.bench_with_input(BenchmarkId::new("add_f32", n), &n, |bench, _| {
+            bench.iter_custom(|iters| time_batched(&d, iters, || drop(a.add(&b).unwrap())))
+        });
+        g.throughput(Throughput::Bytes(28 * n as u64));
+        g.bench_with_input(BenchmarkId::new("chain_f32", n), &n, |bench, _| {
+            bench.iter_custom(|iters| {
+                time_batched(&d, iters, || {
+                    drop(a.mul_scalar(1.5).unwrap().add(&b).unwrap().gelu().unwrap())
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn matmul(c: &mut Criterion) {
+    let d = device();
+    let sizes: &[usize] = if is_gpu(&d) {
+        &[1024, 2048, 4096, 8192]
+    } else {
+        &[64, 256]
+    };
+    let mut g = c.benchmark_group("matmul");
+    for &n in sizes {
+        let a = Tensor::rand_normal(&[n, n], 0.0, 1.0, 3, DType::F32, &d).unwrap();
+        let b = Tensor::rand_normal(&[n, n], 0.0, 1.0, 4, DType::F32, &d).unwrap();
+        g.throughput(Throughput::Elements(2 * (n as u64).pow(3)));
+        g.bench_with_input(BenchmarkId::new("f32_flop", n), &n, |bench, _| {
+            bench.iter_custom(|iters| time_batched(&d, iters, || drop(a.matmul(&b).unwrap())))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1));
+    targets = elementwise, matmul
+}
+criterion_main!(benches);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build the CUDA test, bench and CLI binaries here and stage them for the GPU machine.
+#
+#   bash scripts/gpu-stage.sh            # build + stage into ./stage (git-ignored)
+#
+# The GPU machine has no Rust toolchain and no network: binaries built here (release,
+# stripped, CUDA through NVRTC at run time, CUDARC_CUDA_VERSION=13000 for driver 580)
+# run there. The staged folder is compressed to fit the device tool's 64 MiB carry limit;
+# the script prints the command to pass to the device tool (with carry ["stage"]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
+FEATURES="ssm-runtime/cuda,ssm-autodiff/cuda,ssm/cuda,ssm-benches/cuda"
+STAGE=stage
+rm -rf "$STAGE" && mkdir -p "$STAGE/bin"
+
+# Print "name path" for every executable cargo reports in its JSON messages.
+executables() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])
+'
+}
+
+echo "== building tests (release, cuda)" >&2
+cargo test --release --workspace --features "$FEATURES" --no-run --message-format=json-render-diagnostics \
+  | executables > "$STAGE/tests.txt"
+echo "== building benches (release, cuda)" >&2
+cargo bench --workspace --features "$FEATURES" --no-run --message-format=json-render-diagnostics \
+  | executables > "$STAGE/benches.txt"
+echo "== building the CLI (release, cuda)" >&2
+cargo build --release -p ssm --features cuda --message-format=json-render-diagnostics \
+  | executables > "$STAGE/cli.txt"
+
+# Stage under stable names: test-<target>, bench-<target>, ssm.
+while read -r name path; do
+  # Skip empty unit-test harnesses of library crates (they hold no tests).
+  case "$name" in ssm_runtime|ssm_autodiff|ssm|ssm_benches|ssm_integration_tests) continue ;; esac
+  cp "$path" "$STAGE/bin/test-$name"
+done < "$STAGE/tests.txt"
+while read -r name path; do cp "$path" "$STAGE/bin/bench-$name"; done < "$STAGE/benches.txt"
+while read -r name path; do [ "$name" = ssm ] && cp "$path" "$STAGE/bin/ssm"; done < "$STAGE/cli.txt"
+strip "$STAGE"/bin/* 2>/dev/null || true
+cp scripts/gpu-run.sh "$STAGE/"
+tar -C "$STAGE" -cJf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin"
+
+size=$(du -sm "$STAGE" | cut -f1)
+echo "== staged ${size} MiB in $STAGE/ (limit 64 MiB with the working tree)" >&2
+echo
+echo "Run on the GPU machine (device tool, carry [\"stage\"]):"
+echo "  bash stage/gpu-run.sh tests            # whole suite with SSM_DEVICE=cuda"
+echo "  bash stage/gpu-run.sh bench primitives # one criterion bench"
