@@ -36,7 +36,8 @@ echo "== building benches (release, cuda)" >&2
 cargo bench --workspace --features "$FEATURES" --no-run --message-format=json-render-diagnostics \
   | executables > "$STAGE/benches.txt"
 echo "== building the CLI (release, cuda)" >&2
-cargo build --release -p ssm --features cuda --message-format=json-render-diagnostics \
+# Same feature set as the tests, so nothing is rebuilt.
+cargo build --release --workspace --features "$FEATURES" --bins --message-format=json-render-diagnostics \
   | executables > "$STAGE/cli.txt"
 
 # Stage under stable names: test-<target>, bench-<target>, ssm.
@@ -49,7 +50,7 @@ while read -r name path; do cp "$path" "$STAGE/bin/bench-$name"; done < "$STAGE/
 while read -r name path; do [ "$name" = ssm ] && cp "$path" "$STAGE/bin/ssm"; done < "$STAGE/cli.txt"
 strip "$STAGE"/bin/* 2>/dev/null || true
 cp scripts/gpu-run.sh "$STAGE/"
-tar -C "$STAGE" -cJf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin"
+tar -C "$STAGE" -I "xz -T0 -6" -cf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin"
 
 size=$(du -sm "$STAGE" | cut -f1)
 echo "== staged ${size} MiB in $STAGE/ (limit 64 MiB with the working tree)" >&2

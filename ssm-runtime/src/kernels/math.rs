@@ -38,40 +38,45 @@ pub mod is_f64 {
     }
 }
 
-/// +∞ at the kernel's precision. Built by bit reinterpretation: CubeCL 0.10's CUDA code
-/// generator prints infinite and NaN literals as `inf`/`NaN`, which NVRTC rejects, and
-/// its optimiser folds arithmetic such as 1/0 into such literals; a bitcast is kept.
+/// +∞, computed at run time from any runtime value `v` as (1 + |v|)·big·big.
+///
+/// CubeCL 0.10's CUDA code generator cannot emit special floats: infinite and NaN literals
+/// come out as `inf`/`NaN` and bit-cast constants as `reinterpret_cast` of an rvalue, both
+/// rejected by NVRTC, and its optimiser folds constant expressions such as 1/0 into such
+/// literals. Deriving the value from a runtime operand keeps every literal finite.
 #[cube]
-pub fn infinity<F: Float>() -> F {
-    if is_f64::<F>() {
-        F::cast_from(f64::reinterpret(0x7ff0_0000_0000_0000u64))
+pub fn infinity_like<F: Float>(v: F) -> F {
+    let big = if is_f64::<F>() {
+        constant::<F>(1.0e300)
     } else {
-        F::reinterpret(0x7f80_0000u32)
-    }
+        F::new(1.0e30)
+    };
+    (F::new(1.0) + F::abs(v)) * big * big
 }
 
-/// −∞ (see [`infinity`]).
+/// −∞ (see [`infinity_like`]).
 #[cube]
-pub fn neg_infinity<F: Float>() -> F {
-    -infinity::<F>()
+pub fn neg_infinity_like<F: Float>(v: F) -> F {
+    -infinity_like::<F>(v)
 }
 
-/// A quiet NaN (see [`infinity`]).
+/// A NaN, as ∞ − ∞ of two differently computed infinities (see [`infinity_like`]).
 #[cube]
-pub fn nan<F: Float>() -> F {
-    if is_f64::<F>() {
-        F::cast_from(f64::reinterpret(0x7ff8_0000_0000_0000u64))
+pub fn nan_like<F: Float>(v: F) -> F {
+    let big = if is_f64::<F>() {
+        constant::<F>(1.0e300)
     } else {
-        F::reinterpret(0x7fc0_0000u32)
-    }
+        F::new(1.0e30)
+    };
+    infinity_like::<F>(v) - (F::new(2.0) + F::abs(v)) * big * big
 }
 
-/// Whether `x` is NaN. `x != x` is folded to `false` by CubeCL's optimiser; NaN is the
-/// only value that is not ≥ −∞.
+/// Whether `x` is NaN: the only value that is neither above nor at-or-below zero.
+/// (`x != x` is folded to `false` by CubeCL's optimiser.)
 #[cube]
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn is_nan<F: Float>(x: F) -> bool {
-    !(x >= neg_infinity::<F>())
+    let zero = F::new(0.0);
+    !(x > zero || x <= zero)
 }
 
 /// 2^k for an integer k in [-1100, 1100], exact where the result is representable.
@@ -97,7 +102,7 @@ pub fn exp_f64(x: f64) -> f64 {
     if is_nan::<f64>(x) {
         x
     } else if x > 709.782_712_893_384 {
-        infinity::<f64>()
+        infinity_like::<f64>(x)
     } else if x < -745.2 {
         f64::new(0.0)
     } else {
@@ -156,10 +161,10 @@ pub fn expm1_f64(x: f64) -> f64 {
 #[cube]
 pub fn ln_f64(x: f64) -> f64 {
     if is_nan::<f64>(x) || x < 0.0f64 {
-        nan::<f64>()
+        nan_like::<f64>(x)
     } else if x == 0.0f64 {
-        neg_infinity::<f64>()
-    } else if x == infinity::<f64>() {
+        neg_infinity_like::<f64>(x)
+    } else if x == infinity_like::<f64>(x) {
         x
     } else {
         let mut m = x;
@@ -301,12 +306,12 @@ pub fn pow_f64(x: f64, y: f64) -> f64 {
     } else if x > 0.0f64 {
         exp_f64(y * ln_f64(x))
     } else if x == 0.0f64 {
-        select(y > 0.0f64, 0.0f64, infinity::<f64>())
+        select(y > 0.0f64, 0.0f64, infinity_like::<f64>(x))
     } else if y_int {
         let m = exp_f64(y * ln_f64(-x));
         select(y_odd, -m, m)
     } else {
-        nan::<f64>()
+        nan_like::<f64>(x)
     }
 }
 
@@ -384,12 +389,12 @@ pub fn pow<F: Float>(x: F, y: F) -> F {
         } else if x > zero {
             F::powf(x, y)
         } else if x == zero {
-            select(y > zero, zero, infinity::<F>())
+            select(y > zero, zero, infinity_like::<F>(y))
         } else if F::floor(y) == y {
             let m = F::powf(-x, y);
             select(F::floor(y * F::new(0.5)) == y * F::new(0.5), m, -m)
         } else {
-            nan::<F>()
+            nan_like::<F>(x)
         }
     }
 }

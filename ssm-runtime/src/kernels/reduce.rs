@@ -54,15 +54,6 @@ fn better<F: Float>(cand: F, ci: u32, best: F, bi: u32, #[comptime] op: ReduceOp
     (!best_nan && (cand_nan || wins)) || ((cand == best || (cand_nan && best_nan)) && ci < bi)
 }
 
-#[cube]
-fn identity<F: Float>(#[comptime] op: ReduceOp) -> F {
-    match op {
-        ReduceOp::Max | ReduceOp::ArgMax => math::neg_infinity::<F>(),
-        ReduceOp::Min | ReduceOp::ArgMin => math::infinity::<F>(),
-        _ => F::new(0.0),
-    }
-}
-
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn reduce_kernel<F: Float>(
@@ -78,6 +69,7 @@ fn reduce_kernel<F: Float>(
     chunk_len: usize,
     n_chunks: usize,
     scale: InputScalar,
+    identity: InputScalar,
     #[comptime] op: ReduceOp,
     #[comptime] cube_per_item: bool,
     #[comptime] block: usize,
@@ -124,7 +116,7 @@ fn reduce_kernel<F: Float>(
             (start, 1usize)
         };
 
-        let mut acc = identity::<F>(op);
+        let mut acc = identity.get::<F>();
         let mut acc_i = u32::new(comptime!(u32::MAX as i64));
         let mut r = first;
         while r < end {
@@ -198,6 +190,15 @@ fn reduce_kernel<F: Float>(
                 out_idx[out_pos] = acc_i;
             }
         }
+    }
+}
+
+/// The value a reduction starts from.
+fn identity_of(op: ReduceOp) -> f64 {
+    match op {
+        ReduceOp::Max | ReduceOp::ArgMax => f64::NEG_INFINITY,
+        ReduceOp::Min | ReduceOp::ArgMin => f64::INFINITY,
+        ReduceOp::Sum | ReduceOp::SqDevSum => 0.0,
     }
 }
 
@@ -336,6 +337,8 @@ fn launch(
                 chunk_len,
                 n_chunks,
                 InputScalar::new(scale, dtype),
+                // ±∞ travel as runtime scalars: CUDA kernels cannot hold such literals.
+                InputScalar::new(identity_of(op), dtype),
                 op,
                 cube_per_item,
                 block,

@@ -2,8 +2,9 @@
 //!
 //! CubeCL 0.10's CUDA code generator prints infinite and NaN float literals as `inf` and
 //! `NaN`, which NVRTC rejects at run time (only on CUDA, so lavapipe CI would not notice).
-//! Kernels must use `kernels::math::{infinity, neg_infinity, nan}` instead, and
-//! `kernels::math::is_nan` instead of `x != x` (folded to false by CubeCL's optimiser).
+//! Bit casts of constants fail too (`reinterpret_cast` of an rvalue). Kernels use
+//! `kernels::math::{infinity_like, neg_infinity_like, nan_like}` or take such values as
+//! runtime scalars, and `kernels::math::is_nan` instead of `x != x` (folded to false).
 
 use std::path::Path;
 
@@ -21,6 +22,35 @@ fn kernel_sources(dir: &Path, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// Lines of `#[cube]` items (attribute through the closing brace of the body).
+fn cube_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let (mut inside, mut depth, mut opened) = (false, 0i64, false);
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        if !inside && code.trim_start().starts_with("#[cube") {
+            (inside, depth, opened) = (true, 0, false);
+        }
+        if inside {
+            out.push((n + 1, code));
+            for ch in code.chars() {
+                match ch {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if opened && depth == 0 {
+                inside = false;
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn kernels_use_no_special_float_literals() {
     let mut files = Vec::new();
@@ -29,21 +59,15 @@ fn kernels_use_no_special_float_literals() {
         &mut files,
     );
     assert!(!files.is_empty());
-    let forbidden = [
-        "::INFINITY",
-        "::NEG_INFINITY",
-        "::NAN",
-        "f32::MAX",
-        "f64::MAX",
-    ];
-    for (path, text) in files {
-        for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
+    let forbidden = ["::INFINITY", "::NEG_INFINITY", "::NAN", "::reinterpret("];
+    let mut checked = 0;
+    for (path, text) in &files {
+        for (line, code) in cube_lines(text) {
+            checked += 1;
             for f in forbidden {
                 assert!(
                     !code.contains(f),
-                    "{path}:{}: `{f}` in kernel code (see tests/runtime/source_rules.rs)",
-                    n + 1
+                    "{path}:{line}: `{f}` in kernel code (see tests/runtime/source_rules.rs)"
                 );
             }
             let t = code.replace(' ', "");
@@ -59,10 +83,13 @@ fn kernels_use_no_special_float_literals() {
                     .unwrap_or("");
                 assert!(
                     lhs.is_empty() || lhs != rhs,
-                    "{path}:{}: `x != x` NaN test (use math::is_nan)",
-                    n + 1
+                    "{path}:{line}: `x != x` NaN test (use math::is_nan)"
                 );
             }
         }
     }
+    assert!(
+        checked > 500,
+        "only {checked} kernel lines found: the scanner is broken"
+    );
 }
