@@ -60,15 +60,11 @@ pub fn neg_infinity_like<F: Float>(v: F) -> F {
     -infinity_like::<F>(v)
 }
 
-/// A NaN, as ∞ − ∞ of two differently computed infinities (see [`infinity_like`]).
+/// A NaN, as the square root of a negative runtime value (see [`infinity_like`]; ∞ − ∞
+/// was seen to come out as −∞ on CUDA after the compiler rearranged it).
 #[cube]
 pub fn nan_like<F: Float>(v: F) -> F {
-    let big = if is_f64::<F>() {
-        constant::<F>(1.0e300)
-    } else {
-        F::new(1.0e30)
-    };
-    infinity_like::<F>(v) - (F::new(2.0) + F::abs(v)) * big * big
+    F::sqrt(-(F::new(1.0) + F::abs(v)))
 }
 
 /// Whether `x` is NaN: the only value that is neither above nor at-or-below zero.

@@ -53,3 +53,25 @@ fn f64_transcendentals_are_accurate_over_wide_ranges() {
     let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x.powf(*y)).collect();
     assert_close("pow f64", &got, &want, 1e-13, 1e-300);
 }
+
+#[test]
+fn special_values_survive_every_backend() {
+    // Kernels build ±∞ and NaN at run time (see kernels::math::infinity_like); check
+    // that overflow, log of zero and invalid operations produce them in both dtypes.
+    for dtype in [DType::F32, DType::F64] {
+        let x = upload(&[1000.0, 0.0, -1.0, -0.5, 0.0], &[5], dtype);
+        let e = x.exp().unwrap().to_f64_vec().unwrap();
+        assert_eq!(e[0], f64::INFINITY, "exp(1000) {dtype}");
+        let l = x.log().unwrap().to_f64_vec().unwrap();
+        assert_eq!(l[1], f64::NEG_INFINITY, "ln(0) {dtype}");
+        assert!(l[2].is_nan(), "ln(-1) {dtype}: {}", l[2]);
+        let half = upload(&[0.5; 5], &[5], dtype);
+        let p = x.pow(&half).unwrap().to_f64_vec().unwrap();
+        assert!(p[3].is_nan(), "(-0.5)^0.5 {dtype}: {}", p[3]);
+        let neg = upload(&[-1.0; 5], &[5], dtype);
+        let q = x.pow(&neg).unwrap().to_f64_vec().unwrap();
+        assert_eq!(q[4], f64::INFINITY, "0^-1 {dtype}");
+        let m = x.max(&[0], false).unwrap().item().unwrap();
+        assert_eq!(m, 1000.0);
+    }
+}
