@@ -16,12 +16,13 @@
 //!   and [`clip_grad_norm`].
 
 pub mod gradcheck;
-mod ops;
+pub mod ops;
 pub mod optim;
 pub mod param;
 pub mod var;
 
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
+pub use ops::scan::{ScanVars, selective_scan, selective_scan_with};
 pub use optim::{Adam, Optimizer, Sgd, clip_grad_norm};
 pub use param::Param;
 pub use var::{BackwardFn, Gradients, NoGradGuard, Var, grad_enabled, no_grad};

@@ -15,6 +15,8 @@ pub mod error;
 #[allow(missing_docs)]
 pub mod kernels;
 pub mod ops;
+#[allow(missing_docs)]
+pub mod scan;
 pub mod shape;
 pub mod tensor;
 pub mod testing;

@@ -4,3 +4,4 @@ mod elementwise;
 mod layout;
 mod matmul;
 mod reduce;
+pub mod scan;

@@ -3,6 +3,7 @@
 
 mod gradchecks;
 mod optim;
+mod scan;
 mod tape;
 
 use ssm_runtime::testing::{HostRng, device};

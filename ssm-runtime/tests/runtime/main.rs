@@ -9,6 +9,7 @@ mod matmul;
 mod optim;
 mod random;
 mod reduce;
+mod scan;
 mod source_rules;
 
 use ssm_runtime::testing::{HostRng, device};
