@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
-FEATURES="ssm-runtime/cuda,ssm-autodiff/cuda,ssm/cuda,ssm-benches/cuda"
+FEATURES="ssm-runtime/cuda,ssm-autodiff/cuda,ssm/cuda,ssm-benches/cuda,ssm-integration-tests/cuda"
 STAGE=stage
 rm -rf "$STAGE" && mkdir -p "$STAGE/bin"
 

@@ -10,7 +10,9 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ssm_benches::{device, is_gpu, time_batched};
-use ssm_runtime::scan::{ScanInputs, ScanOptions, ScanPath, ScanSpec, presets, selective_scan_bwd, selective_scan_fwd};
+use ssm_runtime::scan::{
+    ScanInputs, ScanOptions, ScanPath, ScanSpec, presets, selective_scan_bwd, selective_scan_fwd,
+};
 use ssm_runtime::{DType, Device, Tensor};
 
 struct Shape {
@@ -37,15 +39,69 @@ fn shapes(gpu: bool) -> Vec<Shape> {
     };
     if gpu {
         vec![
-            s("mamba1d_8x1536x2048_n16", 8, 1536, 16, &[2048], presets::forward_1d(), true, false),
-            s("mamba1d_1x4096x65536_n16", 1, 4096, 16, &[65536], presets::forward_1d(), true, false),
-            s("srma_view_k4_2x96x112x3584_n1", 2, 96, 1, &[112, 3584], presets::cross2d(), false, true),
-            s("srma_abss_k12_2x96x112x112x32_n1", 2, 96, 1, &[112, 112, 32], presets::srma_abss(), false, true),
+            s(
+                "mamba1d_8x1536x2048_n16",
+                8,
+                1536,
+                16,
+                &[2048],
+                presets::forward_1d(),
+                true,
+                false,
+            ),
+            s(
+                "mamba1d_1x4096x65536_n16",
+                1,
+                4096,
+                16,
+                &[65536],
+                presets::forward_1d(),
+                true,
+                false,
+            ),
+            s(
+                "srma_view_k4_2x96x112x3584_n1",
+                2,
+                96,
+                1,
+                &[112, 3584],
+                presets::cross2d(),
+                false,
+                true,
+            ),
+            s(
+                "srma_abss_k12_2x96x112x112x32_n1",
+                2,
+                96,
+                1,
+                &[112, 112, 32],
+                presets::srma_abss(),
+                false,
+                true,
+            ),
         ]
     } else {
         vec![
-            s("mamba1d_2x16x512_n16", 2, 16, 16, &[512], presets::forward_1d(), true, false),
-            s("srma_view_k4_1x8x16x64_n1", 1, 8, 1, &[16, 64], presets::cross2d(), false, true),
+            s(
+                "mamba1d_2x16x512_n16",
+                2,
+                16,
+                16,
+                &[512],
+                presets::forward_1d(),
+                true,
+                false,
+            ),
+            s(
+                "srma_view_k4_1x8x16x64_n1",
+                1,
+                8,
+                1,
+                &[16, 64],
+                presets::cross2d(),
+                false,
+                true,
+            ),
         ]
     }
 }
@@ -62,8 +118,14 @@ impl Data {
         let l: usize = sh.grid.iter().product();
         let k = sh.paths.len();
         let (b, di, n) = (sh.batch, sh.channels, sh.state);
-        let r = |shape: &[usize], lo: f64, hi: f64, seed: u64| Tensor::rand_uniform(shape, lo, hi, seed, DType::F32, d).unwrap();
-        let delta_shape = if sh.delta_per_path { vec![b, k, di, l] } else { vec![b, di, l] };
+        let r = |shape: &[usize], lo: f64, hi: f64, seed: u64| {
+            Tensor::rand_uniform(shape, lo, hi, seed, DType::F32, d).unwrap()
+        };
+        let delta_shape = if sh.delta_per_path {
+            vec![b, k, di, l]
+        } else {
+            vec![b, di, l]
+        };
         let mut t = vec![
             r(&[b, di, l], -1.0, 1.0, 1),
             r(&delta_shape, -4.0, -1.0, 2),
@@ -77,17 +139,35 @@ impl Data {
             t.push(r(&[b, di, l], -1.0, 1.0, 8));
         }
         let e = |x: usize| 4 * x as u64;
-        let (io, dl, bc) = (e(b * di * l), e(delta_shape.iter().product()), e(b * k * n * l));
+        let (io, dl, bc) = (
+            e(b * di * l),
+            e(delta_shape.iter().product()),
+            e(b * k * n * l),
+        );
         let z = if sh.gate { io } else { 0 };
         // fwd: u, Δ, B, C, z in; out.   bwd: u, Δ, B, C, z, dout in; du, dΔ, dB, dC, dz out.
         let fwd_bytes = io + dl + 2 * bc + z + io;
         let bwd_bytes = (io + dl + 2 * bc + z + io) + (io + dl + 2 * bc + z);
-        Data { t, spec: ScanSpec::new(&sh.grid, sh.paths.clone()), fwd_bytes, bwd_bytes }
+        Data {
+            t,
+            spec: ScanSpec::new(&sh.grid, sh.paths.clone()),
+            fwd_bytes,
+            bwd_bytes,
+        }
     }
 
     fn inputs(&self) -> ScanInputs<'_> {
         let t = &self.t;
-        ScanInputs { u: &t[0], delta: &t[1], a: &t[2], b: &t[3], c: &t[4], d: &t[5], delta_bias: &t[6], z: t.get(7) }
+        ScanInputs {
+            u: &t[0],
+            delta: &t[1],
+            a: &t[2],
+            b: &t[3],
+            c: &t[4],
+            d: &t[5],
+            delta_bias: &t[6],
+            z: t.get(7),
+        }
     }
 }
 
@@ -120,10 +200,22 @@ fn scan(c: &mut Criterion) {
         };
         drop(saved);
         let reps = if gpu { 10 } else { 2 };
-        summary(sh.name, "fwd", time_batched(&d, reps, fwd).as_secs_f64() / reps as f64, data.fwd_bytes);
-        summary(sh.name, "fwd+bwd", time_batched(&d, reps, fwd_bwd).as_secs_f64() / reps as f64, data.fwd_bytes + data.bwd_bytes);
+        summary(
+            sh.name,
+            "fwd",
+            time_batched(&d, reps, fwd).as_secs_f64() / reps as f64,
+            data.fwd_bytes,
+        );
+        summary(
+            sh.name,
+            "fwd+bwd",
+            time_batched(&d, reps, fwd_bwd).as_secs_f64() / reps as f64,
+            data.fwd_bytes + data.bwd_bytes,
+        );
         g.throughput(Throughput::Bytes(data.fwd_bytes));
-        g.bench_with_input(BenchmarkId::new("fwd", sh.name), &(), |b, _| b.iter_custom(|n| time_batched(&d, n, fwd)));
+        g.bench_with_input(BenchmarkId::new("fwd", sh.name), &(), |b, _| {
+            b.iter_custom(|n| time_batched(&d, n, fwd))
+        });
         g.throughput(Throughput::Bytes(data.fwd_bytes + data.bwd_bytes));
         g.bench_with_input(BenchmarkId::new("fwd_bwd", sh.name), &(), |b, _| {
             b.iter_custom(|n| time_batched(&d, n, fwd_bwd))
