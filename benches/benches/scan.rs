@@ -7,6 +7,7 @@
 //! the output; backward reads u, Δ, B, C, z, dout and writes du, dΔ, dB, dC, dz. Each shape
 //! also prints a `SUMMARY` line with the median time, the effective bandwidth and the
 //! fraction of the memory floor at 3.0 TB/s (the H100's measured copy bandwidth).
+//! `SSM_BENCH_SUMMARY_ONLY=1` prints only those lines (a quick run on the GPU machine).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ssm_benches::{device, is_gpu, time_batched};
@@ -212,6 +213,9 @@ fn scan(c: &mut Criterion) {
             time_batched(&d, reps, fwd_bwd).as_secs_f64() / reps as f64,
             data.fwd_bytes + data.bwd_bytes,
         );
+        if std::env::var_os("SSM_BENCH_SUMMARY_ONLY").is_some() {
+            continue;
+        }
         g.throughput(Throughput::Bytes(data.fwd_bytes));
         g.bench_with_input(BenchmarkId::new("fwd", sh.name), &(), |b, _| {
             b.iter_custom(|n| time_batched(&d, n, fwd))
