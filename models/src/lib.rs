@@ -9,10 +9,15 @@
 //! CLI's `demo` command trains a small network on synthetic data to show the stack working
 //! end to end on the selected device.
 
+// Generated code names this crate `::ssm`, also from inside it.
+extern crate self as ssm;
+
 pub mod demo;
+pub mod dsl;
 
 pub use ssm_autodiff as autodiff;
 pub use ssm_runtime as runtime;
 
 pub use ssm_autodiff::{Adam, Gradients, Optimizer, Param, Sgd, Var, gradcheck, no_grad};
+pub use ssm_macros::pointwise;
 pub use ssm_runtime::{DType, Device, Error, Result, Tensor};

@@ -24,5 +24,8 @@ pub mod testing;
 pub use device::{Device, DeviceKind, launch_count};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use ops::{BinaryOp, MatmulImpl, OptimRule, OptimScalars, UnaryOp, optimizer_step};
+pub use ops::{
+    BinaryOp, FusedBinary, FusedUnary, Inst, MatmulImpl, OptimRule, OptimScalars, Program, UnaryOp,
+    optimizer_step, run_fused,
+};
 pub use tensor::{Tensor, set_poison_outputs};

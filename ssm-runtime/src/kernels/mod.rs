@@ -4,6 +4,7 @@
 pub(crate) mod copy;
 pub mod elementwise;
 pub(crate) mod fill;
+pub mod fused;
 pub(crate) mod launch;
 pub mod math;
 pub mod matmul;

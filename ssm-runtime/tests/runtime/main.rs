@@ -3,6 +3,7 @@
 
 mod elementwise;
 mod errors;
+mod fused;
 mod layout;
 mod math;
 mod matmul;
