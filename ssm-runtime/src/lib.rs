@@ -22,5 +22,8 @@ pub mod testing;
 pub use device::{Device, DeviceKind, launch_count};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use ops::{BinaryOp, MatmulImpl, OptimRule, OptimScalars, UnaryOp, optimizer_step};
+pub use ops::{
+    BinaryOp, ConvImpl, ConvSpec, Layout, MatmulImpl, OptimRule, OptimScalars, Padding, UnaryOp,
+    optimizer_step,
+};
 pub use tensor::{Tensor, set_poison_outputs};

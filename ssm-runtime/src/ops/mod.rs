@@ -1,5 +1,6 @@
 //! Tensor-level operations: argument checking, output allocation and dispatch to the
 //! kernels in [`crate::kernels`].
+pub mod conv;
 mod elementwise;
 mod matmul;
 mod optim;
@@ -9,4 +10,5 @@ mod reduce;
 pub use crate::kernels::elementwise::{BinaryOp, UnaryOp};
 pub use crate::kernels::matmul::MatmulImpl;
 pub use crate::kernels::optim::{OptimRule, OptimScalars};
+pub use conv::{ConvImpl, ConvProblem, ConvSpec, Layout, Padding};
 pub use optim::optimizer_step;
