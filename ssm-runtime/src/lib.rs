@@ -23,7 +23,7 @@ pub use device::{Device, DeviceKind, launch_count};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::{
-    BinaryOp, ConvImpl, ConvSpec, Layout, MatmulImpl, OptimRule, OptimScalars, Padding, UnaryOp,
-    optimizer_step,
+    BinaryOp, ConvImpl, ConvSpec, Layout, MatmulImpl, Norm, NormGrads, NormNeeds, NormStats,
+    OptimRule, OptimScalars, Padding, UnaryOp, optimizer_step,
 };
 pub use tensor::{Tensor, set_poison_outputs};

@@ -3,6 +3,7 @@
 pub mod conv;
 mod elementwise;
 mod matmul;
+pub mod norm;
 mod optim;
 mod random;
 mod reduce;
@@ -11,4 +12,5 @@ pub use crate::kernels::elementwise::{BinaryOp, UnaryOp};
 pub use crate::kernels::matmul::MatmulImpl;
 pub use crate::kernels::optim::{OptimRule, OptimScalars};
 pub use conv::{ConvImpl, ConvProblem, ConvSpec, Layout, Padding};
+pub use norm::{Norm, NormGrads, NormNeeds, NormStats};
 pub use optim::optimizer_step;

@@ -7,6 +7,7 @@ mod errors;
 mod layout;
 mod math;
 mod matmul;
+mod norm;
 mod optim;
 mod random;
 mod reduce;
