@@ -24,6 +24,6 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::{
     BinaryOp, ConvImpl, ConvSpec, Layout, MatmulImpl, Norm, NormGrads, NormNeeds, NormStats,
-    OptimRule, OptimScalars, Padding, UnaryOp, optimizer_step,
+    OptimRule, OptimScalars, Padding, PoolSpec, ResizeMode, ResizeTo, UnaryOp, optimizer_step,
 };
 pub use tensor::{Tensor, set_poison_outputs};

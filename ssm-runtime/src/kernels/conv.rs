@@ -101,7 +101,7 @@ pub(crate) struct Geo {
 }
 
 impl Geo {
-    fn launch<R: Runtime>(&self) -> ConvGeoLaunch<R> {
+    pub(crate) fn launch<R: Runtime>(&self) -> ConvGeoLaunch<R> {
         ConvGeoLaunch::new(
             self.src[0],
             self.src[1],
@@ -153,7 +153,7 @@ impl Geo {
 /// Forward: `o·stride − pad + t·dil`. Transposed (backward-data): the `s` with
 /// `s·stride − pad + t·dil = o`, when it exists.
 #[cube]
-fn src_coord(
+pub(crate) fn src_coord(
     o: i32,
     t: i32,
     st: i32,
@@ -174,7 +174,7 @@ fn src_coord(
 
 /// Split a flat position index into (n, d, h, w) over sizes (d, h, w).
 #[cube]
-fn split_pos(p: i32, d: i32, h: i32, w: i32) -> (i32, i32, i32, i32) {
+pub(crate) fn split_pos(p: i32, d: i32, h: i32, w: i32) -> (i32, i32, i32, i32) {
     let ow = p % w;
     let r = p / w;
     let oh = r % h;

@@ -9,6 +9,8 @@ pub(crate) mod launch;
 pub mod math;
 pub mod matmul;
 pub mod optim;
+pub mod pool;
 pub mod random;
 pub mod reduce;
+pub mod resize;
 pub mod rows;

@@ -5,8 +5,10 @@ mod elementwise;
 mod matmul;
 pub mod norm;
 mod optim;
+pub mod pool;
 mod random;
 mod reduce;
+pub mod resize;
 
 pub use crate::kernels::elementwise::{BinaryOp, UnaryOp};
 pub use crate::kernels::matmul::MatmulImpl;
@@ -14,3 +16,5 @@ pub use crate::kernels::optim::{OptimRule, OptimScalars};
 pub use conv::{ConvImpl, ConvProblem, ConvSpec, Layout, Padding};
 pub use norm::{Norm, NormGrads, NormNeeds, NormStats};
 pub use optim::optimizer_step;
+pub use pool::PoolSpec;
+pub use resize::{ResizeMode, ResizeTo};

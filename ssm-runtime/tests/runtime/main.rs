@@ -12,6 +12,7 @@ mod optim;
 mod random;
 mod reduce;
 mod source_rules;
+mod spatial;
 
 use ssm_runtime::testing::{HostRng, device};
 use ssm_runtime::{DType, Tensor};
