@@ -1,6 +1,7 @@
 //! `#[cube]` kernels and their launch helpers. Helpers are generic over the CubeCL
 //! runtime and take element types at run time (`#[define]`), so each kernel is compiled
 //! once per runtime in Rust and once per dtype/op by the JIT.
+pub mod attention;
 pub mod conv;
 pub(crate) mod copy;
 pub mod elementwise;

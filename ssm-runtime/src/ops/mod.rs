@@ -1,5 +1,6 @@
 //! Tensor-level operations: argument checking, output allocation and dispatch to the
 //! kernels in [`crate::kernels`].
+pub mod attention;
 pub mod conv;
 mod elementwise;
 mod matmul;

@@ -1,6 +1,7 @@
 //! Runtime tests: every op against a host f64 reference on fresh random inputs, on the
 //! device selected by `SSM_DEVICE`, with outputs poisoned before each kernel runs.
 
+mod attention;
 mod conv;
 mod elementwise;
 mod errors;
