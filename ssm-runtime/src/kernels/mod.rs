@@ -7,6 +7,7 @@ pub(crate) mod copy;
 pub mod elementwise;
 pub(crate) mod fill;
 pub(crate) mod launch;
+pub mod loss;
 pub mod math;
 pub mod matmul;
 pub mod optim;

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod conv;
 mod elementwise;
+mod loss;
 mod matmul;
 pub mod norm;
 mod optim;

@@ -6,6 +6,7 @@ mod conv;
 mod elementwise;
 mod errors;
 mod layout;
+mod loss;
 mod math;
 mod matmul;
 mod norm;
