@@ -16,6 +16,7 @@
 //!   and [`clip_grad_norm`].
 
 pub mod gradcheck;
+pub mod loss;
 mod ops;
 pub mod optim;
 pub mod param;

@@ -3,4 +3,5 @@
 mod elementwise;
 mod layout;
 mod matmul;
+mod nn;
 mod reduce;

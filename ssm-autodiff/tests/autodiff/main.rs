@@ -2,6 +2,7 @@
 //! (accumulation, broadcasting, no_grad, freeing), and the optimizers.
 
 mod gradchecks;
+mod model_ops;
 mod optim;
 mod tape;
 
