@@ -4,6 +4,7 @@
 mod gradchecks;
 mod model_ops;
 mod optim;
+mod schedules;
 mod tape;
 
 use ssm_runtime::testing::{HostRng, device};
