@@ -13,16 +13,23 @@
 //! - [`no_grad`] runs inference without recording anything.
 //! - [`gradcheck`] compares analytic gradients with f64 central differences.
 //! - [`Param`], [`Sgd`], [`Adam`] (and AdamW) with one fused kernel per parameter update,
-//!   and [`clip_grad_norm`].
+//!   weight-decay exclusions ([`DecayExclusions`]) and [`clip_grad_norm`]; learning-rate
+//!   schedules ([`CosineWarmup`], [`ReduceLrOnPlateau`]) and gradient accumulation
+//!   ([`GradAccumulator`]).
+//! - Model ops on `Var` (convolution, normalisations, softmax, pooling, resizing,
+//!   attention, dropout, drop-path, pixel shuffle) and the [`loss`] functions.
 
 pub mod gradcheck;
+pub mod loss;
 pub mod ops;
 pub mod optim;
 pub mod param;
+pub mod schedule;
 pub mod var;
 
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
 pub use ops::scan::{ScanVars, selective_scan, selective_scan_with};
-pub use optim::{Adam, Optimizer, Sgd, clip_grad_norm};
+pub use optim::{Adam, DecayExclusions, Optimizer, Sgd, clip_grad_norm};
 pub use param::Param;
+pub use schedule::{CosineWarmup, GradAccumulator, PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 pub use var::{BackwardFn, Gradients, NoGradGuard, Var, grad_enabled, no_grad};

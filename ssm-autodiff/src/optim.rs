@@ -18,6 +18,58 @@ pub trait Optimizer {
     fn set_lr(&mut self, lr: f64);
 }
 
+/// Parameters that get no weight decay, by name pattern (`*` matches any run of
+/// characters, e.g. `*.bias`, `*norm*`) and optionally every parameter with at most one
+/// axis (biases and normalisation weights, the usual exclusion).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecayExclusions {
+    patterns: Vec<String>,
+    one_dimensional: bool,
+}
+
+impl DecayExclusions {
+    /// Nothing excluded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The common choice: biases (`*.bias`) and every parameter with at most one axis
+    /// (norm weights and biases, scalars).
+    pub fn biases_and_norms() -> Self {
+        DecayExclusions::new().pattern("*.bias").one_dimensional()
+    }
+
+    /// Exclude names matching a glob pattern.
+    pub fn pattern(mut self, p: &str) -> Self {
+        self.patterns.push(p.to_string());
+        self
+    }
+
+    /// Exclude every parameter with at most one axis.
+    pub fn one_dimensional(mut self) -> Self {
+        self.one_dimensional = true;
+        self
+    }
+
+    /// Whether `p` is excluded from weight decay.
+    pub fn excludes(&self, p: &Param) -> bool {
+        (self.one_dimensional && p.value().rank() <= 1)
+            || self
+                .patterns
+                .iter()
+                .any(|pat| glob(pat.as_bytes(), p.name().as_bytes()))
+    }
+}
+
+/// `*`-glob match of a whole name.
+fn glob(pat: &[u8], s: &[u8]) -> bool {
+    match pat.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
 /// Stochastic gradient descent with momentum, dampening, weight decay and Nesterov
 /// momentum, with PyTorch's semantics.
 #[derive(Debug)]
@@ -32,6 +84,8 @@ pub struct Sgd {
     pub weight_decay: f64,
     /// Nesterov momentum.
     pub nesterov: bool,
+    /// Parameters without weight decay.
+    pub decay_exclusions: DecayExclusions,
     state: HashMap<u64, (Tensor, u64)>,
 }
 
@@ -44,8 +98,21 @@ impl Sgd {
             dampening: 0.0,
             weight_decay: 0.0,
             nesterov: false,
+            decay_exclusions: DecayExclusions::new(),
             state: HashMap::new(),
         }
+    }
+
+    /// Set the weight decay.
+    pub fn with_weight_decay(mut self, wd: f64) -> Self {
+        self.weight_decay = wd;
+        self
+    }
+
+    /// Exclude parameters from weight decay.
+    pub fn with_decay_exclusions(mut self, ex: DecayExclusions) -> Self {
+        self.decay_exclusions = ex;
+        self
     }
 
     /// With momentum.
@@ -69,7 +136,11 @@ impl Optimizer for Sgd {
             let first = steps == 0 || self.momentum == 0.0;
             let s = OptimScalars {
                 lr: self.lr,
-                weight_decay: self.weight_decay,
+                weight_decay: if self.decay_exclusions.excludes(p) {
+                    0.0
+                } else {
+                    self.weight_decay
+                },
                 beta1: self.momentum,
                 dampening: if self.momentum == 0.0 {
                     0.0
@@ -110,6 +181,8 @@ pub struct Adam {
     pub eps: f64,
     /// Weight decay (added to the gradient for Adam, applied to the weights for AdamW).
     pub weight_decay: f64,
+    /// Parameters without weight decay.
+    pub decay_exclusions: DecayExclusions,
     decoupled: bool,
     state: HashMap<u64, (Tensor, Tensor, i32)>,
 }
@@ -123,6 +196,7 @@ impl Adam {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            decay_exclusions: DecayExclusions::new(),
             decoupled: false,
             state: HashMap::new(),
         }
@@ -142,6 +216,12 @@ impl Adam {
         self.weight_decay = wd;
         self
     }
+
+    /// Exclude parameters from weight decay.
+    pub fn with_decay_exclusions(mut self, ex: DecayExclusions) -> Self {
+        self.decay_exclusions = ex;
+        self
+    }
 }
 
 impl Optimizer for Adam {
@@ -157,7 +237,11 @@ impl Optimizer for Adam {
             let t = t + 1;
             let s = OptimScalars {
                 lr: self.lr,
-                weight_decay: self.weight_decay,
+                weight_decay: if self.decay_exclusions.excludes(p) {
+                    0.0
+                } else {
+                    self.weight_decay
+                },
                 beta1: self.beta1,
                 beta2: self.beta2,
                 eps: self.eps,

@@ -4,5 +4,6 @@ mod elementwise;
 mod fused;
 mod layout;
 mod matmul;
+mod nn;
 mod reduce;
 pub mod scan;

@@ -2,8 +2,10 @@
 //! (accumulation, broadcasting, no_grad, freeing), and the optimizers.
 
 mod gradchecks;
+mod model_ops;
 mod optim;
 mod scan;
+mod schedules;
 mod tape;
 
 use ssm_runtime::testing::{HostRng, device};

@@ -1,13 +1,19 @@
 //! `#[cube]` kernels and their launch helpers. Helpers are generic over the CubeCL
 //! runtime and take element types at run time (`#[define]`), so each kernel is compiled
 //! once per runtime in Rust and once per dtype/op by the JIT.
+pub mod attention;
+pub mod conv;
 pub(crate) mod copy;
 pub mod elementwise;
 pub(crate) mod fill;
 pub mod fused;
 pub(crate) mod launch;
+pub mod loss;
 pub mod math;
 pub mod matmul;
 pub mod optim;
+pub mod pool;
 pub mod random;
 pub mod reduce;
+pub mod resize;
+pub mod rows;

@@ -1,17 +1,22 @@
 //! Runtime tests: every op against a host f64 reference on fresh random inputs, on the
 //! device selected by `SSM_DEVICE`, with outputs poisoned before each kernel runs.
 
+mod attention;
+mod conv;
 mod elementwise;
 mod errors;
 mod fused;
 mod layout;
+mod loss;
 mod math;
 mod matmul;
+mod norm;
 mod optim;
 mod random;
 mod reduce;
 mod scan;
 mod source_rules;
+mod spatial;
 
 use ssm_runtime::testing::{HostRng, device};
 use ssm_runtime::{DType, Tensor};

@@ -1,0 +1,288 @@
+//! Losses for segmentation, classification and masked image modelling, differentiable
+//! through the tape. Semantics follow PyTorch and MONAI (1.4 / 1.5):
+//!
+//! - [`bce_with_logits`]: `BCEWithLogitsLoss` (mean over all elements).
+//! - [`cross_entropy`]: `CrossEntropyLoss` on logits `[N, C, *]` with class labels or class
+//!   probabilities and optional label smoothing (mean over `N·*`).
+//! - [`dice_loss`]: MONAI `DiceLoss`: per sample and channel
+//!   `1 − (2·Σpg + smooth_nr)/(Σp + Σg + smooth_dr)` (p² with `squared_pred`), then the
+//!   mean; sigmoid or softmax applied to the logits first; `include_background = false`
+//!   drops channel 0 (after the softmax); `batch = true` sums over the batch too.
+//! - [`dice_ce_loss`]: MONAI `DiceCELoss` = λ_dice·Dice + λ_ce·CE where CE is on the raw
+//!   logits over all channels, and becomes `BCEWithLogitsLoss` when there is one channel.
+//! - [`masked_mse`], [`masked_l1`]: reconstruction losses over the masked elements only
+//!   (masked image modelling): `Σ mask·err / Σ mask` with the mask broadcast to the
+//!   prediction (the count is at least 1).
+
+use ssm_runtime::{Error, Layout, Result, Tensor};
+
+use crate::var::Var;
+
+/// Elementwise BCE on logits with its fused derivative (target constant).
+fn bce_terms(logits: &Var, target: &Tensor) -> Result<Var> {
+    let y = logits.value().bce_with_logits(target)?;
+    let (x, t) = (logits.value().clone(), target.clone());
+    Ok(Var::from_op("bce_with_logits", y, &[logits], move |g| {
+        Ok(vec![Some(x.bce_with_logits_backward(&t, g)?)])
+    }))
+}
+
+/// Binary cross-entropy on logits, averaged over all elements (`target` broadcasts).
+pub fn bce_with_logits(logits: &Var, target: &Tensor) -> Result<Var> {
+    bce_terms(logits, target)?.mean(&[], false)
+}
+
+/// Target of [`cross_entropy`].
+#[derive(Debug, Clone, Copy)]
+pub enum CeTarget<'a> {
+    /// Class indices stored as floats, shaped like the logits without the channel axis
+    /// (or with a size-1 channel axis).
+    Labels(&'a Tensor),
+    /// Class probabilities shaped like the logits (e.g. one-hot).
+    Probs(&'a Tensor),
+}
+
+/// Cross-entropy on logits `[N, C, *]` (channel axis per `layout`), mean over the other
+/// axes; `label_smoothing` ε mixes the target with the uniform distribution:
+/// `q = (1 − ε)·target + ε/C` (PyTorch).
+pub fn cross_entropy(
+    logits: &Var,
+    target: CeTarget<'_>,
+    label_smoothing: f64,
+    layout: Layout,
+) -> Result<Var> {
+    let op = "cross_entropy";
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(Error::Argument {
+            op,
+            msg: format!("label smoothing {label_smoothing} is outside [0, 1]"),
+        });
+    }
+    let ca = logits.channel_axis(layout)?;
+    let c = logits.shape()[ca];
+    let probs = match target {
+        CeTarget::Labels(l) => Tensor::one_hot(l, c, layout)?,
+        CeTarget::Probs(p) => p.clone(),
+    };
+    if probs.shape() != logits.shape() {
+        return Err(Error::Shape {
+            op,
+            msg: format!(
+                "target {:?} does not match logits {:?}",
+                probs.shape(),
+                logits.shape()
+            ),
+        });
+    }
+    let q = if label_smoothing > 0.0 {
+        probs
+            .mul_scalar(1.0 - label_smoothing)?
+            .add_scalar(label_smoothing / c as f64)?
+    } else {
+        probs
+    };
+    logits
+        .log_softmax(ca as isize)?
+        .mul(&Var::constant(q))?
+        .sum(&[ca as isize], false)?
+        .mean(&[], false)?
+        .neg()
+}
+
+/// Activation applied to the logits before the Dice term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiceActivation {
+    /// Use the input as probabilities.
+    None,
+    /// Sigmoid per channel (multi-label / binary).
+    Sigmoid,
+    /// Softmax over the channels.
+    Softmax,
+}
+
+/// Options of [`dice_loss`] (MONAI `DiceLoss` defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct DiceOptions {
+    /// Activation.
+    pub activation: DiceActivation,
+    /// Keep channel 0 (ignored with one channel, as MONAI).
+    pub include_background: bool,
+    /// Added to the numerator (1e-5).
+    pub smooth_nr: f64,
+    /// Added to the denominator (1e-5).
+    pub smooth_dr: f64,
+    /// Use Σp² in the denominator.
+    pub squared_pred: bool,
+    /// Sum over the batch before the ratio (one Dice per channel).
+    pub batch: bool,
+    /// Layout of logits and target.
+    pub layout: Layout,
+}
+
+impl Default for DiceOptions {
+    fn default() -> Self {
+        DiceOptions {
+            activation: DiceActivation::None,
+            include_background: true,
+            smooth_nr: 1e-5,
+            smooth_dr: 1e-5,
+            squared_pred: false,
+            batch: false,
+            layout: Layout::ChannelsFirst,
+        }
+    }
+}
+
+impl DiceOptions {
+    /// MONAI `DiceLoss(sigmoid=True)`.
+    pub fn sigmoid() -> Self {
+        DiceOptions {
+            activation: DiceActivation::Sigmoid,
+            ..Default::default()
+        }
+    }
+    /// MONAI `DiceLoss(softmax=True)`.
+    pub fn softmax() -> Self {
+        DiceOptions {
+            activation: DiceActivation::Softmax,
+            ..Default::default()
+        }
+    }
+}
+
+/// The target as a tensor shaped like the logits (one-hot from labels when it has one
+/// channel and the logits several).
+fn dice_target(logits: &Var, target: &Tensor, layout: Layout) -> Result<Tensor> {
+    let ca = logits.channel_axis(layout)?;
+    let c = logits.shape()[ca];
+    if target.shape() == logits.shape() {
+        return Ok(target.clone());
+    }
+    let r = target.rank();
+    let one_channel = r == logits.shape().len() && target.shape()[layout.channel_axis(r)] == 1;
+    if c > 1 && (one_channel || r + 1 == logits.shape().len()) {
+        let oh = Tensor::one_hot(target, c, layout)?;
+        if oh.shape() == logits.shape() {
+            return Ok(oh);
+        }
+    }
+    Err(Error::Shape {
+        op: "dice_loss",
+        msg: format!(
+            "target {:?} matches neither logits {:?} nor their labels",
+            target.shape(),
+            logits.shape()
+        ),
+    })
+}
+
+/// Soft Dice loss with MONAI semantics (see the module docs). `target` is one-hot (or
+/// binary) shaped like `logits`, or class labels with one channel fewer / a size-1
+/// channel axis (one-hot encoded here, MONAI's `to_onehot_y`).
+pub fn dice_loss(logits: &Var, target: &Tensor, opts: &DiceOptions) -> Result<Var> {
+    let layout = opts.layout;
+    let ca = logits.channel_axis(layout)?;
+    let c = logits.shape()[ca];
+    let target = dice_target(logits, target, layout)?;
+    let p = match opts.activation {
+        DiceActivation::None => logits.clone(),
+        DiceActivation::Sigmoid => logits.sigmoid()?,
+        DiceActivation::Softmax => logits.softmax(ca as isize)?,
+    };
+    let (p, g) = if !opts.include_background && c > 1 {
+        (
+            p.narrow(ca as isize, 1, c - 1)?,
+            target.narrow(ca as isize, 1, c - 1)?,
+        )
+    } else {
+        (p, target)
+    };
+    let r = p.shape().len();
+    let mut axes: Vec<isize> = layout.spatial_axes(r).iter().map(|&a| a as isize).collect();
+    if opts.batch {
+        axes.insert(0, 0);
+    }
+    let gv = Var::constant(g.clone());
+    let inter = p.mul(&gv)?.sum(&axes, false)?;
+    let psum = if opts.squared_pred {
+        p.square()?.sum(&axes, false)?
+    } else {
+        p.sum(&axes, false)?
+    };
+    let gsum = Var::constant(if opts.squared_pred {
+        g.square()?.sum(&axes, false)?
+    } else {
+        g.sum(&axes, false)?
+    });
+    let num = inter.mul_scalar(2.0)?.add_scalar(opts.smooth_nr)?;
+    let den = psum.add(&gsum)?.add_scalar(opts.smooth_dr)?;
+    num.div(&den)?.rsub_scalar(1.0)?.mean(&[], false)
+}
+
+/// MONAI `DiceCELoss`: `λ_dice·Dice + λ_ce·CE`. CE uses the raw logits over all channels
+/// (`BCEWithLogitsLoss` when there is one channel); `label_smoothing` applies to CE only.
+pub fn dice_ce_loss(
+    logits: &Var,
+    target: &Tensor,
+    opts: &DiceOptions,
+    lambda_dice: f64,
+    lambda_ce: f64,
+    label_smoothing: f64,
+) -> Result<Var> {
+    let layout = opts.layout;
+    let ca = logits.channel_axis(layout)?;
+    let c = logits.shape()[ca];
+    let dice = dice_loss(logits, target, opts)?;
+    let ce = if c == 1 {
+        // MONAI's BCEWithLogitsLoss branch has no label smoothing.
+        bce_with_logits(logits, target)?
+    } else {
+        let full = dice_target(logits, target, layout)?;
+        cross_entropy(logits, CeTarget::Probs(&full), label_smoothing, layout)?
+    };
+    dice.mul_scalar(lambda_dice)?
+        .add(&ce.mul_scalar(lambda_ce)?)
+}
+
+fn masked(
+    pred: &Var,
+    target: &Tensor,
+    mask: &Tensor,
+    squared: bool,
+    op: &'static str,
+) -> Result<Var> {
+    if target.shape() != pred.shape() {
+        return Err(Error::Shape {
+            op,
+            msg: format!(
+                "target {:?} does not match prediction {:?}",
+                target.shape(),
+                pred.shape()
+            ),
+        });
+    }
+    let m = mask.expand(pred.shape()).map_err(|_| Error::Shape {
+        op,
+        msg: format!(
+            "mask {:?} does not broadcast to prediction {:?}",
+            mask.shape(),
+            pred.shape()
+        ),
+    })?;
+    let diff = pred.sub(&Var::constant(target.clone()))?;
+    let err = if squared { diff.square()? } else { diff.abs()? };
+    let count = m.sum_all()?.max_scalar(1.0)?;
+    err.mul(&Var::constant(m))?
+        .sum_all()?
+        .div(&Var::constant(count))
+}
+
+/// Mean squared error over the masked elements.
+pub fn masked_mse(pred: &Var, target: &Tensor, mask: &Tensor) -> Result<Var> {
+    masked(pred, target, mask, true, "masked_mse")
+}
+
+/// Mean absolute error over the masked elements.
+pub fn masked_l1(pred: &Var, target: &Tensor, mask: &Tensor) -> Result<Var> {
+    masked(pred, target, mask, false, "masked_l1")
+}

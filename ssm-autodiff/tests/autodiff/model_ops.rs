@@ -1,0 +1,539 @@
+//! f64 gradient checks of the model ops: convolution (direct and implicit-GEMM paths,
+//! both layouts), normalisations, softmax, pooling, resizing, attention (fused and plain),
+//! dropout / drop-path, pixel shuffle, and the losses.
+
+use ssm_autodiff::loss::{
+    CeTarget, DiceActivation, DiceOptions, bce_with_logits, cross_entropy, dice_ce_loss, dice_loss,
+    masked_l1, masked_mse,
+};
+use ssm_autodiff::{GradcheckOptions, Var, gradcheck};
+use ssm_runtime::testing::{HostRng, device};
+use ssm_runtime::{ConvSpec, DType, Layout, Padding, PoolSpec, ResizeMode, ResizeTo, Tensor};
+
+use crate::{rand, rand_nonzero};
+
+fn check(what: &str, f: impl Fn(&[Var]) -> ssm_runtime::Result<Var>, inputs: Vec<Tensor>) {
+    let report = gradcheck(f, &inputs, &GradcheckOptions::default()).unwrap();
+    report.assert_passed(what);
+}
+
+fn rng(salt: u64) -> HostRng {
+    HostRng::new(0x70_de1 ^ salt)
+}
+
+fn shape_in(layout: Layout, n: usize, c: usize, sp: &[usize]) -> Vec<usize> {
+    layout.shape(n, c, sp)
+}
+
+#[test]
+fn conv_gradients() {
+    let mut r = rng(1);
+    // (name, c_in, c_out, spatial, kernel, spec)
+    type Case = (&'static str, usize, usize, Vec<usize>, Vec<usize>, ConvSpec);
+    let cases: Vec<Case> = vec![
+        (
+            "1d causal depthwise",
+            3,
+            3,
+            vec![7],
+            vec![4],
+            ConvSpec::new().causal().groups(3),
+        ),
+        (
+            "2d dense same (gemm)",
+            8,
+            8,
+            vec![4, 3],
+            vec![3, 3],
+            ConvSpec::new().same(),
+        ),
+        (
+            "2d depthwise 7x7 s2",
+            2,
+            2,
+            vec![9, 8],
+            vec![7, 7],
+            ConvSpec::new().stride(&[2]).pad(&[3]).groups(2),
+        ),
+        (
+            "3d dense s2 (gemm)",
+            8,
+            9,
+            vec![4, 3, 5],
+            vec![3, 3, 3],
+            ConvSpec::new().stride(&[2]).pad(&[1]),
+        ),
+        (
+            "2d grouped dilated",
+            4,
+            6,
+            vec![6, 5],
+            vec![2, 3],
+            ConvSpec::new()
+                .groups(2)
+                .dilation(&[2, 1])
+                .padding(Padding::Asymmetric(vec![(1, 0), (1, 1)])),
+        ),
+    ];
+    for (name, ci, co, sp, k, spec) in cases {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let spec = spec.clone().layout(layout);
+            let x = rand(&mut r, &shape_in(layout, 2, ci, &sp), -1.0, 1.0);
+            let w_shape = [&[co, ci / spec.groups][..], &k].concat();
+            let w = rand(&mut r, &w_shape, -0.5, 0.5);
+            let b = rand(&mut r, &[co], -0.5, 0.5);
+            let s2 = spec.clone();
+            check(
+                &format!("conv {name} {layout:?}"),
+                move |v| v[0].conv(&v[1], Some(&v[2]), &s2),
+                vec![x, w, b],
+            );
+        }
+    }
+}
+
+#[test]
+fn norm_gradients() {
+    let mut r = rng(2);
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        let x = rand(&mut r, &shape_in(layout, 2, 4, &[3, 2]), -2.0, 2.0);
+        let w = rand(&mut r, &[4], 0.5, 1.5);
+        let b = rand(&mut r, &[4], -0.5, 0.5);
+        check(
+            &format!("layer_norm {layout:?}"),
+            move |v| v[0].layer_norm(Some(&v[1]), Some(&v[2]), 1e-5, layout),
+            vec![x.clone(), w.clone(), b.clone()],
+        );
+        check(
+            &format!("instance_norm {layout:?}"),
+            move |v| v[0].instance_norm(1e-5, layout),
+            vec![x.clone()],
+        );
+        check(
+            &format!("group_norm {layout:?}"),
+            move |v| v[0].group_norm(2, Some(&v[1]), Some(&v[2]), 1e-5, layout),
+            vec![x.clone(), w.clone(), b.clone()],
+        );
+        let d = device();
+        let rm = Tensor::zeros(&[4], DType::F64, &d).unwrap();
+        let rv = Tensor::ones(&[4], DType::F64, &d).unwrap();
+        let (rm2, rv2) = (rm.clone(), rv.clone());
+        check(
+            &format!("batch_norm train {layout:?}"),
+            move |v| {
+                v[0].batch_norm(
+                    Some(&v[1]),
+                    Some(&v[2]),
+                    &rm2,
+                    &rv2,
+                    true,
+                    0.1,
+                    1e-5,
+                    layout,
+                )
+            },
+            vec![x.clone(), w.clone(), b.clone()],
+        );
+        check(
+            &format!("batch_norm eval {layout:?}"),
+            move |v| v[0].batch_norm(Some(&v[1]), Some(&v[2]), &rm, &rv, false, 0.1, 1e-5, layout),
+            vec![x, w, b],
+        );
+    }
+    // Large groups: the chunked statistics path (2 groups of 4800).
+    let x = rand(&mut r, &[1, 2, 20, 20, 12], -1.0, 1.0);
+    check(
+        "instance_norm chunked",
+        |v| v[0].instance_norm(1e-5, Layout::ChannelsFirst),
+        vec![x],
+    );
+}
+
+#[test]
+fn softmax_pool_resize_gradients() {
+    let mut r = rng(3);
+    let x = rand(&mut r, &[3, 4, 5], -2.0, 2.0);
+    for axis in [0isize, 1, 2] {
+        check(
+            &format!("softmax {axis}"),
+            move |v| v[0].softmax(axis),
+            vec![x.clone()],
+        );
+        check(
+            &format!("log_softmax {axis}"),
+            move |v| v[0].log_softmax(axis),
+            vec![x.clone()],
+        );
+    }
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        let x = rand(&mut r, &shape_in(layout, 2, 2, &[5, 4]), -2.0, 2.0);
+        let spec = PoolSpec::new(&[3, 2])
+            .stride(&[2, 1])
+            .pad(&[1, 0])
+            .layout(layout);
+        let s2 = spec.clone();
+        check(
+            &format!("avg_pool {layout:?}"),
+            move |v| v[0].avg_pool(&s2),
+            vec![x.clone()],
+        );
+        let s3 = spec.clone().exclude_pad();
+        check(
+            &format!("avg_pool excl {layout:?}"),
+            move |v| v[0].avg_pool(&s3),
+            vec![x.clone()],
+        );
+        check(
+            &format!("max_pool {layout:?}"),
+            move |v| v[0].max_pool(&spec),
+            vec![x.clone()],
+        );
+        check(
+            &format!("global_avg_pool {layout:?}"),
+            move |v| v[0].global_avg_pool(layout, false),
+            vec![x.clone()],
+        );
+        for (to, mode, ac) in [
+            (ResizeTo::Size(vec![7, 3]), ResizeMode::Linear, false),
+            (ResizeTo::Size(vec![3, 6]), ResizeMode::Linear, true),
+            (ResizeTo::Scale(vec![1.5]), ResizeMode::Nearest, false),
+        ] {
+            check(
+                &format!("resize {to:?} {mode:?} {ac} {layout:?}"),
+                move |v| v[0].resize(&to, mode, ac, layout),
+                vec![x.clone()],
+            );
+        }
+    }
+    let x3 = rand(&mut r, &[1, 2, 3, 4, 3], -1.0, 1.0);
+    check(
+        "trilinear",
+        |v| {
+            v[0].resize(
+                &ResizeTo::Size(vec![5, 3, 6]),
+                ResizeMode::Linear,
+                false,
+                Layout::ChannelsFirst,
+            )
+        },
+        vec![x3],
+    );
+}
+
+#[test]
+fn attention_gradients() {
+    let mut r = rng(4);
+    let q = rand(&mut r, &[1, 2, 5, 4], -1.0, 1.0);
+    let k = rand(&mut r, &[1, 2, 6, 4], -1.0, 1.0);
+    let v = rand(&mut r, &[1, 2, 6, 3], -1.0, 1.0);
+    check(
+        "attention fused",
+        |x| Var::attention(&x[0], &x[1], &x[2], None),
+        vec![q.clone(), k.clone(), v.clone()],
+    );
+    check(
+        "attention plain",
+        |x| Var::attention_plain(&x[0], &x[1], &x[2], Some(0.7)),
+        vec![q.clone(), k.clone(), v.clone()],
+    );
+    // Fused and plain agree.
+    let (qv, kv, vv) = (Var::constant(q), Var::constant(k), Var::constant(v));
+    let a = Var::attention(&qv, &kv, &vv, Some(0.7))
+        .unwrap()
+        .value()
+        .to_f64_vec()
+        .unwrap();
+    let b = Var::attention_plain(&qv, &kv, &vv, Some(0.7))
+        .unwrap()
+        .value()
+        .to_f64_vec()
+        .unwrap();
+    ssm_runtime::testing::assert_close("fused vs plain", &a, &b, 1e-12, 1e-13);
+}
+
+#[test]
+fn dropout_drop_path_pixel_shuffle_gradients() {
+    let mut r = rng(5);
+    let x = rand(&mut r, &[3, 4, 5], -1.0, 1.0);
+    check("dropout", |v| v[0].dropout(0.3, 17, true), vec![x.clone()]);
+    check(
+        "drop_path",
+        |v| v[0].drop_path(0.5, 23, true),
+        vec![x.clone()],
+    );
+    // Statistics of the masks.
+    let d = device();
+    let big = Tensor::ones(&[64, 1000], DType::F64, &d).unwrap();
+    let y = Var::constant(big.clone()).dropout(0.25, 5, true).unwrap();
+    let vals = y.value().to_f64_vec().unwrap();
+    let kept = vals.iter().filter(|&&v| v != 0.0).count() as f64 / vals.len() as f64;
+    assert!((kept - 0.75).abs() < 0.01, "dropout keep rate {kept}");
+    assert!(
+        vals.iter()
+            .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-12)
+    );
+    let y = Var::constant(big)
+        .drop_path(0.25, 9, true)
+        .unwrap()
+        .value()
+        .to_f64_vec()
+        .unwrap();
+    for row in y.chunks(1000) {
+        assert!(
+            row.iter().all(|&v| v == row[0]),
+            "drop_path drops whole samples"
+        );
+    }
+    let eval = Var::constant(x.clone()).dropout(0.3, 1, false).unwrap();
+    assert_eq!(eval.value().to_f64_vec().unwrap(), x.to_f64_vec().unwrap());
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        let x2 = rand_nonzero(&mut r, &shape_in(layout, 1, 8, &[2, 3]), 0.1, 1.0);
+        check(
+            &format!("pixel_shuffle {layout:?}"),
+            move |v| v[0].pixel_shuffle(2, layout),
+            vec![x2.clone()],
+        );
+        let x3 = rand(&mut r, &shape_in(layout, 1, 2, &[4, 6]), -1.0, 1.0);
+        check(
+            &format!("pixel_unshuffle {layout:?}"),
+            move |v| v[0].pixel_unshuffle(2, layout),
+            vec![x3],
+        );
+        // Round trip.
+        let y = Var::constant(x2.clone())
+            .pixel_shuffle(2, layout)
+            .unwrap()
+            .pixel_unshuffle(2, layout)
+            .unwrap();
+        assert_eq!(y.value().to_f64_vec().unwrap(), x2.to_f64_vec().unwrap());
+    }
+    // PyTorch's channel order: out[0, c, h·r + i, w·r + j] = in[0, c·r² + i·r + j, h, w].
+    let x = Tensor::from_f64(
+        &(0..8).map(f64::from).collect::<Vec<_>>(),
+        &[1, 8, 1, 1],
+        DType::F64,
+        &d,
+    )
+    .unwrap();
+    let y = Var::constant(x)
+        .pixel_shuffle(2, Layout::ChannelsFirst)
+        .unwrap();
+    assert_eq!(y.shape(), &[1, 2, 2, 2]);
+    assert_eq!(
+        y.value().to_f64_vec().unwrap(),
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    );
+}
+
+#[test]
+fn loss_gradients() {
+    let mut r = rng(6);
+    let d = device();
+    let logits = rand(&mut r, &[2, 3, 4, 3], -2.0, 2.0);
+    let probs_t = {
+        let labels: Vec<f64> = (0..24).map(|_| (r.next_u64() % 3) as f64).collect();
+        Tensor::from_f64(&labels, &[2, 4, 3], DType::F64, &d).unwrap()
+    };
+    let onehot = Tensor::one_hot(&probs_t, 3, Layout::ChannelsFirst).unwrap();
+    let bin = rand(&mut r, &[2, 3, 4, 3], 0.0, 1.0);
+    let (b2, l2, o2) = (bin.clone(), probs_t.clone(), onehot.clone());
+    check(
+        "bce_with_logits",
+        move |v| bce_with_logits(&v[0], &b2),
+        vec![logits.clone()],
+    );
+    check(
+        "cross_entropy labels",
+        move |v| cross_entropy(&v[0], CeTarget::Labels(&l2), 0.0, Layout::ChannelsFirst),
+        vec![logits.clone()],
+    );
+    check(
+        "cross_entropy probs smoothed",
+        move |v| cross_entropy(&v[0], CeTarget::Probs(&o2), 0.1, Layout::ChannelsFirst),
+        vec![logits.clone()],
+    );
+    for (name, opts) in [
+        ("dice sigmoid", DiceOptions::sigmoid()),
+        ("dice softmax", DiceOptions::softmax()),
+        (
+            "dice softmax no bg",
+            DiceOptions {
+                include_background: false,
+                ..DiceOptions::softmax()
+            },
+        ),
+        (
+            "dice sigmoid batch squared",
+            DiceOptions {
+                batch: true,
+                squared_pred: true,
+                ..DiceOptions::sigmoid()
+            },
+        ),
+    ] {
+        let t = onehot.clone();
+        check(
+            name,
+            move |v| dice_loss(&v[0], &t, &opts),
+            vec![logits.clone()],
+        );
+    }
+    let t = onehot.clone();
+    check(
+        "dice_ce softmax",
+        move |v| dice_ce_loss(&v[0], &t, &DiceOptions::softmax(), 1.0, 1.0, 0.0),
+        vec![logits.clone()],
+    );
+    let one = rand(&mut r, &[2, 1, 4, 3], -2.0, 2.0);
+    let tgt = Tensor::from_f64(
+        &(0..24).map(|i| f64::from(i % 3 == 0)).collect::<Vec<_>>(),
+        &[2, 1, 4, 3],
+        DType::F64,
+        &d,
+    )
+    .unwrap();
+    check(
+        "dice_ce one channel (bce)",
+        move |v| dice_ce_loss(&v[0], &tgt, &DiceOptions::sigmoid(), 1.0, 1.0, 0.0),
+        vec![one],
+    );
+    let pred = rand(&mut r, &[2, 3, 4, 4], -1.0, 1.0);
+    let target = rand(&mut r, &[2, 3, 4, 4], -1.0, 1.0);
+    let mask = Tensor::from_f64(
+        &(0..32).map(|i| f64::from(i % 3 != 0)).collect::<Vec<_>>(),
+        &[2, 1, 4, 4],
+        DType::F64,
+        &d,
+    )
+    .unwrap();
+    let (t2, m2) = (target.clone(), mask.clone());
+    check(
+        "masked_mse",
+        move |v| masked_mse(&v[0], &t2, &m2),
+        vec![pred.clone()],
+    );
+    check(
+        "masked_l1",
+        move |v| masked_l1(&v[0], &target, &mask),
+        vec![pred],
+    );
+    let _ = DiceActivation::None;
+}
+
+/// Host Dice (MONAI semantics) on channels-first probabilities and targets `[N, C, S]`.
+fn host_dice(p: &[f64], g: &[f64], n: usize, c: usize, s: usize, skip_bg: bool) -> f64 {
+    let mut total = 0.0;
+    let mut count = 0.0;
+    for b in 0..n {
+        for ch in usize::from(skip_bg)..c {
+            let (mut i, mut ps, mut gs) = (0.0, 0.0, 0.0);
+            for k in 0..s {
+                let idx = (b * c + ch) * s + k;
+                i += p[idx] * g[idx];
+                ps += p[idx];
+                gs += g[idx];
+            }
+            total += 1.0 - (2.0 * i + 1e-5) / (ps + gs + 1e-5);
+            count += 1.0;
+        }
+    }
+    total / count
+}
+
+#[test]
+fn loss_values_match_host() {
+    let mut r = rng(7);
+    let d = device();
+    let (n, c, s) = (2usize, 3usize, 5usize);
+    let xv = r.vec(n * c * s, -3.0, 3.0);
+    let labels: Vec<f64> = (0..n * s)
+        .map(|_| (r.next_u64() % c as u64) as f64)
+        .collect();
+    let x = Tensor::from_f64(&xv, &[n, c, s], DType::F64, &d).unwrap();
+    let lab = Tensor::from_f64(&labels, &[n, s], DType::F64, &d).unwrap();
+    let oh = Tensor::one_hot(&lab, c, Layout::ChannelsFirst).unwrap();
+    let ohv = oh.to_f64_vec().unwrap();
+    // Host softmax and log-softmax over channels.
+    let mut sm = vec![0.0; xv.len()];
+    let mut lsm = vec![0.0; xv.len()];
+    for b in 0..n {
+        for k in 0..s {
+            let idx = |ch: usize| (b * c + ch) * s + k;
+            let m = (0..c).map(|ch| xv[idx(ch)]).fold(f64::MIN, f64::max);
+            let z: f64 = (0..c).map(|ch| (xv[idx(ch)] - m).exp()).sum();
+            for ch in 0..c {
+                sm[idx(ch)] = (xv[idx(ch)] - m).exp() / z;
+                lsm[idx(ch)] = xv[idx(ch)] - m - z.ln();
+            }
+        }
+    }
+    let xvar = Var::constant(x.clone());
+    let eps = 0.1;
+    let ce_want: f64 = -(0..xv.len())
+        .map(|i| ((1.0 - eps) * ohv[i] + eps / c as f64) * lsm[i])
+        .sum::<f64>()
+        / (n * s) as f64;
+    let ce = cross_entropy(&xvar, CeTarget::Labels(&lab), eps, Layout::ChannelsFirst).unwrap();
+    assert!(
+        (ce.value().item().unwrap() - ce_want).abs() < 1e-12,
+        "cross entropy"
+    );
+    let dice = dice_loss(&xvar, &lab, &DiceOptions::softmax()).unwrap();
+    assert!(
+        (dice.value().item().unwrap() - host_dice(&sm, &ohv, n, c, s, false)).abs() < 1e-12,
+        "dice"
+    );
+    let dice_nb = dice_loss(
+        &xvar,
+        &oh,
+        &DiceOptions {
+            include_background: false,
+            ..DiceOptions::softmax()
+        },
+    )
+    .unwrap();
+    assert!(
+        (dice_nb.value().item().unwrap() - host_dice(&sm, &ohv, n, c, s, true)).abs() < 1e-12,
+        "dice no bg"
+    );
+    let sig: Vec<f64> = xv.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    let dsig = dice_loss(&xvar, &oh, &DiceOptions::sigmoid()).unwrap();
+    assert!(
+        (dsig.value().item().unwrap() - host_dice(&sig, &ohv, n, c, s, false)).abs() < 1e-12,
+        "dice sigmoid"
+    );
+    let dce = dice_ce_loss(&xvar, &oh, &DiceOptions::softmax(), 1.0, 1.0, 0.0).unwrap();
+    let ce0: f64 = -(0..xv.len()).map(|i| ohv[i] * lsm[i]).sum::<f64>() / (n * s) as f64;
+    assert!(
+        (dce.value().item().unwrap() - host_dice(&sm, &ohv, n, c, s, false) - ce0).abs() < 1e-12,
+        "dice_ce"
+    );
+    let bce = bce_with_logits(&xvar, &oh).unwrap();
+    let bce_want: f64 = xv
+        .iter()
+        .zip(&ohv)
+        .map(|(&x, &t)| x.max(0.0) - x * t + (-x.abs()).exp().ln_1p())
+        .sum::<f64>()
+        / xv.len() as f64;
+    assert!(
+        (bce.value().item().unwrap() - bce_want).abs() < 1e-12,
+        "bce"
+    );
+    let mask = Tensor::from_f64(&[1.0, 0.0, 1.0, 1.0, 0.0], &[1, 1, 5], DType::F64, &d).unwrap();
+    let zero = Tensor::zeros(&[n, c, s], DType::F64, &d).unwrap();
+    let mse = masked_mse(&xvar, &zero, &mask)
+        .unwrap()
+        .value()
+        .item()
+        .unwrap();
+    let mut want = 0.0;
+    for (i, v) in xv.iter().enumerate() {
+        if [0usize, 2, 3].contains(&(i % s)) {
+            want += v * v;
+        }
+    }
+    assert!(
+        (mse - want / (n * c * 3) as f64).abs() < 1e-12,
+        "masked mse"
+    );
+}

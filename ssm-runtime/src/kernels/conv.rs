@@ -1,0 +1,979 @@
+//! Convolution kernels (1-D, 2-D and 3-D, unified to three spatial axes: lower ranks use
+//! size-1 leading axes). Every kernel reads its operands through element strides, so
+//! channels-first `[N, C, D, H, W]` and channels-last `[N, D, H, W, C]` tensors (or any other
+//! strided view) are read in place; outputs are written contiguous in the requested layout.
+//!
+//! Three families:
+//! - **direct** ([`conv_direct`], [`conv_wgrad_direct`]): one thread per output element
+//!   looping over its window (or, for the weight gradient, one cube per weight element
+//!   and chunk of positions). Memory-bound and exact for depthwise and other thin groups.
+//! - **implicit GEMM** ([`conv_gemm`], [`conv_wgrad_gemm`]): shared-memory tiles with register
+//!   blocking on CUDA cores, full f32/f64 precision. The im2col matrix is never built:
+//!   each tile gathers its input patch straight from the activation. Forward and
+//!   backward-data are the same kernel (`transposed` reads the output gradient through
+//!   the transposed index map `(o + pad − t·dil) / stride`); the weight gradient reduces
+//!   over positions, split across cubes, with a second pass summing the splits.
+//! - `cubek-convolution` (tensor cores, TF32 for f32 operands) for dense channels-last
+//!   problems when the caller allows TF32; see `ops::conv`.
+//!
+//! Geometry is passed as one [`ConvGeo`] launch struct of `i32`s (tensors are limited to
+//! 2³¹ elements by the caller).
+
+use cubecl::prelude::*;
+
+use crate::device::record_launch;
+use crate::dispatch;
+use crate::kernels::launch::{ELEMWISE_CUBE, elemwise_grid};
+use crate::tensor::Tensor as SsmTensor;
+
+/// Geometry of a convolution-like launch. "src" is the operand gathered through the window
+/// (the input for forward, the output gradient for backward-data), "dst" the tensor whose
+/// positions the kernel iterates (the output for forward, the input gradient for
+/// backward-data). Strides are in elements, per (batch, channel, d, h, w).
+#[derive(CubeType, CubeLaunch, Clone, Copy, Debug)]
+pub struct ConvGeo {
+    /// src spatial sizes.
+    pub src_d: i32,
+    pub src_h: i32,
+    pub src_w: i32,
+    /// src strides.
+    pub ss_n: i32,
+    pub ss_c: i32,
+    pub ss_d: i32,
+    pub ss_h: i32,
+    pub ss_w: i32,
+    /// dst spatial sizes.
+    pub dst_d: i32,
+    pub dst_h: i32,
+    pub dst_w: i32,
+    /// dst strides.
+    pub sd_n: i32,
+    pub sd_c: i32,
+    pub sd_d: i32,
+    pub sd_h: i32,
+    pub sd_w: i32,
+    /// Kernel window.
+    pub k_d: i32,
+    pub k_h: i32,
+    pub k_w: i32,
+    /// Weight strides: per dst channel, per reduced (src) channel, per tap.
+    pub sw_o: i32,
+    pub sw_i: i32,
+    pub sw_d: i32,
+    pub sw_h: i32,
+    pub sw_w: i32,
+    /// Weight offset from one group to the next.
+    pub w_group: i32,
+    /// Convolution stride, padding before, dilation.
+    pub st_d: i32,
+    pub st_h: i32,
+    pub st_w: i32,
+    pub pad_d: i32,
+    pub pad_h: i32,
+    pub pad_w: i32,
+    pub dil_d: i32,
+    pub dil_h: i32,
+    pub dil_w: i32,
+    /// src channels per group (reduced), dst channels per group, groups, batch.
+    pub c_red: i32,
+    pub c_out: i32,
+    pub groups: i32,
+    pub batch: i32,
+}
+
+/// Host-side copy of [`ConvGeo`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Geo {
+    pub src: [i32; 3],
+    pub ss: [i32; 5],
+    pub dst: [i32; 3],
+    pub sd: [i32; 5],
+    pub k: [i32; 3],
+    pub sw: [i32; 5],
+    pub w_group: i32,
+    pub stride: [i32; 3],
+    pub pad: [i32; 3],
+    pub dil: [i32; 3],
+    pub c_red: i32,
+    pub c_out: i32,
+    pub groups: i32,
+    pub batch: i32,
+}
+
+impl Geo {
+    pub(crate) fn launch<R: Runtime>(&self) -> ConvGeoLaunch<R> {
+        ConvGeoLaunch::new(
+            self.src[0],
+            self.src[1],
+            self.src[2],
+            self.ss[0],
+            self.ss[1],
+            self.ss[2],
+            self.ss[3],
+            self.ss[4],
+            self.dst[0],
+            self.dst[1],
+            self.dst[2],
+            self.sd[0],
+            self.sd[1],
+            self.sd[2],
+            self.sd[3],
+            self.sd[4],
+            self.k[0],
+            self.k[1],
+            self.k[2],
+            self.sw[0],
+            self.sw[1],
+            self.sw[2],
+            self.sw[3],
+            self.sw[4],
+            self.w_group,
+            self.stride[0],
+            self.stride[1],
+            self.stride[2],
+            self.pad[0],
+            self.pad[1],
+            self.pad[2],
+            self.dil[0],
+            self.dil[1],
+            self.dil[2],
+            self.c_red,
+            self.c_out,
+            self.groups,
+            self.batch,
+        )
+    }
+
+    fn dst_positions(&self) -> usize {
+        (self.batch * self.dst[0] * self.dst[1] * self.dst[2]) as usize
+    }
+}
+
+/// The src coordinate read by dst coordinate `o` at tap `t`, or −1 outside the src.
+/// Forward: `o·stride − pad + t·dil`. Transposed (backward-data): the `s` with
+/// `s·stride − pad + t·dil = o`, when it exists.
+#[cube]
+pub(crate) fn src_coord(
+    o: i32,
+    t: i32,
+    st: i32,
+    pad: i32,
+    dil: i32,
+    size: i32,
+    #[comptime] transposed: bool,
+) -> i32 {
+    if transposed {
+        let num = o + pad - t * dil;
+        let q = num / st;
+        select(num >= 0 && q * st == num && q < size, q, -1i32)
+    } else {
+        let s = o * st - pad + t * dil;
+        select(s >= 0 && s < size, s, -1i32)
+    }
+}
+
+/// Split a flat position index into (n, d, h, w) over sizes (d, h, w).
+#[cube]
+pub(crate) fn split_pos(p: i32, d: i32, h: i32, w: i32) -> (i32, i32, i32, i32) {
+    let ow = p % w;
+    let r = p / w;
+    let oh = r % h;
+    let r2 = r / h;
+    (r2 / d, r2 % d, oh, ow)
+}
+
+/// Direct convolution: one thread per dst element (dst contiguous in its layout).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv_direct<F: Float>(
+    src: &Array<F>,
+    w: &Array<F>,
+    bias: &Array<F>,
+    dst: &mut Array<F>,
+    src_off: i32,
+    w_off: i32,
+    g: ConvGeo,
+    total: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] channels_last: bool,
+    #[comptime] transposed: bool,
+    #[define(F)] _d: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i < total {
+        let c_total = g.c_out * g.groups;
+        let ii = i32::cast_from(i);
+        let (c, p) = if channels_last {
+            (ii % c_total, ii / c_total)
+        } else {
+            let spatial = g.dst_d * g.dst_h * g.dst_w;
+            let s = ii % spatial;
+            let r = ii / spatial;
+            (r % c_total, (r / c_total) * spatial + s)
+        };
+        let (n, od, oh, ow) = split_pos(p, g.dst_d, g.dst_h, g.dst_w);
+        let grp = c / g.c_out;
+        let mut acc = if has_bias {
+            bias[usize::cast_from(c)]
+        } else {
+            F::new(0.0)
+        };
+        let src_n = src_off + n * g.ss_n + grp * g.c_red * g.ss_c;
+        let w_c = w_off + grp * g.w_group + (c % g.c_out) * g.sw_o;
+        for td in 0..g.k_d {
+            let sd = src_coord(od, td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
+            if sd >= 0 {
+                for th in 0..g.k_h {
+                    let sh = src_coord(oh, th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
+                    if sh >= 0 {
+                        for tw in 0..g.k_w {
+                            let sw =
+                                src_coord(ow, tw, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed);
+                            if sw >= 0 {
+                                let s_off = src_n + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w;
+                                let w_tap = w_c + td * g.sw_d + th * g.sw_h + tw * g.sw_w;
+                                for ci in 0..g.c_red {
+                                    acc += src[usize::cast_from(s_off + ci * g.ss_c)]
+                                        * w[usize::cast_from(w_tap + ci * g.sw_i)];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dst[i] = acc;
+    }
+}
+
+/// Weight gradient, direct: one cube per (weight element, chunk of positions); partial sums
+/// go to `out[item]` and a reduction over chunks finishes the sum. src = input x (strides
+/// `ss`), dst = output gradient dy (strides `sd`), weight element `e` is row-major
+/// `[c_out·groups, c_red, k_d, k_h, k_w]`.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv_wgrad_direct<F: Float>(
+    src: &Array<F>,
+    dy: &Array<F>,
+    out: &mut Array<F>,
+    src_off: i32,
+    dy_off: i32,
+    g: ConvGeo,
+    n_items: usize,
+    n_chunks: i32,
+    chunk_len: i32,
+    #[comptime] block: usize,
+    #[define(F)] _d: StorageType,
+) {
+    let item = CUBE_POS;
+    if item < n_items {
+        let it = i32::cast_from(item);
+        let chunk = it % n_chunks;
+        let e = it / n_chunks;
+        let taps = g.k_d * g.k_h * g.k_w;
+        let tap = e % taps;
+        let ci = (e / taps) % g.c_red;
+        let co = e / (taps * g.c_red);
+        let tw = tap % g.k_w;
+        let th = (tap / g.k_w) % g.k_h;
+        let td = tap / (g.k_w * g.k_h);
+        let grp = co / g.c_out;
+        let positions = g.batch * g.dst_d * g.dst_h * g.dst_w;
+        let start = chunk * chunk_len;
+        let end = select(start + chunk_len < positions, start + chunk_len, positions);
+        let src_c = src_off + (grp * g.c_red + ci) * g.ss_c;
+        let dy_c = dy_off + co * g.sd_c;
+        let mut acc = F::new(0.0);
+        let mut p = start + i32::cast_from(UNIT_POS);
+        while p < end {
+            let (n, od, oh, ow) = split_pos(p, g.dst_d, g.dst_h, g.dst_w);
+            let sd = src_coord(od, td, g.st_d, g.pad_d, g.dil_d, g.src_d, false);
+            let sh = src_coord(oh, th, g.st_h, g.pad_h, g.dil_h, g.src_h, false);
+            let sw = src_coord(ow, tw, g.st_w, g.pad_w, g.dil_w, g.src_w, false);
+            if sd >= 0 && sh >= 0 && sw >= 0 {
+                acc += src[usize::cast_from(
+                    src_c + n * g.ss_n + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+                )] * dy
+                    [usize::cast_from(dy_c + n * g.sd_n + od * g.sd_d + oh * g.sd_h + ow * g.sd_w)];
+            }
+            p += i32::cast_from(block);
+        }
+        let mut sm = SharedMemory::<F>::new(block);
+        let t = UNIT_POS as usize;
+        sm[t] = acc;
+        sync_cube();
+        let mut half = (CUBE_DIM / 2) as usize;
+        while half > 0 {
+            if t < half {
+                sm[t] = sm[t] + sm[t + half];
+            }
+            sync_cube();
+            half /= 2;
+        }
+        if t == 0 {
+            out[item] = sm[0];
+        }
+    }
+}
+
+/// Register-tile FMA over one shared-memory stage: `acc[i][j] += Σ_k a[k][row i]·b[k][col j]`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_fma<F: Float>(
+    a_s: &SharedMemory<F>,
+    b_s: &SharedMemory<F>,
+    acc: &mut Array<F>,
+    row0: usize,
+    col0: usize,
+    #[comptime] a_stride: usize,
+    #[comptime] b_stride: usize,
+    #[comptime] bk: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] tx: usize,
+) {
+    let mut a_r = Array::<F>::new(tm);
+    let mut b_r = Array::<F>::new(tn);
+    #[unroll]
+    for kk in 0..bk {
+        #[unroll]
+        for i in 0..tm {
+            a_r[i] = a_s[kk * a_stride + row0 + i];
+        }
+        #[unroll]
+        for j in 0..tn {
+            b_r[j] = b_s[kk * b_stride + col0 + j * tx];
+        }
+        #[unroll]
+        for i in 0..tm {
+            #[unroll]
+            for j in 0..tn {
+                acc[i * tn + j] += a_r[i] * b_r[j];
+            }
+        }
+    }
+}
+
+/// Implicit-GEMM convolution (forward, or backward-data with `transposed`):
+/// `dst[m, col] = Σ_{tap, c} src[gather(m, tap), c] · w[col, c, tap]` with m the dst
+/// positions, col the dst channels of one group, tiles of `bm = ty·tm` positions ×
+/// `bn = tx·tn` channels per cube (`tx·ty` threads), `bk` channels per stage. Taps are the
+/// outer reduction loop, so each thread computes its gather addresses once per tap.
+///
+/// src loads are coalesced along positions (channels-first src) or channels (channels-last
+/// src). Grid: x·y = position tiles, z = groups × channel tiles.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv_gemm<F: Float>(
+    src: &Array<F>,
+    w: &Array<F>,
+    bias: &Array<F>,
+    dst: &mut Array<F>,
+    src_off: i32,
+    w_off: i32,
+    g: ConvGeo,
+    n_tiles: u32,
+    #[comptime] tx: usize,
+    #[comptime] ty: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] bk: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] src_channels_last: bool,
+    #[comptime] transposed: bool,
+    #[define(F)] _d: StorageType,
+) {
+    let threads = comptime!(tx * ty);
+    let bm = comptime!(ty * tm);
+    let bn = comptime!(tx * tn);
+    // Padded smem rows avoid bank conflicts on the transposed stores.
+    let a_stride = comptime!(bm + 1);
+    let b_stride = comptime!(bn + 1);
+    let ra = comptime!((bm * bk).div_ceil(tx * ty));
+    let rb = comptime!((bn * bk).div_ceil(tx * ty));
+
+    let tid = UNIT_POS as usize;
+    let t_col = tid % tx;
+    let t_row = tid / tx;
+    let m_tile = CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X;
+    let grp = i32::cast_from(CUBE_POS_Z / n_tiles);
+    let n_tile = CUBE_POS_Z % n_tiles;
+    let m_total = g.batch * g.dst_d * g.dst_h * g.dst_w;
+    let m0 = i32::cast_from(m_tile) * i32::cast_from(bm);
+    let n0 = i32::cast_from(n_tile) * i32::cast_from(bn);
+
+    let mut a_s = SharedMemory::<F>::new(bk * a_stride);
+    let mut b_s = SharedMemory::<F>::new(bk * b_stride);
+    let mut acc = Array::<F>::new(tm * tn);
+    #[unroll]
+    for i in 0..tm * tn {
+        acc[i] = F::new(0.0);
+    }
+
+    // The src elements this thread loads: element e = tid + r·threads of the bk × bm tile.
+    // (m_local, k_local) per r; positions decomposed once.
+    let mut a_ml = Array::<i32>::new(ra);
+    let mut a_kl = Array::<i32>::new(ra);
+    let mut a_base = Array::<i32>::new(ra);
+    let mut a_d = Array::<i32>::new(ra);
+    let mut a_h = Array::<i32>::new(ra);
+    let mut a_w = Array::<i32>::new(ra);
+    let mut a_addr = Array::<i32>::new(ra);
+    #[unroll]
+    for r in 0..ra {
+        let e = i32::cast_from(tid + r * threads);
+        let (ml, kl) = if src_channels_last {
+            (e / i32::cast_from(bk), e % i32::cast_from(bk))
+        } else {
+            (e % i32::cast_from(bm), e / i32::cast_from(bm))
+        };
+        let in_tile = e < i32::cast_from(bm * bk);
+        a_ml[r] = ml;
+        a_kl[r] = select(in_tile, kl, i32::cast_from(bk));
+        let m = m0 + ml;
+        let (n, od, oh, ow) = split_pos(m, g.dst_d, g.dst_h, g.dst_w);
+        a_base[r] = select(
+            m < m_total && in_tile,
+            src_off + n * g.ss_n + grp * g.c_red * g.ss_c,
+            -1i32,
+        );
+        a_d[r] = od;
+        a_h[r] = oh;
+        a_w[r] = ow;
+        a_addr[r] = -1i32;
+    }
+    let w_grp = w_off + grp * g.w_group;
+
+    for td in 0..g.k_d {
+        for th in 0..g.k_h {
+            for tw in 0..g.k_w {
+                #[unroll]
+                for r in 0..ra {
+                    let sd = src_coord(a_d[r], td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
+                    let sh = src_coord(a_h[r], th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
+                    let sw = src_coord(a_w[r], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed);
+                    a_addr[r] = select(
+                        a_base[r] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
+                        a_base[r] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+                        -1i32,
+                    );
+                }
+                let w_tap = w_grp + td * g.sw_d + th * g.sw_h + tw * g.sw_w;
+                let mut c0 = 0i32;
+                while c0 < g.c_red {
+                    #[unroll]
+                    for r in 0..ra {
+                        let kl = a_kl[r];
+                        let c = c0 + kl;
+                        let v = if a_addr[r] >= 0 && c < g.c_red {
+                            src[usize::cast_from(a_addr[r] + c * g.ss_c)]
+                        } else {
+                            F::new(0.0)
+                        };
+                        if kl < i32::cast_from(bk) {
+                            a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] = v;
+                        }
+                    }
+                    #[unroll]
+                    for r in 0..rb {
+                        let e = i32::cast_from(tid + r * threads);
+                        let kl = e % i32::cast_from(bk);
+                        let nl = e / i32::cast_from(bk);
+                        let col = n0 + nl;
+                        let c = c0 + kl;
+                        if e < i32::cast_from(bn * bk) {
+                            b_s[usize::cast_from(kl) * b_stride + usize::cast_from(nl)] =
+                                if col < g.c_out && c < g.c_red {
+                                    w[usize::cast_from(w_tap + col * g.sw_o + c * g.sw_i)]
+                                } else {
+                                    F::new(0.0)
+                                };
+                        }
+                    }
+                    sync_cube();
+                    stage_fma::<F>(
+                        &a_s,
+                        &b_s,
+                        &mut acc,
+                        t_row * tm,
+                        t_col,
+                        a_stride,
+                        b_stride,
+                        bk,
+                        tm,
+                        tn,
+                        tx,
+                    );
+                    sync_cube();
+                    c0 += i32::cast_from(bk);
+                }
+            }
+        }
+    }
+
+    #[unroll]
+    for i in 0..tm {
+        let m = m0 + i32::cast_from(t_row * tm + i);
+        if m < m_total {
+            let (n, od, oh, ow) = split_pos(m, g.dst_d, g.dst_h, g.dst_w);
+            let base = n * g.sd_n + od * g.sd_d + oh * g.sd_h + ow * g.sd_w;
+            #[unroll]
+            for j in 0..tn {
+                let col = n0 + i32::cast_from(t_col + j * tx);
+                if col < g.c_out {
+                    let c = grp * g.c_out + col;
+                    let b = if has_bias {
+                        bias[usize::cast_from(c)]
+                    } else {
+                        F::new(0.0)
+                    };
+                    dst[usize::cast_from(base + c * g.sd_c)] = acc[i * tn + j] + b;
+                }
+            }
+        }
+    }
+}
+
+/// Implicit-GEMM weight gradient: `dw[co, c, tap] = Σ_pos dy[pos, co] · x[gather(pos, tap), c]`
+/// with rows = output channels of one group (`bm = ty·tm`), columns = (tap, input channel)
+/// pairs (`bn = tx·tn`), and the reduction over positions walked one dst row `(n, d, h)`
+/// at a time in chunks of `bk` along w. Each split (grid z, together with the group) sums a
+/// contiguous range of rows into its own slice of `out` = `[splits, c_out·groups, c_red,
+/// taps]`. src = x (strides `ss`), dst = dy (strides `sd`).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv_wgrad_gemm<F: Float>(
+    src: &Array<F>,
+    dy: &Array<F>,
+    out: &mut Array<F>,
+    src_off: i32,
+    dy_off: i32,
+    g: ConvGeo,
+    splits: i32,
+    rows_per_split: i32,
+    #[comptime] tx: usize,
+    #[comptime] ty: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] bk: usize,
+    #[comptime] dy_channels_last: bool,
+    #[comptime] src_channels_last: bool,
+    #[define(F)] _d: StorageType,
+) {
+    let threads = comptime!(tx * ty);
+    let bm = comptime!(ty * tm);
+    let bn = comptime!(tx * tn);
+    let a_stride = comptime!(bm + 1);
+    let b_stride = comptime!(bn + 1);
+    let ra = comptime!((bm * bk).div_ceil(tx * ty));
+    let rb = comptime!((bn * bk).div_ceil(tx * ty));
+    let bki = i32::cast_from(bk);
+
+    let tid = UNIT_POS as usize;
+    let t_col = tid % tx;
+    let t_row = tid / tx;
+    let n0 = i32::cast_from(CUBE_POS_X) * i32::cast_from(bn);
+    let m0 = i32::cast_from(CUBE_POS_Y) * i32::cast_from(bm);
+    let zi = i32::cast_from(CUBE_POS_Z);
+    let split = zi % splits;
+    let grp = zi / splits;
+    let taps = g.k_d * g.k_h * g.k_w;
+    let n_cols = taps * g.c_red;
+    let rows = g.batch * g.dst_d * g.dst_h;
+    let row_start = split * rows_per_split;
+    let row_end = select(
+        row_start + rows_per_split < rows,
+        row_start + rows_per_split,
+        rows,
+    );
+
+    let mut a_s = SharedMemory::<F>::new(bk * a_stride);
+    let mut b_s = SharedMemory::<F>::new(bk * b_stride);
+    let mut acc = Array::<F>::new(tm * tn);
+    #[unroll]
+    for i in 0..tm * tn {
+        acc[i] = F::new(0.0);
+    }
+
+    // dy tile (bk positions × bm channels): fixed (k_local, m_local) per r.
+    let mut a_kl = Array::<i32>::new(ra);
+    let mut a_ml = Array::<i32>::new(ra);
+    #[unroll]
+    for r in 0..ra {
+        let e = i32::cast_from(tid + r * threads);
+        let (kl, ml) = if dy_channels_last {
+            (e / i32::cast_from(bm), e % i32::cast_from(bm))
+        } else {
+            (e % bki, e / bki)
+        };
+        let ok = e < i32::cast_from(bm * bk) && m0 + ml < g.c_out;
+        a_kl[r] = select(ok, kl, -1i32);
+        a_ml[r] = ml;
+    }
+    // x tile (bk positions × bn (tap, channel) columns): fixed columns per r, decomposed once.
+    let mut b_kl = Array::<i32>::new(rb);
+    let mut b_nl = Array::<i32>::new(rb);
+    let mut b_c = Array::<i32>::new(rb);
+    let mut b_d = Array::<i32>::new(rb);
+    let mut b_h = Array::<i32>::new(rb);
+    let mut b_w = Array::<i32>::new(rb);
+    #[unroll]
+    for r in 0..rb {
+        let e = i32::cast_from(tid + r * threads);
+        let (kl, nl) = if src_channels_last {
+            (e / i32::cast_from(bn), e % i32::cast_from(bn))
+        } else {
+            (e % bki, e / bki)
+        };
+        let col = n0 + nl;
+        let ok = e < i32::cast_from(bn * bk) && col < n_cols;
+        // Columns are ordered (tap, channel), channel fastest.
+        let c = col % g.c_red;
+        let tap = col / g.c_red;
+        b_kl[r] = select(ok, kl, -1i32);
+        b_nl[r] = nl;
+        b_c[r] = src_off + (grp * g.c_red + c) * g.ss_c;
+        b_d[r] = (tap / (g.k_h * g.k_w)) * g.dil_d - g.pad_d;
+        b_h[r] = ((tap / g.k_w) % g.k_h) * g.dil_h - g.pad_h;
+        b_w[r] = (tap % g.k_w) * g.dil_w - g.pad_w;
+    }
+    let dy_grp = dy_off + (grp * g.c_out + m0) * g.sd_c;
+
+    let mut row = row_start;
+    while row < row_end {
+        let oh = row % g.dst_h;
+        let od = (row / g.dst_h) % g.dst_d;
+        let n = row / (g.dst_h * g.dst_d);
+        let dy_row = dy_grp + n * g.sd_n + od * g.sd_d + oh * g.sd_h;
+        let src_n = n * g.ss_n;
+        let id0 = od * g.st_d;
+        let ih0 = oh * g.st_h;
+        let mut ow0 = 0i32;
+        while ow0 < g.dst_w {
+            #[unroll]
+            for r in 0..ra {
+                let kl = a_kl[r];
+                let ow = ow0 + kl;
+                if kl >= 0 {
+                    a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] =
+                        if ow < g.dst_w {
+                            dy[usize::cast_from(dy_row + a_ml[r] * g.sd_c + ow * g.sd_w)]
+                        } else {
+                            F::new(0.0)
+                        };
+                }
+            }
+            #[unroll]
+            for r in 0..rb {
+                let kl = b_kl[r];
+                if kl >= 0 {
+                    let ow = ow0 + kl;
+                    let sd = id0 + b_d[r];
+                    let sh = ih0 + b_h[r];
+                    let sw = ow * g.st_w + b_w[r];
+                    let ok = ow < g.dst_w
+                        && sd >= 0
+                        && sd < g.src_d
+                        && sh >= 0
+                        && sh < g.src_h
+                        && sw >= 0
+                        && sw < g.src_w;
+                    b_s[usize::cast_from(kl) * b_stride + usize::cast_from(b_nl[r])] = if ok {
+                        src[usize::cast_from(
+                            b_c[r] + src_n + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+                        )]
+                    } else {
+                        F::new(0.0)
+                    };
+                }
+            }
+            sync_cube();
+            stage_fma::<F>(
+                &a_s,
+                &b_s,
+                &mut acc,
+                t_row * tm,
+                t_col,
+                a_stride,
+                b_stride,
+                bk,
+                tm,
+                tn,
+                tx,
+            );
+            sync_cube();
+            ow0 += bki;
+        }
+        row += 1i32;
+    }
+
+    // out[split, co, c, tap] (row-major [splits, c_out·groups, c_red, taps]).
+    let co_total = g.c_out * g.groups;
+    #[unroll]
+    for i in 0..tm {
+        let co = m0 + i32::cast_from(t_row * tm + i);
+        if co < g.c_out {
+            let row_base = ((split * co_total) + grp * g.c_out + co) * n_cols;
+            #[unroll]
+            for j in 0..tn {
+                let col = n0 + i32::cast_from(t_col + j * tx);
+                if col < n_cols {
+                    let c = col % g.c_red;
+                    let tap = col / g.c_red;
+                    out[usize::cast_from(row_base + c * taps + tap)] = acc[i * tn + j];
+                }
+            }
+        }
+    }
+}
+
+// ---- launch helpers ------------------------------------------------------------------------
+
+/// Direct convolution into the fresh contiguous `dst`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn direct(
+    src: &SsmTensor,
+    w: &SsmTensor,
+    bias: Option<&SsmTensor>,
+    dst: &SsmTensor,
+    geo: &Geo,
+    channels_last: bool,
+    transposed: bool,
+) {
+    let total = dst.numel();
+    if total == 0 {
+        return;
+    }
+    let dtype = src.dtype.storage();
+    let bias_t = bias.unwrap_or(w);
+    dispatch!(src.device, c => {
+        let (count, dim) = elemwise_grid(c, total);
+        record_launch();
+        unsafe {
+            conv_direct::launch_unchecked(
+                c, count, dim,
+                src.array_arg(src.buffer_len()),
+                w.array_arg(w.buffer_len()),
+                bias_t.array_arg(bias_t.buffer_len()),
+                dst.array_arg(total),
+                src.offset as i32,
+                w.offset as i32,
+                geo.launch(),
+                total,
+                bias.is_some(),
+                channels_last,
+                transposed,
+                dtype,
+            )
+        }
+    })
+}
+
+/// Direct weight gradient: returns partial sums `[n_weights, n_chunks]`.
+pub(crate) fn wgrad_direct(
+    x: &SsmTensor,
+    dy: &SsmTensor,
+    geo: &Geo,
+    n_weights: usize,
+) -> SsmTensor {
+    let positions = geo.dst_positions();
+    let block = positions
+        .next_power_of_two()
+        .clamp(32, ELEMWISE_CUBE as usize);
+    let target = 2048usize;
+    let n_chunks = if n_weights < target && positions > 8 * block {
+        (target / n_weights).clamp(1, positions.div_ceil(4 * block))
+    } else {
+        1
+    };
+    let chunk_len = positions.div_ceil(n_chunks);
+    let items = n_weights * n_chunks;
+    let out = SsmTensor::empty(&[n_weights, n_chunks], x.dtype, &x.device);
+    let dtype = x.dtype.storage();
+    dispatch!(x.device, c => {
+        let dim = CubeDim::new_1d(block as u32);
+        let count = cubecl::calculate_cube_count_elemwise(c, items * block, dim);
+        record_launch();
+        unsafe {
+            conv_wgrad_direct::launch_unchecked(
+                c, count, dim,
+                x.array_arg(x.buffer_len()),
+                dy.array_arg(dy.buffer_len()),
+                out.array_arg(items),
+                x.offset as i32,
+                dy.offset as i32,
+                geo.launch(),
+                items,
+                n_chunks as i32,
+                chunk_len as i32,
+                block,
+                dtype,
+            )
+        }
+    });
+    out
+}
+
+/// Register-tile shape of an implicit-GEMM launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TileCfg {
+    pub tx: usize,
+    pub ty: usize,
+    pub tm: usize,
+    pub tn: usize,
+    pub bk: usize,
+}
+
+/// Tile for the forward/backward-data GEMM: 128 positions × a channel tile fitted to the
+/// channel count (least padding, then widest).
+pub(crate) fn gemm_tile(c_out: usize) -> TileCfg {
+    let options = [(8, 2), (8, 4), (8, 6), (16, 4), (16, 6), (16, 8)];
+    let (tx, tn) = options
+        .iter()
+        .copied()
+        .min_by_key(|&(tx, tn)| {
+            let bn = tx * tn;
+            let tiles = c_out.div_ceil(bn);
+            (tiles * bn - c_out, tiles, usize::MAX - bn)
+        })
+        .expect("options");
+    TileCfg {
+        tx,
+        ty: 16,
+        tm: 8,
+        tn,
+        bk: 8,
+    }
+}
+
+/// Implicit-GEMM forward or backward-data into the fresh `dst` (strides in `geo.sd`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    src: &SsmTensor,
+    w: &SsmTensor,
+    bias: Option<&SsmTensor>,
+    dst: &SsmTensor,
+    geo: &Geo,
+    src_channels_last: bool,
+    transposed: bool,
+    cfg: TileCfg,
+) {
+    let m_total = geo.dst_positions();
+    if m_total == 0 || dst.numel() == 0 {
+        return;
+    }
+    let bm = cfg.ty * cfg.tm;
+    let bn = cfg.tx * cfg.tn;
+    let m_tiles = m_total.div_ceil(bm);
+    let n_tiles = (geo.c_out as usize).div_ceil(bn);
+    let dtype = src.dtype.storage();
+    let bias_t = bias.unwrap_or(w);
+    dispatch!(src.device, c => {
+        let max_x = c.properties().hardware.max_cube_count.0.clamp(1, 65_535) as usize;
+        let (gx, gy) = if m_tiles <= max_x {
+            (m_tiles, 1)
+        } else {
+            (max_x, m_tiles.div_ceil(max_x))
+        };
+        let count = CubeCount::Static(gx as u32, gy as u32, (n_tiles * geo.groups as usize) as u32);
+        let dim = CubeDim::new_1d((cfg.tx * cfg.ty) as u32);
+        record_launch();
+        unsafe {
+            conv_gemm::launch_unchecked(
+                c, count, dim,
+                src.array_arg(src.buffer_len()),
+                w.array_arg(w.buffer_len()),
+                bias_t.array_arg(bias_t.buffer_len()),
+                dst.array_arg(dst.buffer_len()),
+                src.offset as i32,
+                w.offset as i32,
+                geo.launch(),
+                n_tiles as u32,
+                cfg.tx, cfg.ty, cfg.tm, cfg.tn, cfg.bk,
+                bias.is_some(),
+                src_channels_last,
+                transposed,
+                dtype,
+            )
+        }
+    })
+}
+
+/// Tile for the weight-gradient GEMM (rows = output channels, columns = (tap, channel)).
+pub(crate) fn wgrad_tile(c_out: usize, n_cols: usize, dst_w: usize) -> TileCfg {
+    let rows = [(8usize, 2usize), (8, 4), (8, 6), (16, 4), (16, 6), (16, 8)];
+    let (ty, tm) = rows
+        .iter()
+        .copied()
+        .min_by_key(|&(ty, tm)| {
+            let bm = ty * tm;
+            let tiles = c_out.div_ceil(bm);
+            (tiles * bm - c_out, tiles, usize::MAX - bm)
+        })
+        .expect("options");
+    let (tx, tn) = if n_cols >= 128 {
+        (16, 8)
+    } else if n_cols >= 64 {
+        (16, 4)
+    } else {
+        (16, 2)
+    };
+    let bk = if dst_w >= 8 { 8 } else { 4 };
+    TileCfg { tx, ty, tm, tn, bk }
+}
+
+/// Implicit-GEMM weight gradient: returns per-split partial sums
+/// `[splits, c_out·groups, c_red·taps]` (PyTorch weight order within each split).
+pub(crate) fn wgrad_gemm(
+    x: &SsmTensor,
+    dy: &SsmTensor,
+    geo: &Geo,
+    x_channels_last: bool,
+    dy_channels_last: bool,
+    cfg: TileCfg,
+) -> SsmTensor {
+    let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
+    let n_cols = taps * geo.c_red as usize;
+    let co_total = (geo.c_out * geo.groups) as usize;
+    let bm = cfg.ty * cfg.tm;
+    let bn = cfg.tx * cfg.tn;
+    let n_tiles = n_cols.div_ceil(bn);
+    let m_tiles = (geo.c_out as usize).div_ceil(bm);
+    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
+    let tiles = n_tiles * m_tiles * geo.groups as usize;
+    // Enough cubes to fill a large GPU, but at least a few rows (and stages) per split.
+    let stages_per_row = (geo.dst[2] as usize).div_ceil(cfg.bk);
+    let min_rows = 64usize.div_ceil(stages_per_row).max(1);
+    let splits = (2048usize.div_ceil(tiles)).clamp(1, rows.div_ceil(min_rows).max(1));
+    let rows_per_split = rows.div_ceil(splits);
+    let splits = rows.div_ceil(rows_per_split.max(1)).max(1);
+    let out = SsmTensor::empty(&[splits, co_total, n_cols], x.dtype, &x.device);
+    let dtype = x.dtype.storage();
+    dispatch!(x.device, c => {
+        let count = CubeCount::Static(
+            n_tiles as u32,
+            m_tiles as u32,
+            (splits * geo.groups as usize) as u32,
+        );
+        let dim = CubeDim::new_1d((cfg.tx * cfg.ty) as u32);
+        record_launch();
+        unsafe {
+            conv_wgrad_gemm::launch_unchecked(
+                c, count, dim,
+                x.array_arg(x.buffer_len()),
+                dy.array_arg(dy.buffer_len()),
+                out.array_arg(out.numel()),
+                x.offset as i32,
+                dy.offset as i32,
+                geo.launch(),
+                splits as i32,
+                rows_per_split as i32,
+                cfg.tx, cfg.ty, cfg.tm, cfg.tn, cfg.bk,
+                dy_channels_last,
+                x_channels_last,
+                dtype,
+            )
+        }
+    });
+    out
+}

@@ -1,0 +1,940 @@
+//! Convolutions (1-D, 2-D, 3-D) with stride, padding ("same", causal, asymmetric),
+//! dilation, bias and groups, and their input and weight gradients.
+//!
+//! Activations are channels-first `[N, C, *spatial]` or channels-last `[N, *spatial, C]`
+//! ([`Layout`]); weights always use PyTorch's `[C_out, C_in / groups, *kernel]`. Kernels read
+//! any strided view in place, so a layout is never converted per op; outputs come back in
+//! the input's layout. Which kernel runs ([`ConvImpl`]):
+//!
+//! | kernel | used for | prefers |
+//! | --- | --- | --- |
+//! | implicit GEMM (own, CUDA cores, exact f32/f64) | ≥ 8 channels per group on both sides | either layout (coalesced loads chosen per layout) |
+//! | direct (own) | depthwise and other thin groups | channels-first for the weight gradient, either otherwise |
+//! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1), [`ConvSpec::allow_tf32`], CUDA | channels-last (other layouts are copied once per call) |
+//!
+//! None of them materialises an im2col buffer: the GEMM kernels gather input patches into
+//! shared memory tile by tile.
+
+use crate::device::{DeviceKind, record_launch};
+use crate::dispatch;
+use crate::error::{Error, Result};
+use crate::kernels::conv::{self as k, Geo};
+use crate::ops::elementwise::require_float;
+use crate::shape::contiguous_strides;
+use crate::tensor::{Tensor, same_device};
+
+/// Memory layout of activation tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// `[N, C, *spatial]` (PyTorch's default).
+    #[default]
+    ChannelsFirst,
+    /// `[N, *spatial, C]`.
+    ChannelsLast,
+}
+
+impl Layout {
+    /// Index of the channel axis in a tensor of `rank` axes.
+    pub fn channel_axis(self, rank: usize) -> usize {
+        match self {
+            Layout::ChannelsFirst => 1,
+            Layout::ChannelsLast => rank - 1,
+        }
+    }
+
+    /// Indices of the spatial axes in a tensor of `rank` axes.
+    pub fn spatial_axes(self, rank: usize) -> Vec<usize> {
+        match self {
+            Layout::ChannelsFirst => (2..rank).collect(),
+            Layout::ChannelsLast => (1..rank - 1).collect(),
+        }
+    }
+
+    /// Shape `[n, c, spatial...]` arranged in this layout.
+    pub fn shape(self, n: usize, c: usize, spatial: &[usize]) -> Vec<usize> {
+        match self {
+            Layout::ChannelsFirst => [&[n, c][..], spatial].concat(),
+            Layout::ChannelsLast => [&[n][..], spatial, &[c]].concat(),
+        }
+    }
+
+    /// `(batch, channels, spatial)` of a shape in this layout (rank ≥ 2).
+    pub fn split(self, shape: &[usize]) -> (usize, usize, Vec<usize>) {
+        let r = shape.len();
+        let c = shape[self.channel_axis(r)];
+        let sp = self.spatial_axes(r).iter().map(|&a| shape[a]).collect();
+        (shape[0], c, sp)
+    }
+}
+
+/// Padding of a convolution (per spatial axis; a single value applies to every axis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Padding {
+    /// The same number of zeros before and after.
+    Symmetric(Vec<usize>),
+    /// (before, after) per axis.
+    Asymmetric(Vec<(usize, usize)>),
+    /// Output size = input size (stride 1): `dil·(k − 1)` zeros split with the extra one
+    /// after, as PyTorch's `padding="same"`.
+    Same,
+    /// `dil·(k − 1)` zeros before and none after (causal 1-D convolution).
+    Causal,
+}
+
+/// Hyper-parameters of a convolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Stride per spatial axis (one value broadcasts).
+    pub stride: Vec<usize>,
+    /// Zero padding.
+    pub padding: Padding,
+    /// Dilation per spatial axis (one value broadcasts).
+    pub dilation: Vec<usize>,
+    /// Channel groups (`groups = C_in` is depthwise).
+    pub groups: usize,
+    /// Layout of the activations.
+    pub layout: Layout,
+    /// Allow tensor cores with TF32 operands for f32 (PyTorch's default for cuDNN
+    /// convolutions); off by default, so f32 results are exact f32 arithmetic.
+    pub allow_tf32: bool,
+}
+
+impl Default for ConvSpec {
+    fn default() -> Self {
+        ConvSpec {
+            stride: vec![1],
+            padding: Padding::Symmetric(vec![0]),
+            dilation: vec![1],
+            groups: 1,
+            layout: Layout::ChannelsFirst,
+            allow_tf32: false,
+        }
+    }
+}
+
+impl ConvSpec {
+    /// Stride 1, no padding, no dilation, one group, channels-first.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Set the stride.
+    pub fn stride(mut self, s: &[usize]) -> Self {
+        self.stride = s.to_vec();
+        self
+    }
+    /// Symmetric zero padding.
+    pub fn pad(mut self, p: &[usize]) -> Self {
+        self.padding = Padding::Symmetric(p.to_vec());
+        self
+    }
+    /// Any padding.
+    pub fn padding(mut self, p: Padding) -> Self {
+        self.padding = p;
+        self
+    }
+    /// "same" padding.
+    pub fn same(self) -> Self {
+        self.padding(Padding::Same)
+    }
+    /// Causal padding.
+    pub fn causal(self) -> Self {
+        self.padding(Padding::Causal)
+    }
+    /// Set the dilation.
+    pub fn dilation(mut self, d: &[usize]) -> Self {
+        self.dilation = d.to_vec();
+        self
+    }
+    /// Set the number of groups.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    /// Set the activation layout.
+    pub fn layout(mut self, l: Layout) -> Self {
+        self.layout = l;
+        self
+    }
+    /// Allow TF32 tensor cores for f32.
+    pub fn allow_tf32(mut self, on: bool) -> Self {
+        self.allow_tf32 = on;
+        self
+    }
+}
+
+/// Which kernel computes a convolution (or one of its gradients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum ConvImpl {
+    /// Pick by shape and [`ConvSpec::allow_tf32`] (see the module docs).
+    #[default]
+    Auto,
+    /// One thread per output element (or per weight element and chunk).
+    Direct,
+    /// Implicit GEMM on CUDA cores.
+    Gemm,
+    /// `cubek-convolution` (tensor cores; needs groups = 1 and a device with them).
+    Cubek,
+}
+
+/// A convolution problem resolved against concrete shapes.
+#[derive(Debug, Clone)]
+pub struct ConvProblem {
+    /// Spatial rank (1, 2 or 3).
+    pub nd: usize,
+    /// Batch.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Input spatial sizes.
+    pub input: Vec<usize>,
+    /// Kernel sizes.
+    pub kernel: Vec<usize>,
+    /// Output spatial sizes.
+    pub output: Vec<usize>,
+    /// Strides.
+    pub stride: Vec<usize>,
+    /// Zeros before each axis.
+    pub pad_before: Vec<usize>,
+    /// Zeros after each axis.
+    pub pad_after: Vec<usize>,
+    /// Dilations.
+    pub dilation: Vec<usize>,
+    /// Activation layout.
+    pub layout: Layout,
+}
+
+fn per_axis(op: &'static str, what: &str, v: &[usize], nd: usize) -> Result<Vec<usize>> {
+    match v.len() {
+        1 => Ok(vec![v[0]; nd]),
+        n if n == nd => Ok(v.to_vec()),
+        n => Err(Error::arg(
+            op,
+            format!("{what} has {n} values for {nd} spatial axes"),
+        )),
+    }
+}
+
+impl ConvSpec {
+    /// Resolve against an input shape (in `self.layout`) and a weight shape.
+    pub fn resolve(
+        &self,
+        op: &'static str,
+        input: &[usize],
+        weight: &[usize],
+    ) -> Result<ConvProblem> {
+        let rank = input.len();
+        if !(3..=5).contains(&rank) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "input {input:?} must have rank 3, 4 or 5 (batch, channels, 1-3 spatial axes)"
+                ),
+            ));
+        }
+        let nd = rank - 2;
+        if weight.len() != rank {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "weight {weight:?} must be [C_out, C_in/groups, *kernel] with {nd} kernel axes (input {input:?})"
+                ),
+            ));
+        }
+        let (n, c_in, sp) = self.layout.split(input);
+        let (c_out, c_in_g, kernel) = (weight[0], weight[1], weight[2..].to_vec());
+        let g = self.groups;
+        if g == 0 || c_in % g != 0 || c_out % g != 0 || c_in / g != c_in_g {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "groups {g}: input has {c_in} channels and weight {weight:?} expects {c_in_g} per group \
+                     ({c_out} outputs); both channel counts must divide by groups"
+                ),
+            ));
+        }
+        if kernel.contains(&0) {
+            return Err(Error::shape(
+                op,
+                format!("weight {weight:?} has an empty kernel axis"),
+            ));
+        }
+        let stride = per_axis(op, "stride", &self.stride, nd)?;
+        let dilation = per_axis(op, "dilation", &self.dilation, nd)?;
+        if stride.contains(&0) || dilation.contains(&0) {
+            return Err(Error::arg(
+                op,
+                format!("stride {stride:?} and dilation {dilation:?} must be positive"),
+            ));
+        }
+        let span: Vec<usize> = (0..nd).map(|i| dilation[i] * (kernel[i] - 1)).collect();
+        let (pad_before, pad_after) = match &self.padding {
+            Padding::Symmetric(p) => {
+                let p = per_axis(op, "padding", p, nd)?;
+                (p.clone(), p)
+            }
+            Padding::Asymmetric(p) => match p.len() {
+                1 => (vec![p[0].0; nd], vec![p[0].1; nd]),
+                l if l == nd => (
+                    p.iter().map(|q| q.0).collect(),
+                    p.iter().map(|q| q.1).collect(),
+                ),
+                l => {
+                    return Err(Error::arg(
+                        op,
+                        format!("padding has {l} pairs for {nd} spatial axes"),
+                    ));
+                }
+            },
+            Padding::Same => {
+                if stride.iter().any(|&s| s != 1) {
+                    return Err(Error::arg(
+                        op,
+                        format!("padding \"same\" needs stride 1, got {stride:?}"),
+                    ));
+                }
+                (
+                    span.iter().map(|s| s / 2).collect(),
+                    span.iter().map(|s| s - s / 2).collect(),
+                )
+            }
+            Padding::Causal => (span.clone(), vec![0; nd]),
+        };
+        let mut output = Vec::with_capacity(nd);
+        for i in 0..nd {
+            let padded = sp[i] + pad_before[i] + pad_after[i];
+            if padded < span[i] + 1 {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "spatial axis {i}: input {} with padding ({}, {}) is smaller than the dilated kernel {}",
+                        sp[i],
+                        pad_before[i],
+                        pad_after[i],
+                        span[i] + 1
+                    ),
+                ));
+            }
+            output.push((padded - span[i] - 1) / stride[i] + 1);
+        }
+        Ok(ConvProblem {
+            nd,
+            n,
+            c_in,
+            c_out,
+            groups: g,
+            input: sp,
+            kernel,
+            output,
+            stride,
+            pad_before,
+            pad_after,
+            dilation,
+            layout: self.layout,
+        })
+    }
+}
+
+impl ConvProblem {
+    /// Output shape in the problem's layout.
+    pub fn output_shape(&self) -> Vec<usize> {
+        self.layout.shape(self.n, self.c_out, &self.output)
+    }
+    /// Input shape in the problem's layout.
+    pub fn input_shape(&self) -> Vec<usize> {
+        self.layout.shape(self.n, self.c_in, &self.input)
+    }
+    /// Weight shape `[C_out, C_in/groups, *kernel]`.
+    pub fn weight_shape(&self) -> Vec<usize> {
+        [&[self.c_out, self.c_in / self.groups][..], &self.kernel].concat()
+    }
+    fn c_in_g(&self) -> usize {
+        self.c_in / self.groups
+    }
+    fn c_out_g(&self) -> usize {
+        self.c_out / self.groups
+    }
+}
+
+/// Pad a spatial list to three axes with leading `fill`.
+fn pad3(v: &[usize], fill: usize) -> [i32; 3] {
+    let mut out = [fill as i32; 3];
+    let off = 3 - v.len();
+    for (i, &x) in v.iter().enumerate() {
+        out[off + i] = x as i32;
+    }
+    out
+}
+
+/// (n, c, d, h, w) element strides of an activation view in `layout`.
+fn act_strides(t: &Tensor, layout: Layout) -> [i32; 5] {
+    let r = t.rank();
+    let st = t.strides();
+    let sp: Vec<usize> = layout.spatial_axes(r).iter().map(|&a| st[a]).collect();
+    let s3 = pad3(&sp, 0);
+    [
+        st[0] as i32,
+        st[layout.channel_axis(r)] as i32,
+        s3[0],
+        s3[1],
+        s3[2],
+    ]
+}
+
+/// (out, in, d, h, w) strides of a weight view.
+fn weight_strides(w: &Tensor) -> [i32; 5] {
+    let st = w.strides();
+    let s3 = pad3(&st[2..], 0);
+    [st[0] as i32, st[1] as i32, s3[0], s3[1], s3[2]]
+}
+
+fn strides_of_contiguous(shape: &[usize], layout: Layout) -> [i32; 5] {
+    let st = contiguous_strides(shape);
+    let r = shape.len();
+    let sp: Vec<usize> = layout.spatial_axes(r).iter().map(|&a| st[a]).collect();
+    let s3 = pad3(&sp, 0);
+    [
+        st[0] as i32,
+        st[layout.channel_axis(r)] as i32,
+        s3[0],
+        s3[1],
+        s3[2],
+    ]
+}
+
+fn conv_params(p: &ConvProblem) -> ([i32; 3], [i32; 3], [i32; 3], [i32; 3]) {
+    (
+        pad3(&p.kernel, 1),
+        pad3(&p.stride, 1),
+        pad3(&p.pad_before, 0),
+        pad3(&p.dilation, 1),
+    )
+}
+
+/// Geometry of forward: src = x, dst = y.
+fn fwd_geo(p: &ConvProblem, x: &Tensor, w: &Tensor, y_strides: [i32; 5]) -> Geo {
+    let (kk, st, pad, dil) = conv_params(p);
+    let sw = weight_strides(w);
+    Geo {
+        src: pad3(&p.input, 1),
+        ss: act_strides(x, p.layout),
+        dst: pad3(&p.output, 1),
+        sd: y_strides,
+        k: kk,
+        sw,
+        w_group: p.c_out_g() as i32 * sw[0],
+        stride: st,
+        pad,
+        dil,
+        c_red: p.c_in_g() as i32,
+        c_out: p.c_out_g() as i32,
+        groups: p.groups as i32,
+        batch: p.n as i32,
+    }
+}
+
+/// Geometry of backward-data: src = dy, dst = dx; the weight's roles swap.
+fn bwd_geo(p: &ConvProblem, dy: &Tensor, w: &Tensor, dx_strides: [i32; 5]) -> Geo {
+    let (kk, st, pad, dil) = conv_params(p);
+    let ws = weight_strides(w);
+    Geo {
+        src: pad3(&p.output, 1),
+        ss: act_strides(dy, p.layout),
+        dst: pad3(&p.input, 1),
+        sd: dx_strides,
+        k: kk,
+        sw: [ws[1], ws[0], ws[2], ws[3], ws[4]],
+        w_group: p.c_out_g() as i32 * ws[0],
+        stride: st,
+        pad,
+        dil,
+        c_red: p.c_out_g() as i32,
+        c_out: p.c_in_g() as i32,
+        groups: p.groups as i32,
+        batch: p.n as i32,
+    }
+}
+
+/// Geometry of the weight gradient: src = x, dst = dy (both read).
+fn wgrad_geo(p: &ConvProblem, x: &Tensor, dy: &Tensor) -> Geo {
+    let (kk, st, pad, dil) = conv_params(p);
+    Geo {
+        src: pad3(&p.input, 1),
+        ss: act_strides(x, p.layout),
+        dst: pad3(&p.output, 1),
+        sd: act_strides(dy, p.layout),
+        k: kk,
+        sw: [0; 5],
+        w_group: 0,
+        stride: st,
+        pad,
+        dil,
+        c_red: p.c_in_g() as i32,
+        c_out: p.c_out_g() as i32,
+        groups: p.groups as i32,
+        batch: p.n as i32,
+    }
+}
+
+const I32_LIMIT: usize = i32::MAX as usize;
+
+fn check_operands(op: &'static str, ts: &[(&str, &Tensor)]) -> Result<()> {
+    let first = ts[0].1;
+    require_float(op, first)?;
+    for (name, t) in ts {
+        same_device(op, first, t)?;
+        if t.dtype() != first.dtype() {
+            return Err(Error::dtype(
+                op,
+                format!(
+                    "{name} is {} but {} is {}",
+                    t.dtype(),
+                    ts[0].0,
+                    first.dtype()
+                ),
+            ));
+        }
+        if t.buffer_len() > I32_LIMIT {
+            return Err(Error::arg(
+                op,
+                format!("{name} {:?} exceeds 2^31 elements", t.shape()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the shared GEMM kernel suits these channel counts (reduced, produced per group).
+fn gemm_suits(c_red: usize, c_out: usize) -> bool {
+    c_red >= 8 && c_out >= 8
+}
+
+fn cubek_candidate(p: &ConvProblem, t: &Tensor, spec_tf32: bool) -> bool {
+    spec_tf32
+        && p.groups == 1
+        && t.dtype() == crate::DType::F32
+        && t.device().kind() == DeviceKind::Cuda
+        && p.pad_before == p.pad_after
+}
+
+impl Tensor {
+    /// Convolution of `self` (`[N, C_in, *spatial]` or channels-last, see [`ConvSpec::layout`])
+    /// with `weight` `[C_out, C_in/groups, *kernel]` and an optional `bias` `[C_out]`.
+    pub fn conv(&self, weight: &Tensor, bias: Option<&Tensor>, spec: &ConvSpec) -> Result<Tensor> {
+        self.conv_with(weight, bias, spec, ConvImpl::Auto)
+            .map(|(t, _)| t)
+    }
+
+    /// [`conv`](Self::conv) with an explicit kernel; returns the one that ran.
+    pub fn conv_with(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &ConvSpec,
+        which: ConvImpl,
+    ) -> Result<(Tensor, ConvImpl)> {
+        let op = "conv";
+        let mut ops = vec![("input", self), ("weight", weight)];
+        if let Some(b) = bias {
+            ops.push(("bias", b));
+        }
+        check_operands(op, &ops)?;
+        let p = spec.resolve(op, self.shape(), weight.shape())?;
+        if let Some(b) = bias
+            && b.shape() != [p.c_out]
+        {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "bias {:?} must be [{}] (weight {:?})",
+                    b.shape(),
+                    p.c_out,
+                    weight.shape()
+                ),
+            ));
+        }
+        let out_shape = p.output_shape();
+        let use_cubek = match which {
+            ConvImpl::Cubek => true,
+            ConvImpl::Auto => cubek_candidate(&p, self, spec.allow_tf32),
+            _ => false,
+        };
+        if use_cubek {
+            match cubek_conv::forward(self, weight, bias, &p) {
+                Ok(y) => return Ok((y, ConvImpl::Cubek)),
+                Err(e) if which == ConvImpl::Cubek => return Err(Error::kernel(op, e)),
+                Err(_) => {}
+            }
+        }
+        let y = Tensor::empty(&out_shape, self.dtype, &self.device);
+        let geo = fwd_geo(
+            &p,
+            self,
+            weight,
+            strides_of_contiguous(&out_shape, p.layout),
+        );
+        let gemm = match which {
+            ConvImpl::Gemm => true,
+            ConvImpl::Direct => false,
+            _ => gemm_suits(p.c_in_g(), p.c_out_g()),
+        };
+        if gemm {
+            let cfg = k::gemm_tile(p.c_out_g());
+            k::gemm(
+                self,
+                weight,
+                bias,
+                &y,
+                &geo,
+                p.layout == Layout::ChannelsLast,
+                false,
+                cfg,
+            );
+            Ok((y, ConvImpl::Gemm))
+        } else {
+            k::direct(
+                self,
+                weight,
+                bias,
+                &y,
+                &geo,
+                p.layout == Layout::ChannelsLast,
+                false,
+            );
+            Ok((y, ConvImpl::Direct))
+        }
+    }
+
+    /// Gradient of a convolution with respect to its input: `dy` is the output gradient,
+    /// `input_shape` the shape of the input (in `spec.layout`).
+    pub fn conv_backward_input(
+        dy: &Tensor,
+        weight: &Tensor,
+        input_shape: &[usize],
+        spec: &ConvSpec,
+        which: ConvImpl,
+    ) -> Result<(Tensor, ConvImpl)> {
+        let op = "conv_backward_input";
+        check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
+        let p = spec.resolve(op, input_shape, weight.shape())?;
+        if dy.shape() != p.output_shape().as_slice() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "output gradient {:?} does not match the output {:?} of input {input_shape:?} and weight {:?}",
+                    dy.shape(),
+                    p.output_shape(),
+                    weight.shape()
+                ),
+            ));
+        }
+        let use_cubek = match which {
+            ConvImpl::Cubek => true,
+            ConvImpl::Auto => cubek_candidate(&p, dy, spec.allow_tf32),
+            _ => false,
+        };
+        if use_cubek {
+            match cubek_conv::backward_data(dy, weight, &p) {
+                Ok(dx) => return Ok((dx, ConvImpl::Cubek)),
+                Err(e) if which == ConvImpl::Cubek => return Err(Error::kernel(op, e)),
+                Err(_) => {}
+            }
+        }
+        let dx = Tensor::empty(input_shape, dy.dtype, &dy.device);
+        let geo = bwd_geo(&p, dy, weight, strides_of_contiguous(input_shape, p.layout));
+        let gemm = match which {
+            ConvImpl::Gemm => true,
+            ConvImpl::Direct => false,
+            _ => gemm_suits(p.c_out_g(), p.c_in_g()),
+        };
+        let cl = p.layout == Layout::ChannelsLast;
+        if gemm {
+            k::gemm(
+                dy,
+                weight,
+                None,
+                &dx,
+                &geo,
+                cl,
+                true,
+                k::gemm_tile(p.c_in_g()),
+            );
+            Ok((dx, ConvImpl::Gemm))
+        } else {
+            k::direct(dy, weight, None, &dx, &geo, cl, true);
+            Ok((dx, ConvImpl::Direct))
+        }
+    }
+
+    /// Gradient of a convolution with respect to its weight (`[C_out, C_in/groups, *kernel]`).
+    pub fn conv_backward_weight(
+        x: &Tensor,
+        dy: &Tensor,
+        weight_shape: &[usize],
+        spec: &ConvSpec,
+        which: ConvImpl,
+    ) -> Result<(Tensor, ConvImpl)> {
+        let op = "conv_backward_weight";
+        check_operands(op, &[("input", x), ("output gradient", dy)])?;
+        let p = spec.resolve(op, x.shape(), weight_shape)?;
+        if dy.shape() != p.output_shape().as_slice() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "output gradient {:?} does not match the output {:?} of input {:?} and weight {weight_shape:?}",
+                    dy.shape(),
+                    p.output_shape(),
+                    x.shape()
+                ),
+            ));
+        }
+        let use_cubek = match which {
+            ConvImpl::Cubek => true,
+            ConvImpl::Auto => cubek_candidate(&p, x, spec.allow_tf32),
+            _ => false,
+        };
+        if use_cubek {
+            match cubek_conv::backward_weight(x, dy, &p) {
+                Ok(dw) => return Ok((dw, ConvImpl::Cubek)),
+                Err(e) if which == ConvImpl::Cubek => return Err(Error::kernel(op, e)),
+                Err(_) => {}
+            }
+        }
+        let geo = wgrad_geo(&p, x, dy);
+        let gemm = match which {
+            ConvImpl::Gemm => true,
+            ConvImpl::Direct => false,
+            _ => gemm_suits(p.c_in_g(), p.c_out_g()),
+        };
+        let n_weights: usize = weight_shape.iter().product();
+        let cl = p.layout == Layout::ChannelsLast;
+        if gemm {
+            let taps: usize = p.kernel.iter().product();
+            let cfg = k::wgrad_tile(p.c_out_g(), taps * p.c_in_g(), geo.dst[2] as usize);
+            let parts = k::wgrad_gemm(x, dy, &geo, cl, cl, cfg);
+            let dw = if parts.shape()[0] == 1 {
+                parts.reshape(weight_shape)?
+            } else {
+                parts.sum(&[0], false)?.reshape(weight_shape)?
+            };
+            Ok((dw, ConvImpl::Gemm))
+        } else {
+            let parts = k::wgrad_direct(x, dy, &geo, n_weights);
+            let dw = if parts.shape()[1] == 1 {
+                parts.reshape(weight_shape)?
+            } else {
+                parts.sum(&[1], false)?.reshape(weight_shape)?
+            };
+            Ok((dw, ConvImpl::Direct))
+        }
+    }
+
+    /// Gradient of a convolution bias: the output gradient summed over batch and space.
+    pub fn conv_backward_bias(dy: &Tensor, layout: Layout) -> Result<Tensor> {
+        let r = dy.rank();
+        let axes: Vec<isize> = (0..r)
+            .filter(|&a| a != layout.channel_axis(r))
+            .map(|a| a as isize)
+            .collect();
+        dy.sum(&axes, false)
+    }
+}
+
+/// `cubek-convolution` (implicit GEMM on tensor cores, channels-last). It takes inputs
+/// `[N, *spatial, C]` and weights `[C_out, *kernel, C_in]`, both contiguous at offset 0;
+/// other layouts are copied once per call. Errors are cubek's refusal (no tensor cores,
+/// unsupported dtype or shape).
+mod cubek_conv {
+    use cubecl::prelude::{Runtime, TensorBinding};
+    use cubek::convolution::{
+        AcceleratedTileKind, ConvAlgorithm, ConvolutionArgs, ConvolutionInputs, Strategy,
+        launch_ref,
+    };
+    use cubek::matmul::definition::MatmulElems;
+    use cubek::std::InputBinding;
+
+    use super::*;
+
+    fn channels_last(t: &Tensor, layout: Layout) -> std::result::Result<Tensor, String> {
+        let r = t.rank();
+        let v = match layout {
+            Layout::ChannelsLast => t.clone(),
+            Layout::ChannelsFirst => {
+                let mut perm = vec![0];
+                perm.extend(2..r);
+                perm.push(1);
+                t.permute(&perm).map_err(|e| e.to_string())?
+            }
+        };
+        let v = v.contiguous().map_err(|e| e.to_string())?;
+        if v.offset == 0 {
+            Ok(v)
+        } else {
+            v.deep_clone().map_err(|e| e.to_string())
+        }
+    }
+
+    fn from_channels_last(t: Tensor, layout: Layout) -> std::result::Result<Tensor, String> {
+        match layout {
+            Layout::ChannelsLast => Ok(t),
+            Layout::ChannelsFirst => {
+                let r = t.rank();
+                let mut perm = vec![0, r - 1];
+                perm.extend(1..r - 1);
+                t.permute(&perm)
+                    .and_then(|v| v.contiguous())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// PyTorch weight `[C_out, C_in, *k]` → `[C_out, *k, C_in]` contiguous.
+    fn weight_cl(w: &Tensor) -> std::result::Result<Tensor, String> {
+        channels_last(w, Layout::ChannelsFirst)
+    }
+
+    fn args<const N: usize>(p: &ConvProblem) -> ConvolutionArgs<N> {
+        let mut stride = [1; N];
+        let mut padding = [0; N];
+        let mut dilation = [1; N];
+        stride.copy_from_slice(&p.stride[..N]);
+        padding.copy_from_slice(&p.pad_before[..N]);
+        dilation.copy_from_slice(&p.dilation[..N]);
+        ConvolutionArgs {
+            stride,
+            padding,
+            dilation,
+        }
+    }
+
+    const STRATEGY: Strategy = Strategy::Inferred {
+        algorithm: ConvAlgorithm::SimpleSyncCyclic,
+        tile_kind: AcceleratedTileKind::Cmma,
+    };
+
+    macro_rules! with_nd {
+        ($nd:expr, $N:ident => $body:expr) => {
+            match $nd {
+                1 => {
+                    const $N: usize = 1;
+                    $body
+                }
+                2 => {
+                    const $N: usize = 2;
+                    $body
+                }
+                _ => {
+                    const $N: usize = 3;
+                    $body
+                }
+            }
+        };
+    }
+
+    fn binding<R: Runtime>(t: &Tensor) -> TensorBinding<R> {
+        // SAFETY: the tensors are contiguous at offset 0 with these shapes.
+        unsafe {
+            TensorBinding::from_raw_parts(
+                t.handle.clone(),
+                t.strides.clone().into(),
+                t.shape.clone().into(),
+            )
+        }
+    }
+
+    pub(super) fn forward(
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        p: &ConvProblem,
+    ) -> std::result::Result<Tensor, String> {
+        let xc = channels_last(x, p.layout)?;
+        let wc = weight_cl(w)?;
+        let bc = bias
+            .map(|b| b.deep_clone().map_err(|e| e.to_string()))
+            .transpose()?;
+        let out_cl = Layout::ChannelsLast.shape(p.n, p.c_out, &p.output);
+        let y = Tensor::empty(&out_cl, x.dtype, &x.device);
+        let dtype = x.dtype.storage();
+        dispatch!(x.device, c => {
+            let elems = MatmulElems::from_single_dtype(cubecl::ir::Type::new(dtype));
+            record_launch();
+            with_nd!(p.nd, N => launch_ref::<_, N>(
+                &STRATEGY,
+                c,
+                ConvolutionInputs::Forward {
+                    input: InputBinding::Normal(binding(&xc), dtype),
+                    weight: InputBinding::Normal(binding(&wc), dtype),
+                    bias: bc.as_ref().map(|b| InputBinding::Normal(binding(b), dtype)),
+                    out: binding(&y),
+                },
+                args::<N>(p),
+                elems,
+            ))
+            .map_err(|e| format!("{e:?}"))
+        })?;
+        from_channels_last(y, p.layout)
+    }
+
+    pub(super) fn backward_data(
+        dy: &Tensor,
+        w: &Tensor,
+        p: &ConvProblem,
+    ) -> std::result::Result<Tensor, String> {
+        let dyc = channels_last(dy, p.layout)?;
+        let wc = weight_cl(w)?;
+        let in_cl = Layout::ChannelsLast.shape(p.n, p.c_in, &p.input);
+        let dx = Tensor::zeros(&in_cl, dy.dtype, &dy.device).map_err(|e| e.to_string())?;
+        let dtype = dy.dtype.storage();
+        dispatch!(dy.device, c => {
+            let elems = MatmulElems::from_single_dtype(cubecl::ir::Type::new(dtype));
+            record_launch();
+            with_nd!(p.nd, N => launch_ref::<_, N>(
+                &STRATEGY,
+                c,
+                ConvolutionInputs::BackwardData {
+                    out_grad: InputBinding::Normal(binding(&dyc), dtype),
+                    weights: InputBinding::Normal(binding(&wc), dtype),
+                    in_grad: binding(&dx),
+                },
+                args::<N>(p),
+                elems,
+            ))
+            .map_err(|e| format!("{e:?}"))
+        })?;
+        from_channels_last(dx, p.layout)
+    }
+
+    pub(super) fn backward_weight(
+        x: &Tensor,
+        dy: &Tensor,
+        p: &ConvProblem,
+    ) -> std::result::Result<Tensor, String> {
+        let xc = channels_last(x, p.layout)?;
+        let dyc = channels_last(dy, p.layout)?;
+        let w_cl = [&[p.c_out][..], &p.kernel, &[p.c_in]].concat();
+        let dw = Tensor::zeros(&w_cl, x.dtype, &x.device).map_err(|e| e.to_string())?;
+        let dtype = x.dtype.storage();
+        dispatch!(x.device, c => {
+            let elems = MatmulElems::from_single_dtype(cubecl::ir::Type::new(dtype));
+            record_launch();
+            with_nd!(p.nd, N => launch_ref::<_, N>(
+                &STRATEGY,
+                c,
+                ConvolutionInputs::BackwardWeight {
+                    input: InputBinding::Normal(binding(&xc), dtype),
+                    out_grad: InputBinding::Normal(binding(&dyc), dtype),
+                    weight_grad: binding(&dw),
+                },
+                args::<N>(p),
+                elems,
+            ))
+            .map_err(|e| format!("{e:?}"))
+        })?;
+        // [C_out, *k, C_in] → [C_out, C_in, *k]
+        from_channels_last(dw, Layout::ChannelsFirst)
+    }
+}

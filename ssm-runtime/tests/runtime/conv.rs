@@ -1,0 +1,453 @@
+//! Convolutions against a host f64 reference: forward, input gradient and weight gradient,
+//! every kernel (direct, implicit GEMM, and cubek on devices with tensor cores), both
+//! layouts, strided views, f32 and f64.
+
+use ssm_runtime::ops::conv::ConvProblem;
+use ssm_runtime::testing::{assert_close, device, rel_l2};
+use ssm_runtime::{ConvImpl, ConvSpec, DType, DeviceKind, Layout, Padding, Tensor};
+
+use crate::{rng, rounded, upload};
+
+/// Index of (n, c, spatial...) in a contiguous tensor of `layout`.
+fn idx(layout: Layout, c_total: usize, sp: &[usize], n: usize, c: usize, pos: &[usize]) -> usize {
+    let mut i = n;
+    if layout == Layout::ChannelsFirst {
+        i = i * c_total + c;
+    }
+    for (a, &s) in sp.iter().enumerate() {
+        i = i * s + pos[a];
+    }
+    if layout == Layout::ChannelsLast {
+        i = i * c_total + c;
+    }
+    i
+}
+
+/// All coordinates of a spatial box.
+fn positions(sp: &[usize]) -> Vec<Vec<usize>> {
+    let mut out = vec![vec![]];
+    for &s in sp {
+        let mut next = Vec::new();
+        for v in &out {
+            for i in 0..s {
+                let mut w = v.clone();
+                w.push(i);
+                next.push(w);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// The input position read by output `o` at tap `t`, if inside.
+fn src_pos(p: &ConvProblem, o: &[usize], t: &[usize]) -> Option<Vec<usize>> {
+    let mut s = Vec::new();
+    for a in 0..p.nd {
+        let v = (o[a] * p.stride[a] + t[a] * p.dilation[a]) as isize - p.pad_before[a] as isize;
+        if v < 0 || v >= p.input[a] as isize {
+            return None;
+        }
+        s.push(v as usize);
+    }
+    Some(s)
+}
+
+fn w_idx(p: &ConvProblem, co: usize, ci: usize, t: &[usize]) -> usize {
+    let mut i = co * (p.c_in / p.groups) + ci;
+    for (k, tt) in p.kernel.iter().zip(t) {
+        i = i * k + tt;
+    }
+    i
+}
+
+/// y, dx, dw of the host reference (dy given).
+fn host(
+    p: &ConvProblem,
+    x: &[f64],
+    w: &[f64],
+    b: Option<&[f64]>,
+    dy: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let l = p.layout;
+    let cig = p.c_in / p.groups;
+    let cog = p.c_out / p.groups;
+    let mut y = vec![0.0; p.n * p.c_out * p.output.iter().product::<usize>()];
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; w.len()];
+    let taps = positions(&p.kernel);
+    for n in 0..p.n {
+        for co in 0..p.c_out {
+            let g = co / cog;
+            for o in positions(&p.output) {
+                let yi = idx(l, p.c_out, &p.output, n, co, &o);
+                let mut acc = b.map_or(0.0, |b| b[co]);
+                for t in &taps {
+                    if let Some(s) = src_pos(p, &o, t) {
+                        for ci in 0..cig {
+                            let xi = idx(l, p.c_in, &p.input, n, g * cig + ci, &s);
+                            let wi = w_idx(p, co, ci, t);
+                            acc += x[xi] * w[wi];
+                            dx[xi] += dy[yi] * w[wi];
+                            dw[wi] += dy[yi] * x[xi];
+                        }
+                    }
+                }
+                y[yi] = acc;
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<usize>, // channels-first shape
+    c_out: usize,
+    kernel: Vec<usize>,
+    spec: ConvSpec,
+    bias: bool,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "1d causal depthwise k4",
+            input: vec![2, 6, 9],
+            c_out: 6,
+            kernel: vec![4],
+            spec: ConvSpec::new().causal().groups(6),
+            bias: true,
+        },
+        Case {
+            name: "2d depthwise 3x3 same",
+            input: vec![2, 4, 7, 6],
+            c_out: 4,
+            kernel: vec![3, 3],
+            spec: ConvSpec::new().same().groups(4),
+            bias: false,
+        },
+        Case {
+            name: "2d depthwise 7x7 stride 2",
+            input: vec![1, 3, 11, 9],
+            c_out: 3,
+            kernel: vec![7, 7],
+            spec: ConvSpec::new().stride(&[2]).pad(&[3]).groups(3),
+            bias: true,
+        },
+        Case {
+            name: "3d dense 3x3x3 same",
+            input: vec![2, 8, 5, 6, 4],
+            c_out: 8,
+            kernel: vec![3, 3, 3],
+            spec: ConvSpec::new().same(),
+            bias: true,
+        },
+        Case {
+            name: "3d dense stride 2 C->2C",
+            input: vec![1, 8, 7, 6, 5],
+            c_out: 16,
+            kernel: vec![3, 3, 3],
+            spec: ConvSpec::new().stride(&[2]).pad(&[1]),
+            bias: true,
+        },
+        Case {
+            name: "2d grouped dilated asymmetric",
+            input: vec![2, 16, 9, 8],
+            c_out: 16,
+            kernel: vec![3, 2],
+            spec: ConvSpec::new()
+                .groups(2)
+                .dilation(&[2, 1])
+                .stride(&[1, 2])
+                .padding(Padding::Asymmetric(vec![(2, 1), (0, 1)])),
+            bias: false,
+        },
+        Case {
+            name: "3d 1x1x1 9->10 (odd tiles)",
+            input: vec![2, 9, 3, 5, 7],
+            c_out: 10,
+            kernel: vec![1, 1, 1],
+            spec: ConvSpec::new(),
+            bias: true,
+        },
+        Case {
+            name: "3d stem 1->8 k3 s2",
+            input: vec![1, 1, 6, 7, 5],
+            c_out: 8,
+            kernel: vec![3, 3, 3],
+            spec: ConvSpec::new().stride(&[2]).pad(&[1]),
+            bias: true,
+        },
+    ]
+}
+
+fn to_layout(shape_cf: &[usize], layout: Layout) -> Vec<usize> {
+    let (n, c, sp) = Layout::ChannelsFirst.split(shape_cf);
+    layout.shape(n, c, &sp)
+}
+
+#[test]
+fn conv_forward_and_gradients_match_host() {
+    let d = device();
+    let mut r = rng(101);
+    for case in cases() {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let spec = case.spec.clone().layout(layout);
+            let in_shape = to_layout(&case.input, layout);
+            let c_in = case.input[1];
+            let w_shape = [&[case.c_out, c_in / spec.groups][..], &case.kernel].concat();
+            let p = spec.resolve("test", &in_shape, &w_shape).unwrap();
+            let out_shape = p.output_shape();
+            let xv = r.vec(in_shape.iter().product(), -1.0, 1.0);
+            let wv = r.vec(w_shape.iter().product(), -1.0, 1.0);
+            let bv = r.vec(case.c_out, -1.0, 1.0);
+            let dyv = r.vec(out_shape.iter().product(), -1.0, 1.0);
+            for (dtype, rtol, atol) in [(DType::F32, 3e-5, 3e-5), (DType::F64, 1e-12, 1e-12)] {
+                let (xr, wr, br, dyr) = (
+                    rounded(&xv, dtype),
+                    rounded(&wv, dtype),
+                    rounded(&bv, dtype),
+                    rounded(&dyv, dtype),
+                );
+                let (y_want, dx_want, dw_want) =
+                    host(&p, &xr, &wr, case.bias.then_some(&br[..]), &dyr);
+                let x = upload(&xv, &in_shape, dtype);
+                let w = upload(&wv, &w_shape, dtype);
+                let b = upload(&bv, &[case.c_out], dtype);
+                let dy = upload(&dyv, &out_shape, dtype);
+                for which in [ConvImpl::Auto, ConvImpl::Direct, ConvImpl::Gemm] {
+                    let what = format!("{} {layout:?} {dtype} {which:?}", case.name);
+                    let (y, _) = x
+                        .conv_with(&w, case.bias.then_some(&b), &spec, which)
+                        .unwrap();
+                    assert_eq!(y.shape(), out_shape.as_slice(), "{what}");
+                    assert_close(
+                        &format!("{what} forward"),
+                        &y.to_f64_vec().unwrap(),
+                        &y_want,
+                        rtol,
+                        atol,
+                    );
+                    let (dx, _) =
+                        Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, which).unwrap();
+                    assert_close(
+                        &format!("{what} input grad"),
+                        &dx.to_f64_vec().unwrap(),
+                        &dx_want,
+                        rtol,
+                        atol,
+                    );
+                    let (dw, _) =
+                        Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, which).unwrap();
+                    assert_eq!(dw.shape(), w_shape.as_slice());
+                    // The weight gradient sums over every position.
+                    assert_close(
+                        &format!("{what} weight grad"),
+                        &dw.to_f64_vec().unwrap(),
+                        &dw_want,
+                        rtol,
+                        atol * 10.0,
+                    );
+                }
+                if case.bias {
+                    let db = Tensor::conv_backward_bias(&dy, layout).unwrap();
+                    let ca = layout.channel_axis(out_shape.len());
+                    let mut want = vec![0.0; case.c_out];
+                    for (i, v) in dyr.iter().enumerate() {
+                        let mut rem = i;
+                        let mut c = 0;
+                        for a in (0..out_shape.len()).rev() {
+                            if a == ca {
+                                c = rem % out_shape[a];
+                            }
+                            rem /= out_shape[a];
+                        }
+                        want[c] += v;
+                    }
+                    assert_close(
+                        &format!("{} bias grad {dtype}", case.name),
+                        &db.to_f64_vec().unwrap(),
+                        &want,
+                        rtol,
+                        atol,
+                    );
+                }
+            }
+        }
+    }
+    let _ = d;
+}
+
+#[test]
+fn conv_reads_strided_views_in_place() {
+    // A channels-last tensor presented as a permuted view of a channels-first buffer (and
+    // the reverse), plus a weight that is a transposed view.
+    let mut r = rng(102);
+    let cf_shape = [2usize, 8, 6, 5];
+    let xv = r.vec(cf_shape.iter().product(), -1.0, 1.0);
+    let wv = r.vec(8 * 8 * 9, -1.0, 1.0);
+    for dtype in [DType::F32, DType::F64] {
+        let x_cf = upload(&xv, &cf_shape, dtype);
+        let x_cl_view = x_cf.permute(&[0, 2, 3, 1]).unwrap(); // [N, H, W, C], strided
+        // Weight stored [C_in, C_out, k, k] and viewed as [C_out, C_in, k, k].
+        let w_store = upload(&wv, &[8, 8, 3, 3], dtype);
+        let w_view = w_store.transpose(0, 1).unwrap();
+        let w_contig = w_view.contiguous().unwrap();
+        for which in [ConvImpl::Direct, ConvImpl::Gemm] {
+            let spec_cf = ConvSpec::new().pad(&[1]);
+            let spec_cl = spec_cf.clone().layout(Layout::ChannelsLast);
+            let (want, _) = x_cf.conv_with(&w_contig, None, &spec_cf, which).unwrap();
+            let (got, _) = x_cl_view.conv_with(&w_view, None, &spec_cl, which).unwrap();
+            let got_cf = got.permute(&[0, 3, 1, 2]).unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+            assert_close(
+                &format!("strided {which:?} {dtype}"),
+                &got_cf.to_f64_vec().unwrap(),
+                &want.to_f64_vec().unwrap(),
+                tol,
+                tol,
+            );
+            // Offset views (narrow along the batch axis).
+            let x1 = x_cf.narrow(0, 1, 1).unwrap();
+            let (y1, _) = x1.conv_with(&w_contig, None, &spec_cf, which).unwrap();
+            assert_close(
+                &format!("offset view {which:?} {dtype}"),
+                &y1.to_f64_vec().unwrap(),
+                &want.narrow(0, 1, 1).unwrap().to_f64_vec().unwrap(),
+                tol,
+                tol,
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_cubek_path_refuses_cleanly_or_matches_in_tf32() {
+    let d = device();
+    let mut r = rng(103);
+    let spec = ConvSpec::new()
+        .same()
+        .layout(Layout::ChannelsLast)
+        .allow_tf32(true);
+    let in_shape = [2usize, 6, 5, 4, 16];
+    let w_shape = [16usize, 16, 3, 3, 3];
+    let p = spec.resolve("test", &in_shape, &w_shape).unwrap();
+    let xv = r.vec(in_shape.iter().product(), -1.0, 1.0);
+    let wv = r.vec(w_shape.iter().product(), -1.0, 1.0);
+    let dyv = r.vec(p.output_shape().iter().product(), -1.0, 1.0);
+    let (y_want, dx_want, dw_want) = host(
+        &p,
+        &rounded(&xv, DType::F32),
+        &rounded(&wv, DType::F32),
+        None,
+        &rounded(&dyv, DType::F32),
+    );
+    let x = upload(&xv, &in_shape, DType::F32);
+    let w = upload(&wv, &w_shape, DType::F32);
+    let dy = upload(&dyv, &p.output_shape(), DType::F32);
+    let fwd = x.conv_with(&w, None, &spec, ConvImpl::Cubek);
+    if d.kind() != DeviceKind::Cuda {
+        assert!(fwd.is_err(), "cubek needs tensor cores; lavapipe has none");
+        // Auto falls back to the exact kernels.
+        let (y, ran) = x.conv_with(&w, None, &spec, ConvImpl::Auto).unwrap();
+        assert_ne!(ran, ConvImpl::Cubek);
+        assert_close(
+            "auto fallback",
+            &y.to_f64_vec().unwrap(),
+            &y_want,
+            3e-5,
+            3e-5,
+        );
+        return;
+    }
+    // TF32 keeps 10 mantissa bits: compare in relative L2.
+    let (y, _) = fwd.unwrap();
+    assert!(
+        rel_l2(&y.to_f64_vec().unwrap(), &y_want) < 5e-3,
+        "cubek forward"
+    );
+    let (dx, _) = Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, ConvImpl::Cubek).unwrap();
+    assert!(
+        rel_l2(&dx.to_f64_vec().unwrap(), &dx_want) < 5e-3,
+        "cubek input grad"
+    );
+    let (dw, _) = Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, ConvImpl::Cubek).unwrap();
+    assert!(
+        rel_l2(&dw.to_f64_vec().unwrap(), &dw_want) < 5e-3,
+        "cubek weight grad"
+    );
+}
+
+#[test]
+fn conv_large_shapes_on_gpu() {
+    // Realistic SRMA shapes only where they run fast (CUDA); checked against the exact
+    // direct kernel on a slice.
+    let d = device();
+    if d.kind() != DeviceKind::Cuda {
+        return;
+    }
+    let mut r = rng(104);
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        let spec = ConvSpec::new().same().layout(layout);
+        let shape = layout.shape(1, 48, &[28, 28, 16]);
+        let x = upload(
+            &r.vec(shape.iter().product(), -1.0, 1.0),
+            &shape,
+            DType::F32,
+        );
+        let w = upload(
+            &r.vec(48 * 48 * 27, -0.2, 0.2),
+            &[48, 48, 3, 3, 3],
+            DType::F32,
+        );
+        let (g, _) = x.conv_with(&w, None, &spec, ConvImpl::Gemm).unwrap();
+        let (dref, _) = x.conv_with(&w, None, &spec, ConvImpl::Direct).unwrap();
+        assert_close(
+            &format!("large {layout:?}"),
+            &g.to_f64_vec().unwrap(),
+            &dref.to_f64_vec().unwrap(),
+            1e-4,
+            1e-4,
+        );
+        let (dw_g, _) =
+            Tensor::conv_backward_weight(&x, &g, &[48, 48, 3, 3, 3], &spec, ConvImpl::Gemm)
+                .unwrap();
+        let (dw_d, _) =
+            Tensor::conv_backward_weight(&x, &g, &[48, 48, 3, 3, 3], &spec, ConvImpl::Direct)
+                .unwrap();
+        assert!(rel_l2(&dw_g.to_f64_vec().unwrap(), &dw_d.to_f64_vec().unwrap()) < 1e-5);
+    }
+}
+
+#[test]
+fn conv_rejects_bad_arguments() {
+    let d = device();
+    let x = Tensor::zeros(&[1, 4, 5, 5], DType::F32, &d).unwrap();
+    let w = Tensor::zeros(&[6, 4, 3, 3], DType::F32, &d).unwrap();
+    let e = x
+        .conv(&w, None, &ConvSpec::new().groups(2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("conv") && e.contains("groups 2"), "{e}");
+    let b = Tensor::zeros(&[5], DType::F32, &d).unwrap();
+    let e = x
+        .conv(&w, Some(&b), &ConvSpec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias [5]"), "{e}");
+    let e = x
+        .conv(&w, None, &ConvSpec::new().stride(&[2]).same())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("same"), "{e}");
+    let small = Tensor::zeros(&[1, 4, 2, 2], DType::F32, &d).unwrap();
+    assert!(small.conv(&w, None, &ConvSpec::new()).is_err());
+    let w64 = Tensor::zeros(&[6, 4, 3, 3], DType::F64, &d).unwrap();
+    assert!(
+        x.conv(&w64, None, &ConvSpec::new())
+            .unwrap_err()
+            .to_string()
+            .contains("dtype")
+    );
+}
