@@ -23,6 +23,14 @@ impl Param {
         })
     }
 
+    /// The same parameter (same storage and gradient key) under another name.
+    pub fn renamed(p: &Param, name: impl Into<String>) -> Param {
+        Param {
+            name: Arc::from(name.into()),
+            var: p.var.clone(),
+        }
+    }
+
     /// Dotted name, e.g. `layers.0.mixer.in_proj.weight`.
     pub fn name(&self) -> &str {
         &self.name

@@ -25,8 +25,8 @@ pub use device::{Device, DeviceKind, launch_count};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::{
-    BinaryOp, ConvImpl, ConvSpec, FusedBinary, FusedUnary, Inst, Layout, MatmulImpl, Norm, NormGrads,
-    NormNeeds, NormStats, OptimRule, OptimScalars, Padding, PoolSpec, Program, ResizeMode, ResizeTo,
-    UnaryOp, optimizer_step, run_fused,
+    BinaryOp, ConvImpl, ConvSpec, FusedBinary, FusedUnary, Inst, Layout, MatmulImpl, Norm,
+    NormGrads, NormNeeds, NormStats, OptimRule, OptimScalars, Padding, PoolSpec, Program,
+    ResizeMode, ResizeTo, UnaryOp, optimizer_step, run_fused,
 };
 pub use tensor::{Tensor, set_poison_outputs};

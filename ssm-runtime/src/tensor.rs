@@ -415,6 +415,16 @@ impl Tensor {
         Ok(out)
     }
 
+    /// Contiguous and starting at element 0 of its buffer: `self` when it already is,
+    /// otherwise a copy. Kernels that index a flat buffer without an offset need this.
+    pub fn compact(&self) -> Result<Tensor> {
+        if self.is_contiguous() && self.offset == 0 {
+            Ok(self.clone())
+        } else {
+            self.deep_clone()
+        }
+    }
+
     /// A contiguous copy that never shares this tensor's buffer.
     pub fn deep_clone(&self) -> Result<Tensor> {
         let out = Tensor::empty(&self.shape, self.dtype, &self.device);

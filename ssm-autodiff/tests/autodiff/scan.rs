@@ -185,3 +185,21 @@ fn gradcheck_plane_path_where_available() {
     };
     check(&c, 5);
 }
+
+#[test]
+fn gradcheck_single_path() {
+    for (per_path, gate) in [(false, false), (true, false), (true, true)] {
+        let c = Case {
+            name: "1D single path",
+            batch: 1,
+            channels: 2,
+            state: 4,
+            groups: 1,
+            spec: spec(&[7], presets::forward_1d()),
+            delta_per_path: per_path,
+            gate,
+            opts: ScanOptions::default(),
+        };
+        check(&c, 6);
+    }
+}

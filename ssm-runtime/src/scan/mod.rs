@@ -434,13 +434,13 @@ pub fn selective_scan_fwd(
     );
     let rows = plan.rows();
     let paths = Tensor::from_slice(&plan.metas, &[plan.metas.len()], &device)?;
-    let u = x.u.contiguous()?;
-    let delta = x.delta.contiguous()?;
-    let a = x.a.contiguous()?;
-    let b = x.b.contiguous()?;
-    let c = x.c.contiguous()?;
-    let d = x.d.contiguous()?;
-    let bias = x.delta_bias.contiguous()?;
+    let u = x.u.compact()?;
+    let delta = x.delta.compact()?;
+    let a = x.a.compact()?;
+    let b = x.b.compact()?;
+    let c = x.c.compact()?;
+    let d = x.d.compact()?;
+    let bias = x.delta_bias.compact()?;
     let y = zeros_or_empty(&[bsz, k, di, l], dt, &device, plan.strided)?;
     let states = Tensor::empty(&[rows * s * plan.seg_chunks * n], dt, &device);
     let one = Tensor::empty(&[1], dt, &device);
@@ -474,7 +474,7 @@ pub fn selective_scan_fwd(
     );
 
     let out = Tensor::empty(&[bsz, di, l], dt, &device);
-    let z = x.z.map(|z| z.contiguous()).transpose()?;
+    let z = x.z.map(|z| z.compact()).transpose()?;
     let merged = z
         .as_ref()
         .map(|_| Tensor::empty(&[bsz, di, l], dt, &device));
@@ -536,19 +536,19 @@ pub fn selective_scan_bwd(
     }
     let rows = plan.rows();
     let paths = Tensor::from_slice(&plan.metas, &[plan.metas.len()], &device)?;
-    let u = x.u.contiguous()?;
-    let delta = x.delta.contiguous()?;
-    let a = x.a.contiguous()?;
-    let b = x.b.contiguous()?;
-    let c = x.c.contiguous()?;
-    let d = x.d.contiguous()?;
-    let bias = x.delta_bias.contiguous()?;
-    let dout = dout.contiguous()?;
+    let u = x.u.compact()?;
+    let delta = x.delta.compact()?;
+    let a = x.a.compact()?;
+    let b = x.b.compact()?;
+    let c = x.c.compact()?;
+    let d = x.d.compact()?;
+    let bias = x.delta_bias.compact()?;
+    let dout = dout.compact()?;
     let one = Tensor::empty(&[1], dt, &device);
     let total = bsz * di * l;
 
     // Merge and gate backward: the gradient every path's output receives.
-    let z = x.z.map(|z| z.contiguous()).transpose()?;
+    let z = x.z.map(|z| z.compact()).transpose()?;
     let dy = Tensor::empty(&[bsz, di, l], dt, &device);
     let dz = z
         .as_ref()

@@ -360,3 +360,50 @@ fn scan_shape_errors_are_clear() {
         .to_string();
     assert!(e.contains("no scan paths"), "{e}");
 }
+
+#[test]
+fn inputs_may_be_offset_views() {
+    // A contiguous view that does not start at element 0 of its buffer (here B and C cut
+    // out of one bigger tensor with size-1 leading axes) must be read from its offset.
+    let mut r = rng(66);
+    let p = Problem::new(
+        &mut r,
+        DType::F64,
+        1,
+        2,
+        3,
+        1,
+        spec(&[9], presets::forward_1d()),
+        true,
+        false,
+    );
+    let want = selective_scan_ref(&p.host, &p.spec).unwrap();
+    let l = 9;
+    let mut packed = p.host.u.iter().take(3).copied().collect::<Vec<f64>>(); // padding in front
+    packed.extend(&p.host.b);
+    packed.extend(&p.host.c);
+    let big = Tensor::from_f64(&packed, &[packed.len()], DType::F64, &device()).unwrap();
+    let n = 3 * l;
+    let b = big
+        .narrow(0, 3, n)
+        .unwrap()
+        .reshape(&[1, 1, 1, 3, l])
+        .unwrap();
+    let c = big
+        .narrow(0, 3 + n, n)
+        .unwrap()
+        .reshape(&[1, 1, 1, 3, l])
+        .unwrap();
+    assert!(b.offset() > 0 && b.is_contiguous());
+    let mut x = p.inputs();
+    x.b = &b;
+    x.c = &c;
+    let (out, _) = selective_scan_fwd(&x, &p.spec, &ScanOptions::default()).unwrap();
+    assert_close(
+        "offset views",
+        &out.to_f64_vec().unwrap(),
+        &want,
+        1e-10,
+        1e-12,
+    );
+}

@@ -1,0 +1,54 @@
+//! Parameter initialisers, as in the papers' reference code. Random draws use the
+//! runtime's counter-based RNG, so a seed gives the same weights on every device.
+
+use ssm_runtime::{DType, Device, Result, Tensor};
+
+/// A per-parameter seed derived from the block seed and a salt (the parameter's name).
+pub fn derive_seed(seed: u64, salt: &str) -> u64 {
+    salt.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Uniform on [−bound, bound).
+pub fn uniform(
+    shape: &[usize],
+    bound: f64,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    Tensor::rand_uniform(shape, -bound, bound, seed, dtype, device)
+}
+
+/// PyTorch's default `Linear`/`Conv` weight (and bias) init: U(±1/√fan_in), with
+/// fan_in = in_channels/groups · kernel size (shape `[out, in/groups, k…]` or `[out, in]`).
+pub fn fan_in_uniform(shape: &[usize], seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
+    let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+    uniform(shape, 1.0 / (fan_in as f64).sqrt(), seed, dtype, device)
+}
+
+/// Mamba's Δ bias: Δ drawn log-uniform in [dt_min, dt_max], floored at `floor`, stored
+/// as its inverse softplus (x + ln(1 − e^(−x))) so that softplus(bias) = Δ.
+pub fn dt_bias(
+    shape: &[usize],
+    dt_min: f64,
+    dt_max: f64,
+    floor: f64,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let u = Tensor::rand_uniform(shape, dt_min.ln(), dt_max.ln(), seed, dtype, device)?;
+    let dt = u.exp()?.max_scalar(floor)?;
+    let inv = dt.neg()?.exp()?.rsub_scalar(1.0)?.log()?;
+    dt.add(&inv)
+}
+
+/// Mamba's A_log: ln(1), …, ln(N) in every row (`rows × N`).
+pub fn a_log(rows: usize, n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let v: Vec<f64> = (0..rows)
+        .flat_map(|_| (1..=n).map(|i| (i as f64).ln()))
+        .collect();
+    Tensor::from_f64(&v, &[rows, n], dtype, device)
+}
