@@ -19,5 +19,5 @@ pub use ssm_autodiff as autodiff;
 pub use ssm_runtime as runtime;
 
 pub use ssm_autodiff::{Adam, Gradients, Optimizer, Param, Sgd, Var, gradcheck, no_grad};
-pub use ssm_macros::pointwise;
+pub use ssm_macros::{lpr, pointwise, reverse_attention, ssm_block};
 pub use ssm_runtime::{DType, Device, Error, Result, Tensor};

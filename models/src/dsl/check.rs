@@ -3,6 +3,7 @@
 use ssm_autodiff::{GradcheckOptions, Var, gradcheck};
 
 use crate::dsl::block::{Block, BlockConfig};
+use crate::dsl::lpr::{Lpr, LprConfig};
 use ssm_runtime::testing::{HostRng, device};
 use ssm_runtime::{DType, Result, Tensor};
 
@@ -51,6 +52,51 @@ pub fn check_block(name: &str, cfg: BlockConfig, grid: &[usize]) {
         ..GradcheckOptions::default()
     };
     gradcheck(f, &inputs, &opts)
+        .expect("gradcheck ran")
+        .assert_passed(name);
+}
+
+/// Gradient check of a declared LPR unit in f64 (input and parameters).
+pub fn check_lpr(name: &str, cfg: LprConfig) {
+    let d = device();
+    let lpr = Lpr::new(cfg, &d, DType::F64, 9).expect("lpr");
+    let mut r = HostRng::new(0x19e ^ name.len() as u64);
+    let mut shape = vec![1];
+    shape.extend([4, 3, 3][..lpr.config().rank].iter().copied());
+    shape.push(lpr.config().channels);
+    let n: usize = shape.iter().product();
+    let mut inputs =
+        vec![Tensor::from_f64(&r.vec(n, -1.0, 1.0), &shape, DType::F64, &d).expect("upload")];
+    inputs.extend(lpr.params().iter().map(|p| p.value().clone()));
+    let f = |v: &[Var]| lpr.forward_with(&v[0], &v[1..]);
+    let opts = GradcheckOptions {
+        directions: 2,
+        elementwise_max: 8,
+        ..GradcheckOptions::default()
+    };
+    gradcheck(f, &inputs, &opts)
+        .expect("gradcheck ran")
+        .assert_passed(name);
+}
+
+/// Gradient check of a reverse-attention step over `rank` spatial axes in f64: a coarse
+/// map resized up to a finer feature grid of another size.
+pub fn check_reverse_attention(name: &str, rank: usize) {
+    let d = device();
+    let mut r = HostRng::new(0x7a ^ name.len() as u64);
+    let (coarse, fine): (&[usize], &[usize]) = match rank {
+        1 => (&[3], &[7]),
+        2 => (&[2, 3], &[4, 5]),
+        _ => (&[2, 2, 3], &[3, 4, 5]),
+    };
+    let m_shape = [&[1, 1][..], coarse].concat();
+    let f_shape = [&[1, 2][..], fine].concat();
+    let t = |r: &mut HostRng, s: &[usize]| {
+        Tensor::from_f64(&r.vec(s.iter().product(), -1.5, 1.5), s, DType::F64, &d).expect("upload")
+    };
+    let inputs = [t(&mut r, &m_shape), t(&mut r, &f_shape)];
+    let f = |v: &[Var]| Var::reverse_attention(&v[0], &v[1]);
+    gradcheck(f, &inputs, &GradcheckOptions::default())
         .expect("gradcheck ran")
         .assert_passed(name);
 }

@@ -441,3 +441,17 @@ impl Var {
         normalize_axis("channel_axis", layout.channel_axis(r) as isize, r)
     }
 }
+
+impl Var {
+    /// Reverse attention `(1 − σ(resize(m))) ⊙ f` (see [`Tensor::reverse_attention`]): one
+    /// fused kernel forward; df and the resized map's gradient in one kernel backward,
+    /// then the resize's transposed gather back to `m`.
+    pub fn reverse_attention(m: &Var, f: &Var) -> Result<Var> {
+        let y = Tensor::reverse_attention(m.value(), f.value())?;
+        let (mt, ft) = (m.value().clone(), f.value().clone());
+        Ok(Var::from_op("reverse_attention", y, &[m, f], move |g| {
+            let (dm, df) = Tensor::reverse_attention_backward(&mt, &ft, g)?;
+            Ok(vec![Some(dm), Some(df)])
+        }))
+    }
+}

@@ -537,3 +537,47 @@ fn loss_values_match_host() {
         "masked mse"
     );
 }
+
+#[test]
+fn reverse_attention_matches_composition_and_gradchecks() {
+    use ssm_runtime::{Layout, ResizeMode, ResizeTo};
+    let mut r = ssm_runtime::testing::HostRng::new(0x4a);
+    for (m_shape, f_shape) in [
+        (vec![2, 1, 2, 3, 2], vec![2, 3, 4, 5, 4]),
+        (vec![1, 1, 3, 3], vec![1, 2, 7, 5]),
+        (vec![1, 1, 4], vec![1, 3, 9]),
+    ] {
+        let m = crate::rand(&mut r, &m_shape, -2.0, 2.0);
+        let f = crate::rand(&mut r, &f_shape, -1.0, 1.0);
+        let fused = ssm_runtime::Tensor::reverse_attention(&m, &f).unwrap();
+        let up = m
+            .resize(
+                &ResizeTo::Size(f_shape[2..].to_vec()),
+                ResizeMode::Linear,
+                false,
+                Layout::ChannelsFirst,
+            )
+            .unwrap();
+        let plain = up
+            .sigmoid()
+            .unwrap()
+            .rsub_scalar(1.0)
+            .unwrap()
+            .mul(&f)
+            .unwrap();
+        ssm_runtime::testing::assert_close(
+            "reverse attention",
+            &fused.to_f64_vec().unwrap(),
+            &plain.to_f64_vec().unwrap(),
+            1e-12,
+            1e-12,
+        );
+        let rep = ssm_autodiff::gradcheck(
+            |v| Var::reverse_attention(&v[0], &v[1]),
+            &[m, f],
+            &Default::default(),
+        )
+        .unwrap();
+        rep.assert_passed(&format!("reverse attention {m_shape:?} -> {f_shape:?}"));
+    }
+}

@@ -16,4 +16,5 @@ pub mod pool;
 pub mod random;
 pub mod reduce;
 pub mod resize;
+pub mod reverse_attention;
 pub mod rows;

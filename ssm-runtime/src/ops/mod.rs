@@ -12,6 +12,7 @@ pub mod pool;
 mod random;
 mod reduce;
 pub mod resize;
+mod reverse_attention;
 
 pub use crate::kernels::elementwise::{BinaryOp, UnaryOp};
 pub use crate::kernels::fused::{FusedBinary, FusedUnary, Inst, Program};
