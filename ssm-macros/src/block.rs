@@ -465,15 +465,15 @@ pub fn expand(attr: TokenStream, item: ItemStruct) -> Result<TokenStream> {
             ),
         ));
     }
-    if let Some(s) = d.abss {
-        if rank != 2 {
-            return Err(Error::new(
-                s,
-                format!(
-                    "`views = abss` presents each of three 2D views to the mixer, so the paths must be 2D (e.g. cross2d), got {rank}D"
-                ),
-            ));
-        }
+    if let Some(s) = d.abss
+        && rank != 2
+    {
+        return Err(Error::new(
+            s,
+            format!(
+                "`views = abss` presents each of three 2D views to the mixer, so the paths must be 2D (e.g. cross2d), got {rank}D"
+            ),
+        ));
     }
     if let Some(((full, stride, kernel), s)) = d.multi_scale {
         if full == 0 || full >= paths.len() {
