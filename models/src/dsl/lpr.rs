@@ -36,7 +36,7 @@ pub struct Lpr {
 impl Lpr {
     /// A unit with PyTorch's default conv initialisation (deterministic in `seed`).
     pub fn new(cfg: LprConfig, device: &Device, dtype: DType, seed: u64) -> Result<Lpr> {
-        if cfg.kernel % 2 == 0 || cfg.channels == 0 || !(1..=3).contains(&cfg.rank) {
+        if cfg.kernel.is_multiple_of(2) || cfg.channels == 0 || !(1..=3).contains(&cfg.rank) {
             return Err(Error::Argument {
                 op: "lpr",
                 msg: format!("invalid LPR configuration {cfg:?}"),
