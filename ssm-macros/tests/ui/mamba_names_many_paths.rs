@@ -1,0 +1,3 @@
+#[ssm_macros::ssm_block(d_model = 8, d_state = 1, paths = cross2d, names = mamba)]
+pub struct Block;
+fn main() {}

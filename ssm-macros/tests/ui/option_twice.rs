@@ -1,0 +1,3 @@
+#[ssm_macros::ssm_block(d_model = 8, d_state = 1, d_state = 2, paths = cross2d)]
+pub struct Block;
+fn main() {}

@@ -1,0 +1,3 @@
+#[ssm_macros::reverse_attention(mode = nearest)]
+pub struct Reverse;
+fn main() {}
