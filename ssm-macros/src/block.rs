@@ -418,7 +418,7 @@ pub fn expand(attr: TokenStream, item: ItemStruct) -> Result<TokenStream> {
         return Err(Error::new(
             p.span,
             format!(
-                "all paths must walk grids of one rank: this path has {} axes, the first has {rank}",
+                "all paths must walk grids of one rank: this path walks a {}D grid, the first a {rank}D grid",
                 p.rank
             ),
         ));
