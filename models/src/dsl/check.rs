@@ -4,6 +4,7 @@ use ssm_autodiff::{GradcheckOptions, Var, gradcheck};
 
 use crate::dsl::block::{Block, BlockConfig};
 use crate::dsl::lpr::{Lpr, LprConfig};
+use crate::dsl::params::ParamSet;
 use ssm_runtime::testing::{HostRng, device};
 use ssm_runtime::{DType, Result, Tensor};
 
@@ -31,21 +32,22 @@ pub fn check_pointwise(
     report.assert_passed(name);
 }
 
-/// Gradient check of a declared block in f64: a block built from `cfg` (seed fixed), input
-/// `(1, *grid, d_model)` with fresh random values, gradients with respect to the input and
-/// every parameter along random directions (and element by element for tiny ones).
-pub fn check_block(name: &str, cfg: BlockConfig, grid: &[usize]) {
+/// Gradient check of a module in f64 with respect to its input (fresh uniform values in
+/// [−1, 1) of `shape`) and its parameters: along random directions for all of them, and
+/// element by element for the tiny ones.
+fn check_module(
+    name: &str,
+    shape: &[usize],
+    params: &ParamSet,
+    forward_with: impl Fn(&Var, &[Var]) -> Result<Var>,
+) {
     let d = device();
-    let block = Block::new(cfg, &d, DType::F64, 5).expect("block");
     let mut r = HostRng::new(0xb10c ^ name.len() as u64);
-    let mut shape = vec![1];
-    shape.extend(grid);
-    shape.push(block.config().mixer.d_model);
     let n: usize = shape.iter().product();
     let mut inputs =
-        vec![Tensor::from_f64(&r.vec(n, -1.0, 1.0), &shape, DType::F64, &d).expect("upload")];
-    inputs.extend(block.params().iter().map(|p| p.value().clone()));
-    let f = |v: &[Var]| block.forward_with(&v[0], &v[1..]);
+        vec![Tensor::from_f64(&r.vec(n, -1.0, 1.0), shape, DType::F64, &d).expect("upload")];
+    inputs.extend(params.iter().map(|p| p.value().clone()));
+    let f = |v: &[Var]| forward_with(&v[0], &v[1..]);
     let opts = GradcheckOptions {
         directions: 2,
         elementwise_max: 8,
@@ -56,27 +58,21 @@ pub fn check_block(name: &str, cfg: BlockConfig, grid: &[usize]) {
         .assert_passed(name);
 }
 
-/// Gradient check of a declared LPR unit in f64 (input and parameters).
+/// Gradient check of a declared block (fixed seed, input `(1, *grid, d_model)`).
+pub fn check_block(name: &str, cfg: BlockConfig, grid: &[usize]) {
+    let block = Block::new(cfg, &device(), DType::F64, 5).expect("block");
+    let shape = [&[1][..], grid, &[block.config().mixer.d_model]].concat();
+    check_module(name, &shape, block.params(), |x, p| {
+        block.forward_with(x, p)
+    });
+}
+
+/// Gradient check of a declared LPR unit (input `(1, 4[, 3[, 3]], C)`).
 pub fn check_lpr(name: &str, cfg: LprConfig) {
-    let d = device();
-    let lpr = Lpr::new(cfg, &d, DType::F64, 9).expect("lpr");
-    let mut r = HostRng::new(0x19e ^ name.len() as u64);
-    let mut shape = vec![1];
-    shape.extend([4, 3, 3][..lpr.config().rank].iter().copied());
-    shape.push(lpr.config().channels);
-    let n: usize = shape.iter().product();
-    let mut inputs =
-        vec![Tensor::from_f64(&r.vec(n, -1.0, 1.0), &shape, DType::F64, &d).expect("upload")];
-    inputs.extend(lpr.params().iter().map(|p| p.value().clone()));
-    let f = |v: &[Var]| lpr.forward_with(&v[0], &v[1..]);
-    let opts = GradcheckOptions {
-        directions: 2,
-        elementwise_max: 8,
-        ..GradcheckOptions::default()
-    };
-    gradcheck(f, &inputs, &opts)
-        .expect("gradcheck ran")
-        .assert_passed(name);
+    let lpr = Lpr::new(cfg, &device(), DType::F64, 9).expect("lpr");
+    let c = lpr.config();
+    let shape = [&[1][..], &[4, 3, 3][..c.rank], &[c.channels]].concat();
+    check_module(name, &shape, lpr.params(), |x, p| lpr.forward_with(x, p));
 }
 
 /// Gradient check of a reverse-attention step over `rank` spatial axes in f64: a coarse
