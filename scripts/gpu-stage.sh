@@ -43,10 +43,14 @@ cargo build --release --workspace --features "$FEATURES" --bins --message-format
 # Stage under stable names: test-<target>, bench-<target>, ssm.
 while read -r name path; do
   # Skip empty unit-test harnesses of library crates (they hold no tests).
-  case "$name" in ssm_runtime|ssm_autodiff|ssm|ssm_benches|ssm_integration_tests) continue ;; esac
+  # and trybuild's compile-fail suite (it needs cargo, which the GPU machine lacks).
+  case "$name" in ssm_runtime|ssm_autodiff|ssm|ssm_benches|ssm_integration_tests|ssm_macros|compile_fail) continue ;; esac
   cp "$path" "$STAGE/bin/test-$name"
 done < "$STAGE/tests.txt"
-while read -r name path; do cp "$path" "$STAGE/bin/bench-$name"; done < "$STAGE/benches.txt"
+# Only the criterion benches of benches/ (not the libraries' empty bench harnesses).
+while read -r name path; do
+  [ -f "benches/benches/$name.rs" ] && cp "$path" "$STAGE/bin/bench-$name"
+done < "$STAGE/benches.txt"
 while read -r name path; do [ "$name" = ssm ] && cp "$path" "$STAGE/bin/ssm"; done < "$STAGE/cli.txt"
 strip "$STAGE"/bin/* 2>/dev/null || true
 cp scripts/gpu-run.sh "$STAGE/"

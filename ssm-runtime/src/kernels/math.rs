@@ -292,6 +292,23 @@ pub fn cos_f64(x: f64) -> f64 {
     p
 }
 
+/// x^n for |n| ≤ 64 by binary exponentiation (1/x^|n| for negative n).
+#[cube]
+fn powi_f64(x: f64, n: i32) -> f64 {
+    let mut e = u32::cast_from(select(n < 0, -n, n));
+    let mut base = x;
+    let mut r = f64::new(1.0);
+    #[unroll]
+    for _ in 0..7 {
+        if (e & 1u32) == 1u32 {
+            r *= base;
+        }
+        base *= base;
+        e >>= 1u32;
+    }
+    select(n < 0, 1.0f64 / r, r)
+}
+
 /// x^y with the C `pow` conventions (negative base only for integral exponents).
 #[cube]
 pub fn pow_f64(x: f64, y: f64) -> f64 {
@@ -299,6 +316,10 @@ pub fn pow_f64(x: f64, y: f64) -> f64 {
     let y_odd = y_int && f64::floor(y * 0.5f64) != y * 0.5f64;
     if y == 0.0f64 {
         f64::new(1.0)
+    } else if y_int && f64::abs(y) <= 64.0f64 {
+        // Small integral exponents by repeated squaring: exact up to a few roundings, where
+        // exp(y·ln x) is off by an ulp or two (e.g. 3^1).
+        powi_f64(x, i32::cast_from(y))
     } else if x > 0.0f64 {
         exp_f64(y * ln_f64(x))
     } else if x == 0.0f64 {
