@@ -49,7 +49,7 @@ while read -r name path; do
 done < "$STAGE/tests.txt"
 # Only the criterion benches of benches/ (not the libraries' empty bench harnesses).
 while read -r name path; do
-  [ -f "benches/benches/$name.rs" ] && cp "$path" "$STAGE/bin/bench-$name"
+  if [ -f "benches/benches/$name.rs" ]; then cp "$path" "$STAGE/bin/bench-$name"; fi
 done < "$STAGE/benches.txt"
 while read -r name path; do [ "$name" = ssm ] && cp "$path" "$STAGE/bin/ssm"; done < "$STAGE/cli.txt"
 strip "$STAGE"/bin/* 2>/dev/null || true
