@@ -51,7 +51,7 @@ done < "$STAGE/tests.txt"
 while read -r name path; do
   if [ -f "benches/benches/$name.rs" ]; then cp "$path" "$STAGE/bin/bench-$name"; fi
 done < "$STAGE/benches.txt"
-while read -r name path; do [ "$name" = ssm ] && cp "$path" "$STAGE/bin/ssm"; done < "$STAGE/cli.txt"
+while read -r name path; do if [ "$name" = ssm ]; then cp "$path" "$STAGE/bin/ssm"; fi; done < "$STAGE/cli.txt"
 strip "$STAGE"/bin/* 2>/dev/null || true
 cp scripts/gpu-run.sh "$STAGE/"
 tar -C "$STAGE" -I "xz -T0 -6" -cf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin"
