@@ -348,6 +348,28 @@ pub mod exp_fast {
     }
 }
 
+/// 1/x through the device's fast reciprocal for f32 (CUDA `__frcp_rn`); f64 divides.
+pub fn recip_fast<F: Float>(_x: F) -> F {
+    cubecl::unexpanded!()
+}
+
+/// Expansion of [`recip_fast()`].
+pub mod recip_fast {
+    use cubecl::prelude::*;
+
+    /// Expand `1/x` in a scope that allows reciprocals and reduced precision.
+    pub fn expand<F: Float>(scope: &mut Scope, x: NativeExpand<F>) -> NativeExpand<F> {
+        cubecl::frontend::fast_math_expand(
+            scope,
+            FastMath::AllowReciprocal
+                | FastMath::ReducedPrecision
+                | FastMath::UnsignedZero
+                | FastMath::NotInf,
+            |scope| F::__expand_recip(scope, x),
+        )
+    }
+}
+
 /// Natural logarithm.
 #[cube]
 pub fn ln<F: Float>(x: F) -> F {

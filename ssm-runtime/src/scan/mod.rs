@@ -105,7 +105,8 @@ pub struct ScanOptions {
     /// Add dB/dC into place with float atomics (`Some(true)` fails on devices without
     /// float atomic add); otherwise per-cube partial sums are written and reduced.
     pub atomics: Option<bool>,
-    /// Use the device's fast approximate exponential for f32 (a few ulp).
+    /// f32 only (default on): the device's fast approximate exponential, reciprocal and a
+    /// polynomial log1p in exp(ΔA), softplus and sigmoid (a few ulp each).
     pub fast_exp: Option<bool>,
     /// Use the tiled multi-path kernels for 2D/3D grids (`Some(true)` fails where they do
     /// not apply: 1D grids, strided paths, N above [`MAX_TILE_STATE`]).
@@ -441,7 +442,7 @@ impl ScanPlan {
             Some(a) => a,
             None => device.has_float_atomic_add(dtype),
         };
-        let fast_exp = opts.fast_exp.unwrap_or(dtype == DType::F32);
+        let fast_exp = opts.fast_exp.unwrap_or(true) && dtype == DType::F32;
         let tile = Self::plan_tiles(x, spec, opts, state, per_group, delta_per_path)?;
         let metas = spec
             .paths

@@ -24,8 +24,7 @@
 
 use cubecl::prelude::*;
 
-use super::kernels::{exp_of, warp_scan, warp_sum};
-use crate::kernels::math;
+use super::kernels::{exp_of, sigmoid_of, softplus_of, warp_scan, warp_sum};
 
 /// Number of `u32` words describing one path for the tiled kernels.
 pub const TILE_WORDS: usize = 24;
@@ -60,12 +59,6 @@ pub struct TileDims {
     /// Segment slots per row in the aggregate and start buffers (the most segments of any
     /// path).
     pub seg_max: u32,
-}
-
-/// softplus(x) with PyTorch's threshold 20.
-#[cube]
-fn softplus20<F: Float>(x: F) -> F {
-    math::softplus::<F>(x, F::new(20.0))
 }
 
 /// Tile element `e` (row-major over the tile): whether it lies in the grid, its grid
@@ -304,7 +297,7 @@ pub fn tile_fwd<F: Float>(
                 for _s in 0..len {
                     let x = idx as usize;
                     let uv = su[wo + x];
-                    let dtv = softplus20::<F>(sd[wo + x] + bs);
+                    let dtv = softplus_of::<F>(sd[wo + x] + bs, fast_exp);
                     let dtu = dtv * uv;
                     let mut y = F::new(0.0);
                     #[unroll]
@@ -348,7 +341,7 @@ pub fn tile_fwd<F: Float>(
                 if gate {
                     let zv = z[o];
                     merged[o] = m;
-                    out[o] = m * zv * math::sigmoid::<F>(zv);
+                    out[o] = m * zv * sigmoid_of::<F>(zv, fast_exp);
                 } else {
                     out[o] = m;
                 }
@@ -597,7 +590,7 @@ pub fn tile_bwd<F: Float>(
                     for _s in 0..len {
                         let x = idx as usize;
                         let gv = sy[wo + x];
-                        let dtv = softplus20::<F>(sd[wo + x] + bs);
+                        let dtv = softplus_of::<F>(sd[wo + x] + bs, fast_exp);
                         #[unroll]
                         for n in 0..state {
                             let av = exp_of::<F>(dtv * an[n as usize], fast_exp);
@@ -625,7 +618,7 @@ pub fn tile_bwd<F: Float>(
                     let mut idx = first;
                     for _s in 0..len {
                         let x = idx as usize;
-                        let dtv = softplus20::<F>(sd[wo + x] + bs);
+                        let dtv = softplus_of::<F>(sd[wo + x] + bs, fast_exp);
                         sx[hw + x] = dtv;
                         let dtu = dtv * su[wo + x];
                         #[unroll]
@@ -673,7 +666,7 @@ pub fn tile_bwd<F: Float>(
                         let gr = if raw > F::new(20.0) {
                             gdt
                         } else {
-                            gdt * math::sigmoid::<F>(raw)
+                            gdt * sigmoid_of::<F>(raw, fast_exp)
                         };
                         dbias_acc += gr;
                         sdu[wo + x] += dup;
