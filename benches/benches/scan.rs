@@ -8,6 +8,10 @@
 //! also prints a `SUMMARY` line with the median time, the effective bandwidth and the
 //! fraction of the memory floor at 3.0 TB/s (the H100's measured copy bandwidth).
 //! `SSM_BENCH_SUMMARY_ONLY=1` prints only those lines (a quick run on the GPU machine).
+//! `SSM_SCAN_SHAPES=a,b` keeps the shapes whose name contains one of the words, and
+//! `SSM_SCAN_VARIANTS="label:key=value,...;..."` times each shape under each set of
+//! [`ScanOptions`] (keys `items`, `warps`, `seg`, `plane`, `atomics`, `fast_exp`, `tiled`
+//! with values 0/1 or numbers, `tile=AxBxC`), one `SUMMARY` line per variant.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ssm_benches::{device, is_gpu, time_batched};
@@ -183,36 +187,92 @@ fn summary(name: &str, what: &str, secs: f64, bytes: u64) {
     );
 }
 
+/// Parse `SSM_SCAN_VARIANTS` (see the module docs); the default options alone otherwise.
+fn variants() -> Vec<(String, ScanOptions)> {
+    let Ok(spec) = std::env::var("SSM_SCAN_VARIANTS") else {
+        return vec![(String::new(), ScanOptions::default())];
+    };
+    spec.split(';')
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            let (label, kvs) = v.split_once(':').unwrap_or((v, ""));
+            let mut o = ScanOptions::default();
+            for kv in kvs.split(',').filter(|s| !s.is_empty()) {
+                let (key, val) = kv.split_once('=').expect("key=value");
+                let num = || val.parse::<usize>().expect("a number");
+                let flag = || val == "1";
+                match key {
+                    "items" => o.items = Some(num()),
+                    "warps" => o.warps = Some(num()),
+                    "seg" => o.segment_len = Some(num()),
+                    "plane" => o.plane = Some(flag()),
+                    "atomics" => o.atomics = Some(flag()),
+                    "fast_exp" => o.fast_exp = Some(flag()),
+                    "tiled" => o.tiled = Some(flag()),
+                    "tile" => {
+                        let t: Vec<usize> = val.split('x').map(|x| x.parse().unwrap()).collect();
+                        o.tile = Some([t[0], t[1], t[2]]);
+                    }
+                    other => panic!("unknown scan option {other}"),
+                }
+            }
+            (format!(" [{}]", label.trim()), o)
+        })
+        .collect()
+}
+
 fn scan(c: &mut Criterion) {
     let d = device();
     let gpu = is_gpu(&d);
-    let opts = ScanOptions::default();
     let mut g = c.benchmark_group("scan");
     g.sample_size(10);
+    let keep = std::env::var("SSM_SCAN_SHAPES").ok();
     for sh in shapes(gpu) {
+        if let Some(k) = &keep
+            && !k.split(',').any(|w| sh.name.contains(w))
+        {
+            continue;
+        }
         let data = Data::new(&sh, &d);
         let x = data.inputs();
+        let reps = if gpu { 10 } else { 2 };
+        for (label, opts) in variants() {
+            let fwd = || drop(selective_scan_fwd(&x, &data.spec, &opts).unwrap());
+            let (out, saved) = match selective_scan_fwd(&x, &data.spec, &opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("SUMMARY {}{label}: skipped ({e})", sh.name);
+                    continue;
+                }
+            };
+            let dout = out.ones_like().unwrap();
+            let fwd_bwd = || {
+                let (_, s) = selective_scan_fwd(&x, &data.spec, &opts).unwrap();
+                drop(selective_scan_bwd(&x, &data.spec, &s, &dout).unwrap());
+            };
+            drop(saved);
+            let name = format!("{}{label}", sh.name);
+            summary(
+                &name,
+                "fwd",
+                time_batched(&d, reps, fwd).as_secs_f64() / reps as f64,
+                data.fwd_bytes,
+            );
+            summary(
+                &name,
+                "fwd+bwd",
+                time_batched(&d, reps, fwd_bwd).as_secs_f64() / reps as f64,
+                data.fwd_bytes + data.bwd_bytes,
+            );
+        }
+        let opts = ScanOptions::default();
         let fwd = || drop(selective_scan_fwd(&x, &data.spec, &opts).unwrap());
-        let (out, saved) = selective_scan_fwd(&x, &data.spec, &opts).unwrap();
+        let (out, _) = selective_scan_fwd(&x, &data.spec, &opts).unwrap();
         let dout = out.ones_like().unwrap();
         let fwd_bwd = || {
             let (_, s) = selective_scan_fwd(&x, &data.spec, &opts).unwrap();
             drop(selective_scan_bwd(&x, &data.spec, &s, &dout).unwrap());
         };
-        drop(saved);
-        let reps = if gpu { 10 } else { 2 };
-        summary(
-            sh.name,
-            "fwd",
-            time_batched(&d, reps, fwd).as_secs_f64() / reps as f64,
-            data.fwd_bytes,
-        );
-        summary(
-            sh.name,
-            "fwd+bwd",
-            time_batched(&d, reps, fwd_bwd).as_secs_f64() / reps as f64,
-            data.fwd_bytes + data.bwd_bytes,
-        );
         if std::env::var_os("SSM_BENCH_SUMMARY_ONLY").is_some() {
             continue;
         }

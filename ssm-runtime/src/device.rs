@@ -39,6 +39,9 @@ struct DeviceInner {
     name: String,
     plane_ops: bool,
     plane_size: u32,
+    atomic_add_f32: bool,
+    atomic_add_f64: bool,
+    max_shared: usize,
 }
 
 /// A compute device. Cheap to clone; clones share the same client.
@@ -125,6 +128,20 @@ impl Device {
         self.inner.plane_size
     }
 
+    /// Whether kernels may atomically add floats of `dtype` in global memory.
+    pub fn has_float_atomic_add(&self, dtype: crate::dtype::DType) -> bool {
+        match dtype {
+            crate::dtype::DType::F32 => self.inner.atomic_add_f32,
+            crate::dtype::DType::F64 => self.inner.atomic_add_f64,
+            _ => false,
+        }
+    }
+
+    /// Most shared memory one cube may use, in bytes.
+    pub fn max_shared_memory(&self) -> usize {
+        self.inner.max_shared
+    }
+
     /// The CubeCL client, for launch helpers.
     pub fn backend(&self) -> &Backend {
         &self.inner.backend
@@ -141,6 +158,23 @@ impl Device {
     }
 }
 
+/// (f32 atomic add, f64 atomic add, shared memory per cube) of a client.
+fn atomic_and_shared<R: Runtime>(client: &ComputeClient<R>) -> (bool, bool, usize) {
+    use cubecl::ir::features::AtomicUsage;
+    use cubecl::ir::{ElemType, FloatKind};
+    let props = client.properties();
+    let add = |kind| {
+        props
+            .atomic_type_usage(Type::new(StorageType::Atomic(ElemType::Float(kind))))
+            .contains(AtomicUsage::Add)
+    };
+    (
+        add(FloatKind::F32),
+        add(FloatKind::F64),
+        props.hardware.max_shared_memory_size,
+    )
+}
+
 fn init_vulkan() -> Result<Device> {
     let adapters = vulkan_adapters();
     if adapters.is_empty() {
@@ -155,6 +189,7 @@ fn init_vulkan() -> Result<Device> {
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
     let plane_size = props.hardware.plane_size_max;
+    let (atomic_add_f32, atomic_add_f64, max_shared) = atomic_and_shared(&client);
     Ok(Device {
         inner: Arc::new(DeviceInner {
             backend: Backend::Vulkan(client),
@@ -162,6 +197,9 @@ fn init_vulkan() -> Result<Device> {
             name: format!("vulkan ({})", adapters.join(", ")),
             plane_ops,
             plane_size,
+            atomic_add_f32,
+            atomic_add_f64,
+            max_shared,
         }),
     })
 }
@@ -201,6 +239,7 @@ fn init_cuda() -> Result<Device> {
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
     let plane_size = client.properties().hardware.plane_size_max;
+    let (atomic_add_f32, atomic_add_f64, max_shared) = atomic_and_shared(&client);
     Ok(Device {
         inner: Arc::new(DeviceInner {
             backend: Backend::Cuda(client),
@@ -208,6 +247,9 @@ fn init_cuda() -> Result<Device> {
             name: format!("cuda:0 ({gpu})"),
             plane_ops,
             plane_size,
+            atomic_add_f32,
+            atomic_add_f64,
+            max_shared,
         }),
     })
 }

@@ -132,6 +132,7 @@ fn gradcheck_3d_paths_with_segments_and_small_chunks() {
             items: Some(1),
             segment_len: Some(32),
             warps: Some(1),
+            tiled: Some(false),
             ..Default::default()
         },
     };
@@ -180,10 +181,147 @@ fn gradcheck_plane_path_where_available() {
             plane: Some(true),
             segment_len: Some(64),
             items: Some(1),
+            tiled: Some(false),
             ..Default::default()
         },
     };
     check(&c, 5);
+    let t = Case {
+        name: "plane shuffles, tiled cross2d, N=2, gate",
+        state: 2,
+        opts: ScanOptions {
+            plane: Some(true),
+            tiled: Some(true),
+            tile: Some([1, 2, 4]),
+            ..Default::default()
+        },
+        ..c
+    };
+    check(&t, 6);
+}
+
+/// Float atomics where the device has them for f64, and the partial sums.
+fn atomic_choices() -> Vec<Option<bool>> {
+    let mut v = vec![Some(false)];
+    if device().has_float_atomic_add(DType::F64) {
+        v.push(Some(true));
+    }
+    v
+}
+
+#[test]
+fn gradcheck_cross2d_chunked() {
+    let c = Case {
+        name: "cross2d 3x4 chunked, N=2, mean, 2 groups",
+        batch: 1,
+        channels: 4,
+        state: 2,
+        groups: 2,
+        spec: spec(&[3, 4], presets::cross2d()).mean(),
+        delta_per_path: true,
+        gate: true,
+        opts: ScanOptions {
+            tiled: Some(false),
+            ..Default::default()
+        },
+    };
+    check(&c, 7);
+}
+
+#[test]
+fn gradcheck_tiled_per_path_delta_gate() {
+    for (i, atomics) in atomic_choices().into_iter().enumerate() {
+        let c = Case {
+            name: "tiled cross2d 3x5, N=2, per-path delta, gate, mean, 2 warps",
+            batch: 2,
+            channels: 2,
+            state: 2,
+            groups: 1,
+            spec: spec(&[3, 5], presets::cross2d()).mean(),
+            delta_per_path: true,
+            gate: true,
+            opts: ScanOptions {
+                tiled: Some(true),
+                tile: Some([1, 2, 4]),
+                warps: Some(2),
+                atomics,
+                ..Default::default()
+            },
+        };
+        check(&c, 8 + i as u64);
+    }
+}
+
+#[test]
+fn gradcheck_tiled_3d_shared_delta() {
+    let paths = vec![
+        presets::srma_abss()[1].clone(),
+        presets::srma_abss()[6].clone(),
+        presets::tri_orientated()[2].clone(),
+        ScanPath::with_order(&[2, 0, 1])
+            .unwrap()
+            .snake()
+            .flip_axis(0)
+            .unwrap()
+            .rev(),
+    ];
+    let c = Case {
+        name: "tiled 3D paths, N=3, shared delta, groups, partial tiles",
+        batch: 1,
+        channels: 4,
+        state: 3,
+        groups: 2,
+        spec: spec(&[3, 2, 5], paths),
+        delta_per_path: false,
+        gate: false,
+        opts: ScanOptions {
+            tiled: Some(true),
+            tile: Some([2, 2, 2]),
+            warps: Some(2),
+            atomics: Some(false),
+            ..Default::default()
+        },
+    };
+    check(&c, 10);
+}
+
+#[test]
+fn gradcheck_one_path_fused_gate_segments() {
+    for (i, atomics) in atomic_choices().into_iter().enumerate() {
+        let c = Case {
+            name: "1D one path, N=2, gate fused, 2 segments, precise exp",
+            batch: 2,
+            channels: 2,
+            state: 2,
+            groups: 1,
+            spec: spec(&[45], presets::forward_1d()),
+            delta_per_path: false,
+            gate: true,
+            opts: ScanOptions {
+                items: Some(1),
+                segment_len: Some(32),
+                atomics,
+                fast_exp: Some(false),
+                ..Default::default()
+            },
+        };
+        check(&c, 11 + i as u64);
+    }
+    let strided = Case {
+        name: "one strided path, gate",
+        batch: 1,
+        channels: 2,
+        state: 1,
+        groups: 1,
+        spec: spec(
+            &[5, 4],
+            vec![ScanPath::raster(2).with_scale(2).unwrap().rev()],
+        ),
+        delta_per_path: true,
+        gate: true,
+        opts: ScanOptions::default(),
+    };
+    check(&strided, 13);
 }
 
 #[test]

@@ -344,6 +344,53 @@ pub fn exp<F: Float>(x: F) -> F {
     }
 }
 
+/// e^x through the device's fast approximate exponential for f32 (CUDA `__expf`:
+/// `ex2.approx` of x·log₂e, a few ulp, what the reference Mamba kernels use); f64 goes
+/// through [`exp`]. For arguments that are finite and not NaN.
+pub fn exp_fast<F: Float>(_x: F) -> F {
+    cubecl::unexpanded!()
+}
+
+/// Expansion of [`exp_fast()`].
+pub mod exp_fast {
+    use cubecl::prelude::*;
+
+    /// Expand `exp(x)` in a scope that allows reduced-precision intrinsics.
+    pub fn expand<F: Float>(scope: &mut Scope, x: NativeExpand<F>) -> NativeExpand<F> {
+        if F::as_type(scope).size() == 8 {
+            super::exp::expand::<F>(scope, x)
+        } else {
+            cubecl::frontend::fast_math_expand(
+                scope,
+                FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf,
+                |scope| F::__expand_exp(scope, x),
+            )
+        }
+    }
+}
+
+/// 1/x through the device's fast reciprocal for f32 (CUDA `__frcp_rn`); f64 divides.
+pub fn recip_fast<F: Float>(_x: F) -> F {
+    cubecl::unexpanded!()
+}
+
+/// Expansion of [`recip_fast()`].
+pub mod recip_fast {
+    use cubecl::prelude::*;
+
+    /// Expand `1/x` in a scope that allows reciprocals and reduced precision.
+    pub fn expand<F: Float>(scope: &mut Scope, x: NativeExpand<F>) -> NativeExpand<F> {
+        cubecl::frontend::fast_math_expand(
+            scope,
+            FastMath::AllowReciprocal
+                | FastMath::ReducedPrecision
+                | FastMath::UnsignedZero
+                | FastMath::NotInf,
+            |scope| F::__expand_recip(scope, x),
+        )
+    }
+}
+
 /// Natural logarithm.
 #[cube]
 pub fn ln<F: Float>(x: F) -> F {

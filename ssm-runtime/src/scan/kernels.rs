@@ -129,7 +129,7 @@ fn compose<F: Float>(first_a: F, first_b: F, second_a: F, second_b: F) -> (F, F)
 /// in lane order (`second ∘ first` for lane order first < second). With `reverse`, lanes
 /// are taken from 31 down to 0. Returns (exclusive a, exclusive b, total a, total b).
 #[cube]
-fn warp_scan<F: Float>(
+pub(crate) fn warp_scan<F: Float>(
     a: F,
     b: F,
     sa: &mut SharedMemory<F>,
@@ -239,7 +239,7 @@ fn warp_scan<F: Float>(
 
 /// Sum across the 32 lanes of the caller's logical warp (result valid in every lane).
 #[cube]
-fn warp_sum<F: Float>(v: F, sa: &mut SharedMemory<F>, #[comptime] plane: bool) -> F {
+pub(crate) fn warp_sum<F: Float>(v: F, sa: &mut SharedMemory<F>, #[comptime] plane: bool) -> F {
     if plane {
         plane_sum(v)
     } else {
@@ -300,10 +300,77 @@ fn delta_of<F: Float>(raw: F) -> F {
     math::softplus::<F>(raw, F::new(20.0))
 }
 
+/// Position of chunk element `e` in a staging buffer: one pad word every 32 elements, so
+/// that a lane reading its `items` consecutive elements and a thread writing element
+/// `UNIT_POS` both hit 32 distinct banks.
+#[cube]
+fn staged(e: u32) -> usize {
+    (e + e / 32u32) as usize
+}
+
+/// e^x, fast where allowed (see [`math::exp_fast`]).
+#[cube]
+pub(crate) fn exp_of<F: Float>(x: F, #[comptime] fast: bool) -> F {
+    if fast {
+        math::exp_fast::<F>(x)
+    } else {
+        math::exp::<F>(x)
+    }
+}
+
+/// softplus(x) with PyTorch's threshold 20. With `fast` (f32 only), e^(−|x|) comes from the
+/// fast exponential and ln(1 + e) = e·p(e) from a degree-8 Chebyshev fit of ln(1 + e)/e on
+/// [0, 1] (3.3e-8 absolute; about 2e-7 relative after f32 rounding, against `log1pf`'s
+/// 1 ulp).
+#[cube]
+pub(crate) fn softplus_of<F: Float>(x: F, #[comptime] fast: bool) -> F {
+    if fast {
+        let e = math::exp_fast::<F>(-F::abs(x));
+        let mut p = F::new(0.005_126_102);
+        p = p * e + F::new(-0.029_074_065);
+        p = p * e + F::new(0.077_516_09);
+        p = p * e + F::new(-0.136_022_48);
+        p = p * e + F::new(0.190_768_81);
+        p = p * e + F::new(-0.248_353_99);
+        p = p * e + F::new(0.333_181_2);
+        p = p * e + F::new(-0.499_994_45);
+        p = p * e + F::new(0.999_999_97);
+        select(x > F::new(20.0), x, F::max(x, F::new(0.0)) + e * p)
+    } else {
+        delta_of::<F>(x)
+    }
+}
+
+/// Logistic sigmoid; with `fast` (f32 only), from the fast exponential and reciprocal.
+#[cube]
+pub(crate) fn sigmoid_of<F: Float>(x: F, #[comptime] fast: bool) -> F {
+    if fast {
+        let e = math::exp_fast::<F>(-F::abs(x));
+        let s = math::recip_fast::<F>(F::new(1.0) + e);
+        select(x >= F::new(0.0), s, e * s)
+    } else {
+        math::sigmoid::<F>(x)
+    }
+}
+
+/// Marks a chunk element past the end of its segment in the shared position list.
+#[cube]
+fn no_position() -> u32 {
+    u32::new(comptime!(u32::MAX as i64))
+}
+
 /// Forward scan of one segment per warp: writes the per-path output (D skip included) and
 /// the state at every chunk start (for the backward). With `aggregate`, it writes instead
 /// each segment's composed map (Π a, h from 0) per state into `agg` (used to find the
 /// segment start states when a sequence is split into segments).
+///
+/// All warps of a cube walk the same steps (same path and segment), so B and C are loaded
+/// once per cube: per state, the cube's threads stage the chunk's B and C values into
+/// shared memory with coalesced loads (the next state's values are loaded into registers
+/// while the current state is computed), and every lane reads its items from there.
+///
+/// With `direct` (one path), `y` is the final output `(B, Di, L)`; with `gate` as well,
+/// `y` receives the merged value and `gated` the gated output `y·silu(z)`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn scan_fwd<F: Float>(
@@ -316,7 +383,9 @@ pub fn scan_fwd<F: Float>(
     bias: &Array<F>,
     paths: &Array<u32>,
     seg_start: &Array<F>,
+    z: &Array<F>,
     y: &mut Array<F>,
+    gated: &mut Array<F>,
     states: &mut Array<F>,
     agg: &mut Array<F>,
     dims: ScanDims,
@@ -325,6 +394,8 @@ pub fn scan_fwd<F: Float>(
     #[comptime] plane: bool,
     #[comptime] delta_per_path: bool,
     #[comptime] aggregate: bool,
+    #[comptime] direct_gate: bool,
+    #[comptime] fast_exp: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let (b, k, d, s, valid) = locate(&dims, warps);
@@ -354,11 +425,18 @@ pub fn scan_fwd<F: Float>(
     let kd = (k * dims.channels + dc) as usize;
     let dsk = d_skip[kd];
     let bs = bias[kd];
+    let chunk = comptime!(32 * items);
+    let threads = comptime!(32 * warps);
+    let stage = comptime!((32 * items + items) as usize);
+    let per = comptime!((32 * items).div_ceil(32 * warps));
 
     let mut sa = SharedMemory::<F>::new(comptime!((warps * 32) as usize));
     let mut sb = SharedMemory::<F>::new(comptime!((warps * 32) as usize));
     let mut h_run = SharedMemory::<F>::new(comptime!((warps * 64) as usize));
     let mut p_run = SharedMemory::<F>::new(comptime!((warps * 64) as usize));
+    let mut st_b = SharedMemory::<F>::new(comptime!(2 * stage));
+    let mut st_c = SharedMemory::<F>::new(comptime!(2 * stage));
+    let mut spos = SharedMemory::<u32>::new(comptime!((32 * items) as usize));
 
     // Running states start at the segment's start state (zero when aggregating).
     let mut n0 = lane;
@@ -374,77 +452,127 @@ pub fn scan_fwd<F: Float>(
     }
     sync_cube();
 
-    let mut pos = Array::<u32>::new(comptime!(items as usize));
-    let mut uu = Array::<F>::new(comptime!(items as usize));
+    let mut dtu = Array::<F>::new(comptime!(items as usize));
     let mut dt = Array::<F>::new(comptime!(items as usize));
     let mut yy = Array::<F>::new(comptime!(items as usize));
     let mut aa = Array::<F>::new(comptime!(items as usize));
     let mut bb = Array::<F>::new(comptime!(items as usize));
+    let mut pf_b = Array::<F>::new(comptime!(per as usize));
+    let mut pf_c = Array::<F>::new(comptime!(per as usize));
 
-    let chunk = 32u32 * items;
-    for c in 0..dims.seg_chunks {
+    // The last segment's composed map is never used.
+    let n_chunks = if aggregate {
+        select(s + 1u32 == dims.segments, 0u32, dims.seg_chunks)
+    } else {
+        dims.seg_chunks
+    };
+    for c in 0..n_chunks {
         let t0 = seg_begin + c * chunk + lane * items;
         let mut cur = Cursor::new(paths, k, select(t0 < seg_end, t0, 0u32));
         #[unroll]
         for i in 0..items {
             let live = valid && t0 + i < seg_end;
             let p = cur.pos();
-            pos[i as usize] = p;
+            if warp == 0u32 {
+                spos[(lane * items + i) as usize] = select(t0 + i < seg_end, p, no_position());
+            }
             let uv = if live {
                 u[u_base + p as usize]
             } else {
                 F::new(0.0)
             };
-            uu[i as usize] = uv;
-            dt[i as usize] = if live {
-                delta_of::<F>(delta[dl_base + p as usize] + bs)
+            let dv = if live {
+                softplus_of::<F>(delta[dl_base + p as usize] + bs, fast_exp)
             } else {
                 F::new(0.0)
             };
+            dt[i as usize] = dv;
+            dtu[i as usize] = dv * uv;
             yy[i as usize] = dsk * uv;
             if t0 + i + 1u32 < seg_end {
                 cur.advance();
             }
         }
+        sync_cube();
+        // Prefetch state 0's B and C for the chunk.
+        #[unroll]
+        for j in 0..per {
+            let e = UNIT_POS + j * threads;
+            let p = if e < chunk {
+                spos[e as usize]
+            } else {
+                no_position()
+            };
+            let ok = p != no_position();
+            let o = (bc_base * dims.len + p) as usize;
+            pf_b[j as usize] = if ok { b_mat[o] } else { F::new(0.0) };
+            if !aggregate {
+                pf_c[j as usize] = if ok { c_mat[o] } else { F::new(0.0) };
+            }
+        }
         let gc = s * dims.seg_chunks + c;
         for n in 0..n_state {
+            let buf = ((n % 2u32) as usize) * stage;
+            #[unroll]
+            for j in 0..per {
+                let e = UNIT_POS + j * threads;
+                if e < chunk {
+                    st_b[buf + staged(e)] = pf_b[j as usize];
+                    if !aggregate {
+                        st_c[buf + staged(e)] = pf_c[j as usize];
+                    }
+                }
+            }
+            sync_cube();
+            if n + 1u32 < n_state {
+                #[unroll]
+                for j in 0..per {
+                    let e = UNIT_POS + j * threads;
+                    let p = if e < chunk {
+                        spos[e as usize]
+                    } else {
+                        no_position()
+                    };
+                    let ok = p != no_position();
+                    let o = ((bc_base + n + 1u32) * dims.len + p) as usize;
+                    pf_b[j as usize] = if ok { b_mat[o] } else { F::new(0.0) };
+                    if !aggregate {
+                        pf_c[j as usize] = if ok { c_mat[o] } else { F::new(0.0) };
+                    }
+                }
+            }
             let an = a_mat[kd * n_state as usize + n as usize];
-            let bc_off = ((bc_base + n) * dims.len) as usize;
+            let slot = (warp * 64u32 + n) as usize;
+            let start = h_run[slot];
             let mut pa = F::new(1.0);
             let mut pb = F::new(0.0);
             #[unroll]
             for i in 0..items {
                 let live = valid && t0 + i < seg_end;
                 let av = if live {
-                    math::exp::<F>(dt[i as usize] * an)
+                    exp_of::<F>(dt[i as usize] * an, fast_exp)
                 } else {
                     F::new(1.0)
                 };
-                let bv = if live {
-                    dt[i as usize] * b_mat[bc_off + pos[i as usize] as usize] * uu[i as usize]
-                } else {
-                    F::new(0.0)
-                };
+                let bv = dtu[i as usize] * st_b[buf + staged(lane * items + i)];
                 aa[i as usize] = av;
                 bb[i as usize] = bv;
                 pa = av * pa;
                 pb = av * pb + bv;
             }
             let (ea, eb, ta, tb) = warp_scan::<F>(pa, pb, &mut sa, &mut sb, false, plane);
-            let slot = (warp * 64u32 + n) as usize;
-            let start = h_run[slot];
             if !aggregate {
                 let mut h = ea * start + eb;
                 #[unroll]
                 for i in 0..items {
                     h = aa[i as usize] * h + bb[i as usize];
-                    let live = valid && t0 + i < seg_end;
-                    if live {
-                        yy[i as usize] += c_mat[bc_off + pos[i as usize] as usize] * h;
-                    }
+                    yy[i as usize] += st_c[buf + staged(lane * items + i)] * h;
                 }
             }
-            sync_cube();
+            if plane {
+                // Every lane has read `start` before lane 0 replaces it.
+                sync_plane();
+            }
             if lane == 0u32 {
                 if valid && !aggregate {
                     states[((row * dims.segments * dims.seg_chunks + gc) * n_state + n) as usize] =
@@ -453,17 +581,29 @@ pub fn scan_fwd<F: Float>(
                 h_run[slot] = ta * start + tb;
                 p_run[slot] = ta * p_run[slot];
             }
-            sync_cube();
         }
         if !aggregate {
+            let mut cur2 = Cursor::new(paths, k, select(t0 < seg_end, t0, 0u32));
             #[unroll]
             for i in 0..items {
+                let p = cur2.pos();
                 if valid && t0 + i < seg_end {
-                    y[y_base + pos[i as usize] as usize] = yy[i as usize];
+                    let o = y_base + p as usize;
+                    if direct_gate {
+                        let zv = z[o];
+                        y[o] = yy[i as usize];
+                        gated[o] = yy[i as usize] * zv * sigmoid_of::<F>(zv, fast_exp);
+                    } else {
+                        y[o] = yy[i as usize];
+                    }
+                }
+                if t0 + i + 1u32 < seg_end {
+                    cur2.advance();
                 }
             }
         }
     }
+    sync_cube();
     if aggregate && valid {
         let mut n1 = lane;
         while n1 < n_state {
@@ -503,10 +643,15 @@ pub fn segment_starts<F: Float>(
     }
 }
 
-/// Backward scan of one segment per warp, chunks from last to first. Writes the per-path
-/// gradients of u and Δ_raw, per-cube partial sums of dB and dC (summed over the cube's
-/// channels), and per-warp partial sums of dA, dD and d(bias). With `aggregate`, it only
-/// writes each segment's composed adjoint map into `agg` (for the segment suffixes).
+/// Backward scan of one segment per warp, chunks from last to first. Writes the gradients
+/// of u and Δ_raw (per path, or final with one path), dB and dC (atomically added into
+/// `(B, K, G, N, L)` with `atomics`, else per-cube partial sums over the cube's channels),
+/// and per-warp partial sums of dA, dD and d(bias). With `aggregate`, it only writes each
+/// segment's composed adjoint map into `agg` (for the segment suffixes).
+///
+/// The output gradient every path receives is `dout·dy_scale`, or, with `gate` (one path),
+/// `dout·silu(z)`, in which case the pass also writes `dz = dout·merged·silu'(z)`.
+/// B and C are staged per cube and state as in [`scan_fwd`].
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn scan_bwd<F: Float>(
@@ -520,21 +665,30 @@ pub fn scan_bwd<F: Float>(
     paths: &Array<u32>,
     states: &Array<F>,
     seg_suffix: &Array<F>,
-    dy: &Array<F>,
+    dout: &Array<F>,
+    z: &Array<F>,
+    merged: &Array<F>,
     du: &mut Array<F>,
     ddelta: &mut Array<F>,
     db_part: &mut Array<F>,
     dc_part: &mut Array<F>,
+    db_sum: &mut Array<Atomic<F>>,
+    dc_sum: &mut Array<Atomic<F>>,
     da_part: &mut Array<F>,
     dd_part: &mut Array<F>,
     dbias_part: &mut Array<F>,
     agg: &mut Array<F>,
+    dz: &mut Array<F>,
     dims: ScanDims,
+    dy_scale: InputScalar,
     #[comptime] items: u32,
     #[comptime] warps: u32,
     #[comptime] plane: bool,
     #[comptime] delta_per_path: bool,
     #[comptime] aggregate: bool,
+    #[comptime] gate: bool,
+    #[comptime] atomics: bool,
+    #[comptime] fast_exp: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let (b, k, d, s, valid) = locate(&dims, warps);
@@ -566,15 +720,21 @@ pub fn scan_bwd<F: Float>(
     let kd = (k * dims.channels + dc) as usize;
     let dsk = d_skip[kd];
     let bs = bias[kd];
-    let chunk = 32u32 * items;
+    let scale = dy_scale.get::<F>();
+    let chunk = comptime!(32 * items);
+    let threads = comptime!(32 * warps);
+    let stage = comptime!((32 * items + items) as usize);
+    let per = comptime!((32 * items).div_ceil(32 * warps));
 
     let mut sa = SharedMemory::<F>::new(comptime!((warps * 32) as usize));
     let mut sb = SharedMemory::<F>::new(comptime!((warps * 32) as usize));
     let mut q_run = SharedMemory::<F>::new(comptime!((warps * 64) as usize));
     let mut p_run = SharedMemory::<F>::new(comptime!((warps * 64) as usize));
     let mut da_acc = SharedMemory::<F>::new(comptime!((warps * 64) as usize));
-    let mut red_b = SharedMemory::<F>::new(comptime!((warps * 32 * items) as usize));
-    let mut red_c = SharedMemory::<F>::new(comptime!((warps * 32 * items) as usize));
+    let mut st_b = SharedMemory::<F>::new(comptime!(2 * stage));
+    let mut st_c = SharedMemory::<F>::new(comptime!(2 * stage));
+    let mut red_b = SharedMemory::<F>::new(comptime!(warps as usize * stage));
+    let mut red_c = SharedMemory::<F>::new(comptime!(warps as usize * stage));
     let mut spos = SharedMemory::<u32>::new(comptime!((32 * items) as usize));
 
     let mut n0 = lane;
@@ -591,19 +751,25 @@ pub fn scan_bwd<F: Float>(
     }
     sync_cube();
 
-    let mut pos = Array::<u32>::new(comptime!(items as usize));
     let mut uu = Array::<F>::new(comptime!(items as usize));
-    let mut raw = Array::<F>::new(comptime!(items as usize));
     let mut dt = Array::<F>::new(comptime!(items as usize));
     let mut gy = Array::<F>::new(comptime!(items as usize));
     let mut gu = Array::<F>::new(comptime!(items as usize));
     let mut gdt = Array::<F>::new(comptime!(items as usize));
     let mut aa = Array::<F>::new(comptime!(items as usize));
     let mut hh = Array::<F>::new(comptime!(items as usize));
+    let mut pf_b = Array::<F>::new(comptime!(per as usize));
+    let mut pf_c = Array::<F>::new(comptime!(per as usize));
     let mut dd_acc = F::new(0.0);
     let mut dbias_acc = F::new(0.0);
 
-    for cr in 0..dims.seg_chunks {
+    // The first segment's composed adjoint map is never used.
+    let n_chunks = if aggregate {
+        select(s == 0u32, 0u32, dims.seg_chunks)
+    } else {
+        dims.seg_chunks
+    };
+    for cr in 0..n_chunks {
         let c = dims.seg_chunks - 1u32 - cr;
         let t0 = seg_begin + c * chunk + lane * items;
         let mut cur = Cursor::new(paths, k, select(t0 < seg_end, t0, 0u32));
@@ -611,29 +777,28 @@ pub fn scan_bwd<F: Float>(
         for i in 0..items {
             let live = valid && t0 + i < seg_end;
             let p = cur.pos();
-            pos[i as usize] = p;
             if warp == 0u32 {
-                spos[(lane * items + i) as usize] =
-                    select(t0 + i < seg_end, p, u32::new(comptime!(u32::MAX as i64)));
+                spos[(lane * items + i) as usize] = select(t0 + i < seg_end, p, no_position());
             }
-            let uv = if live {
-                u[u_base + p as usize]
+            let o = u_base + p as usize;
+            let uv = if live { u[o] } else { F::new(0.0) };
+            let g0 = if live { dout[o] } else { F::new(0.0) };
+            let gv = if gate {
+                let zv = if live { z[o] } else { F::new(0.0) };
+                let sg = sigmoid_of::<F>(zv, fast_exp);
+                if live && !aggregate {
+                    dz[o] = g0 * merged[o] * sg * (F::new(1.0) + zv * (F::new(1.0) - sg));
+                }
+                g0 * zv * sg
             } else {
-                F::new(0.0)
-            };
-            let rv = if live {
-                delta[dl_base + p as usize] + bs
-            } else {
-                F::new(0.0)
-            };
-            let gv = if live {
-                dy[u_base + p as usize]
-            } else {
-                F::new(0.0)
+                g0 * scale
             };
             uu[i as usize] = uv;
-            raw[i as usize] = rv;
-            dt[i as usize] = if live { delta_of::<F>(rv) } else { F::new(0.0) };
+            dt[i as usize] = if live {
+                softplus_of::<F>(delta[dl_base + p as usize] + bs, fast_exp)
+            } else {
+                F::new(0.0)
+            };
             gy[i as usize] = gv;
             gu[i as usize] = dsk * gv;
             gdt[i as usize] = F::new(0.0);
@@ -642,11 +807,56 @@ pub fn scan_bwd<F: Float>(
                 cur.advance();
             }
         }
+        sync_cube();
+        #[unroll]
+        for j in 0..per {
+            let e = UNIT_POS + j * threads;
+            let p = if e < chunk {
+                spos[e as usize]
+            } else {
+                no_position()
+            };
+            let ok = p != no_position();
+            let o = (bc_base * dims.len + p) as usize;
+            if !aggregate {
+                pf_b[j as usize] = if ok { b_mat[o] } else { F::new(0.0) };
+            }
+            pf_c[j as usize] = if ok { c_mat[o] } else { F::new(0.0) };
+        }
         let gc = s * dims.seg_chunks + c;
         for n in 0..n_state {
+            let buf = ((n % 2u32) as usize) * stage;
+            #[unroll]
+            for j in 0..per {
+                let e = UNIT_POS + j * threads;
+                if e < chunk {
+                    if !aggregate {
+                        st_b[buf + staged(e)] = pf_b[j as usize];
+                    }
+                    st_c[buf + staged(e)] = pf_c[j as usize];
+                }
+            }
+            sync_cube();
+            if n + 1u32 < n_state {
+                #[unroll]
+                for j in 0..per {
+                    let e = UNIT_POS + j * threads;
+                    let p = if e < chunk {
+                        spos[e as usize]
+                    } else {
+                        no_position()
+                    };
+                    let ok = p != no_position();
+                    let o = ((bc_base + n + 1u32) * dims.len + p) as usize;
+                    if !aggregate {
+                        pf_b[j as usize] = if ok { b_mat[o] } else { F::new(0.0) };
+                    }
+                    pf_c[j as usize] = if ok { c_mat[o] } else { F::new(0.0) };
+                }
+            }
             let an = a_mat[kd * n_state as usize + n as usize];
-            let bc_off = ((bc_base + n) * dims.len) as usize;
             let slot = (warp * 64u32 + n) as usize;
+            let q_after = q_run[slot];
             // Forward recompute from the saved chunk-start state.
             let mut pa = F::new(1.0);
             let mut pb = F::new(0.0);
@@ -654,14 +864,14 @@ pub fn scan_bwd<F: Float>(
             for i in 0..items {
                 let live = valid && t0 + i < seg_end;
                 let av = if live {
-                    math::exp::<F>(dt[i as usize] * an)
+                    exp_of::<F>(dt[i as usize] * an, fast_exp)
                 } else {
                     F::new(1.0)
                 };
                 aa[i as usize] = av;
                 if !aggregate {
                     let bv = if live {
-                        dt[i as usize] * b_mat[bc_off + pos[i as usize] as usize] * uu[i as usize]
+                        dt[i as usize] * st_b[buf + staged(lane * items + i)] * uu[i as usize]
                     } else {
                         F::new(0.0)
                     };
@@ -692,51 +902,28 @@ pub fn scan_bwd<F: Float>(
             #[unroll]
             for j in 0..items {
                 let i = items - 1 - j;
-                let live = valid && t0 + i < seg_end;
-                let cv = if live {
-                    c_mat[bc_off + pos[i as usize] as usize] * gy[i as usize]
-                } else {
-                    F::new(0.0)
-                };
+                let cv = st_c[buf + staged(lane * items + i)] * gy[i as usize];
                 qb = aa[i as usize] * (qb + cv);
                 qa = aa[i as usize] * qa;
             }
             let (ea2, eb2, ta2, tb2) = warp_scan::<F>(qa, qb, &mut sa, &mut sb, true, plane);
-            let q_after = q_run[slot];
             if !aggregate {
                 let mut q = ea2 * q_after + eb2;
                 let mut da = F::new(0.0);
                 #[unroll]
                 for j in 0..items {
                     let i = items - 1 - j;
-                    let live = valid && t0 + i < seg_end;
-                    let bv = if live {
-                        b_mat[bc_off + pos[i as usize] as usize]
-                    } else {
-                        F::new(0.0)
-                    };
-                    let cv = if live {
-                        c_mat[bc_off + pos[i as usize] as usize]
-                    } else {
-                        F::new(0.0)
-                    };
-                    let g = cv * gy[i as usize] + q;
+                    let e = staged(lane * items + i);
+                    let bv = st_b[buf + e];
+                    let g = st_c[buf + e] * gy[i as usize] + q;
                     let qi = aa[i as usize] * g;
                     let hp = if i == 0 { h_in } else { hh[(i - 1) as usize] };
                     gu[i as usize] += g * dt[i as usize] * bv;
                     gdt[i as usize] += g * bv * uu[i as usize] + qi * hp * an;
                     da += qi * hp * dt[i as usize];
-                    let r = (warp * chunk + lane * items + i) as usize;
-                    red_b[r] = if live {
-                        g * dt[i as usize] * uu[i as usize]
-                    } else {
-                        F::new(0.0)
-                    };
-                    red_c[r] = if live {
-                        gy[i as usize] * hh[i as usize]
-                    } else {
-                        F::new(0.0)
-                    };
+                    let r = (warp as usize) * stage + e;
+                    red_b[r] = g * dt[i as usize] * uu[i as usize];
+                    red_c[r] = gy[i as usize] * hh[i as usize];
                     q = qi;
                 }
                 let da_sum = warp_sum::<F>(da, &mut sa, plane);
@@ -745,49 +932,62 @@ pub fn scan_bwd<F: Float>(
                 let mut j = UNIT_POS;
                 while j < chunk {
                     let p = spos[j as usize];
-                    if p != u32::new(comptime!(u32::MAX as i64)) {
+                    if p != no_position() {
                         let mut vb = F::new(0.0);
                         let mut vc = F::new(0.0);
                         #[unroll]
                         for w in 0..warps {
-                            vb += red_b[(w * chunk + j) as usize];
-                            vc += red_c[(w * chunk + j) as usize];
+                            vb += red_b[(w as usize) * stage + staged(j)];
+                            vc += red_c[(w as usize) * stage + staged(j)];
                         }
-                        let o = ((part_base + n) * dims.len + p) as usize;
-                        db_part[o] = vb;
-                        dc_part[o] = vc;
+                        if atomics {
+                            let o = ((bc_base + n) * dims.len + p) as usize;
+                            db_sum[o].fetch_add(vb);
+                            dc_sum[o].fetch_add(vc);
+                        } else {
+                            let o = ((part_base + n) * dims.len + p) as usize;
+                            db_part[o] = vb;
+                            dc_part[o] = vc;
+                        }
                     }
-                    j += comptime!(warps * 32);
+                    j += threads;
                 }
                 if lane == 0u32 {
                     da_acc[slot] += da_sum;
                 }
             }
-            sync_cube();
+            if plane {
+                sync_plane();
+            }
             if lane == 0u32 {
                 q_run[slot] = ta2 * q_after + tb2;
                 p_run[slot] = ta2 * p_run[slot];
             }
-            sync_cube();
         }
         if !aggregate {
+            let mut cur2 = Cursor::new(paths, k, select(t0 < seg_end, t0, 0u32));
             #[unroll]
             for i in 0..items {
+                let p = cur2.pos();
                 if valid && t0 + i < seg_end {
-                    let rv = raw[i as usize];
+                    let rv = delta[dl_base + p as usize] + bs;
                     // softplus'(x) = σ(x), 1 above the threshold.
                     let gr = if rv > F::new(20.0) {
                         gdt[i as usize]
                     } else {
-                        gdt[i as usize] * math::sigmoid::<F>(rv)
+                        gdt[i as usize] * sigmoid_of::<F>(rv, fast_exp)
                     };
                     dbias_acc += gr;
-                    du[out_base + pos[i as usize] as usize] = gu[i as usize];
-                    ddelta[out_base + pos[i as usize] as usize] = gr;
+                    du[out_base + p as usize] = gu[i as usize];
+                    ddelta[out_base + p as usize] = gr;
+                }
+                if t0 + i + 1u32 < seg_end {
+                    cur2.advance();
                 }
             }
         }
     }
+    sync_cube();
     if aggregate {
         if valid {
             let mut n1 = lane;
@@ -801,11 +1001,11 @@ pub fn scan_bwd<F: Float>(
         }
     } else {
         let dd_sum = warp_sum::<F>(dd_acc, &mut sa, plane);
-        let db_sum = warp_sum::<F>(dbias_acc, &mut sa, plane);
+        let dbias_sum = warp_sum::<F>(dbias_acc, &mut sa, plane);
         if valid {
             if lane == 0u32 {
                 dd_part[(row * dims.segments + s) as usize] = dd_sum;
-                dbias_part[(row * dims.segments + s) as usize] = db_sum;
+                dbias_part[(row * dims.segments + s) as usize] = dbias_sum;
             }
             let mut n2 = lane;
             while n2 < n_state {

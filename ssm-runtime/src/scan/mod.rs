@@ -17,6 +17,7 @@
 pub mod kernels;
 pub mod path;
 pub mod reference;
+pub mod tile;
 
 use cubecl::prelude::*;
 
@@ -89,21 +90,147 @@ pub struct ScanInputs<'a> {
 }
 
 /// Tuning knobs; `None` picks a default for the device and dtype. Tests use them to force
-/// small chunks, several segments, or the shared-memory path on a device with plane ops.
+/// every code path: small chunks or tiles, several segments, the shared-memory lane scan on
+/// a device with plane operations, partial sums instead of atomics, precise exponentials.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScanOptions {
-    /// Steps per lane per chunk (chunk = 32·items).
+    /// Steps per lane per chunk (chunk = 32·items) in the chunked kernels.
     pub items: Option<usize>,
     /// Logical warps (channels) per cube.
     pub warps: Option<usize>,
-    /// Steps per segment (rounded up to whole chunks).
+    /// Steps per segment (rounded up to whole chunks) in the chunked kernels.
     pub segment_len: Option<usize>,
     /// Use plane shuffles (`Some(true)` fails on devices without plane operations).
     pub plane: Option<bool>,
+    /// Add dB/dC into place with float atomics (`Some(true)` fails on devices without
+    /// float atomic add); otherwise per-cube partial sums are written and reduced.
+    pub atomics: Option<bool>,
+    /// f32 only (default on): the device's fast approximate exponential, reciprocal and a
+    /// polynomial log1p in exp(ΔA), softplus and sigmoid (a few ulp each).
+    pub fast_exp: Option<bool>,
+    /// Use the tiled multi-path kernels for 2D/3D grids (`Some(true)` fails where they do
+    /// not apply: 1D grids, strided paths, N above [`MAX_TILE_STATE`]).
+    pub tiled: Option<bool>,
+    /// Tile extents of the tiled kernels over the grid padded to 3 axes (leading axes of
+    /// size 1), each a power of two.
+    pub tile: Option<[usize; 3]>,
 }
 
 /// Largest supported state size N.
 pub const MAX_STATE: usize = 64;
+
+/// Largest state size N the tiled kernels take (larger N runs the chunked kernels).
+pub const MAX_TILE_STATE: usize = 16;
+
+/// Launch plan of the tiled multi-path kernels ([`tile`]).
+#[derive(Debug, Clone)]
+struct TilePlan {
+    extents: [usize; 3],
+    grid: [usize; 3],
+    counts: [usize; 3],
+    warps: usize,
+    blocks: usize,
+    seg_max: usize,
+    words: Vec<u32>,
+}
+
+impl TilePlan {
+    fn tiles(&self) -> usize {
+        self.counts.iter().product()
+    }
+
+    /// Shared memory (bytes) of the largest tiled kernel (the backward's main pass).
+    fn shared_bytes(
+        extents: [usize; 3],
+        warps: usize,
+        state: usize,
+        shared_delta: bool,
+        elem: usize,
+    ) -> usize {
+        let pp = extents[0] * extents[1] * (extents[2] + 1);
+        let per_warp = 4 + usize::from(shared_delta) + 2 * state;
+        (warps * per_warp * pp + 2 * state * pp + warps * 32) * elem
+    }
+
+    /// Per-path words for the tiled kernels (see [`tile`]).
+    fn path_words(spec: &ScanSpec, grid: [usize; 3], t: [usize; 3]) -> (Vec<u32>, usize) {
+        let rank = spec.grid.len();
+        let pad = 3 - rank;
+        let sstride = [t[1] * (t[2] + 1), t[2] + 1, 1];
+        let gstride = [grid[1] * grid[2], grid[2], 1];
+        let lseg = (t.iter().product::<usize>() / LANES).max(1);
+        let mut words = Vec::with_capacity(spec.paths.len() * tile::TILE_WORDS);
+        let mut seg_max = 1;
+        for p in &spec.paths {
+            let meta = PathMeta::new(p, &spec.grid);
+            let mut ax = [0usize, 1, 2];
+            for (j, &o) in p.order().iter().enumerate() {
+                ax[pad + j] = pad + o;
+            }
+            let s = ax.map(|a| grid[a]);
+            let tp = ax.map(|a| t[a]);
+            let seglen = tp[2].min(lseg);
+            let nsub_tile = tp[2] / seglen;
+            let nsub_grid = s[2].div_ceil(seglen);
+            let nseg = s[0] * s[1] * nsub_grid;
+            seg_max = seg_max.max(nseg);
+            let flips: usize = (0..3).map(|j| usize::from(meta.flip[j]) << j).sum();
+            let w = [
+                ax[0],
+                ax[1],
+                ax[2],
+                s[0],
+                s[1],
+                s[2],
+                tp[0],
+                tp[1],
+                tp[2],
+                sstride[ax[0]],
+                sstride[ax[1]],
+                sstride[ax[2]],
+                gstride[ax[0]],
+                gstride[ax[1]],
+                gstride[ax[2]],
+                flips,
+                usize::from(meta.snake),
+                usize::from(meta.reversed),
+                seglen,
+                nsub_tile,
+                nsub_grid,
+                nseg,
+                tp[0] * tp[1] * nsub_tile,
+                0,
+            ];
+            words.extend(w.iter().map(|&v| v as u32));
+        }
+        (words, seg_max)
+    }
+
+    /// Tile extents of `positions` (a power of two) positions: doubles, one at a time, the
+    /// axis along which the most paths run fastest relative to its current extent.
+    fn default_extents(spec: &ScanSpec, grid: [usize; 3], positions: usize) -> [usize; 3] {
+        let pad = 3 - spec.grid.len();
+        let mut fastest = [0usize; 3];
+        for p in &spec.paths {
+            fastest[pad + p.order()[p.rank() - 1]] += 1;
+        }
+        let mut t = [1usize; 3];
+        while t.iter().product::<usize>() < positions {
+            let best = (0..3)
+                .filter(|&a| t[a] < grid[a].next_power_of_two())
+                .max_by(|&a, &b| {
+                    ((fastest[a] + 1) * t[b])
+                        .cmp(&((fastest[b] + 1) * t[a]))
+                        .then(a.cmp(&b))
+                });
+            match best {
+                Some(a) => t[a] *= 2,
+                None => break,
+            }
+        }
+        t
+    }
+}
 
 /// Sizes, checked shapes and the launch plan of one scan.
 #[derive(Debug, Clone)]
@@ -123,8 +250,12 @@ pub struct ScanPlan {
     seg_chunks: usize,
     plane: bool,
     strided: bool,
+    gate: bool,
+    atomics: bool,
+    fast_exp: bool,
     dtype: DType,
     metas: Vec<u32>,
+    tile: Option<TilePlan>,
 }
 
 fn dims_err(what: &str, t: &Tensor, expected: String) -> Error {
@@ -301,6 +432,18 @@ impl ScanPlan {
             }
         };
         let segments = max_len.div_ceil(seg_len).max(1);
+        let atomics = match opts.atomics {
+            Some(true) if !device.has_float_atomic_add(dtype) => {
+                return Err(Error::arg(
+                    op,
+                    format!("{device} has no {dtype} atomic add"),
+                ));
+            }
+            Some(a) => a,
+            None => device.has_float_atomic_add(dtype),
+        };
+        let fast_exp = opts.fast_exp.unwrap_or(true) && dtype == DType::F32;
+        let tile = Self::plan_tiles(x, spec, opts, state, per_group, delta_per_path)?;
         let metas = spec
             .paths
             .iter()
@@ -322,9 +465,112 @@ impl ScanPlan {
             seg_chunks: seg_len / chunk,
             plane,
             strided: spec.paths.iter().any(|p| p.scale() > 1),
+            gate: x.z.is_some(),
+            atomics,
+            fast_exp,
             dtype,
             metas,
+            tile,
         })
+    }
+
+    /// The tiled kernels' plan when they apply (2D/3D grid, full-scale paths, small N, the
+    /// shared memory fits) and are wanted.
+    fn plan_tiles(
+        x: &ScanInputs,
+        spec: &ScanSpec,
+        opts: &ScanOptions,
+        state: usize,
+        per_group: usize,
+        delta_per_path: bool,
+    ) -> Result<Option<TilePlan>> {
+        let op = "selective_scan";
+        let device = x.u.device();
+        let gpu = device.kind() == DeviceKind::Cuda;
+        let why_not = if spec.grid.len() < 2 {
+            Some("the grid is 1D")
+        } else if spec.paths.iter().any(|p| p.scale() > 1) {
+            Some("a path is strided")
+        } else if state > MAX_TILE_STATE {
+            Some("the state is larger than MAX_TILE_STATE")
+        } else {
+            None
+        };
+        match (opts.tiled, why_not) {
+            (Some(false), _) => return Ok(None),
+            (Some(true), Some(why)) => {
+                return Err(Error::arg(op, format!("tiled kernels do not apply: {why}")));
+            }
+            (None, Some(_)) => return Ok(None),
+            _ => {}
+        }
+        let mut grid = [1usize; 3];
+        grid[3 - spec.grid.len()..].copy_from_slice(&spec.grid);
+        let elem = x.u.dtype().size();
+        let budget = device.max_shared_memory();
+        let max_warps = opts.warps.unwrap_or(if gpu { 4 } else { 2 }).max(1);
+        let warp_choices: Vec<usize> = (1..=max_warps)
+            .rev()
+            .filter(|w| per_group.is_multiple_of(*w))
+            .collect();
+        let mut choice = None;
+        'search: for positions in [512usize, 256, 128, 64, 32, 16, 8, 4, 2, 1] {
+            let t = match opts.tile {
+                Some(t) => t,
+                None => TilePlan::default_extents(spec, grid, positions),
+            };
+            for &w in &warp_choices {
+                if TilePlan::shared_bytes(t, w, state, !delta_per_path, elem) <= budget {
+                    choice = Some((t, w));
+                    break 'search;
+                }
+            }
+            if opts.tile.is_some() {
+                break;
+            }
+        }
+        let Some((t, warps)) = choice else {
+            if opts.tiled == Some(true) {
+                return Err(Error::arg(
+                    op,
+                    format!("the tiled kernels' shared memory exceeds {budget} bytes on {device}"),
+                ));
+            }
+            return Ok(None);
+        };
+        if t.iter().any(|e| !e.is_power_of_two()) {
+            return Err(Error::arg(
+                op,
+                format!("tile extents {t:?} must be powers of two"),
+            ));
+        }
+        let (words, seg_max) = TilePlan::path_words(spec, grid, t);
+        let channels = x.u.shape()[1];
+        Ok(Some(TilePlan {
+            extents: t,
+            grid,
+            counts: [0, 1, 2].map(|a| grid[a].div_ceil(t[a])),
+            warps,
+            blocks: channels.div_ceil(warps),
+            seg_max,
+            words,
+        }))
+    }
+
+    /// Whether the tiled multi-path kernels run.
+    pub fn uses_tiles(&self) -> bool {
+        self.tile.is_some()
+    }
+
+    /// Whether one path's kernel writes the final outputs and gradients itself (no per-path
+    /// buffers, no merge kernels).
+    fn direct(&self) -> bool {
+        self.paths == 1
+    }
+
+    /// Whether dB/dC are added in place with float atomics.
+    pub fn uses_atomics(&self) -> bool {
+        self.atomics
     }
 
     fn rows(&self) -> usize {
@@ -367,6 +613,13 @@ pub struct ScanSaved {
     plan: ScanPlan,
     states: Tensor,
     merged: Option<Tensor>,
+}
+
+impl ScanSaved {
+    /// The plan the forward ran (which kernels, how many segments, ...).
+    pub fn plan(&self) -> &ScanPlan {
+        &self.plan
+    }
 }
 
 /// Gradients of every scan input.
@@ -422,6 +675,9 @@ pub fn selective_scan_fwd(
     opts: &ScanOptions,
 ) -> Result<(Tensor, ScanSaved)> {
     let plan = ScanPlan::new(x, spec, opts)?;
+    if plan.tile.is_some() {
+        return tiled_fwd(x, spec, plan);
+    }
     let device = x.u.device().clone();
     let dt = plan.dtype;
     let (bsz, k, di, n, l, s) = (
@@ -441,44 +697,58 @@ pub fn selective_scan_fwd(
     let c = x.c.compact()?;
     let d = x.d.compact()?;
     let bias = x.delta_bias.compact()?;
-    let y = zeros_or_empty(&[bsz, k, di, l], dt, &device, plan.strided)?;
-    let states = Tensor::empty(&[rows * s * plan.seg_chunks * n], dt, &device);
+    let z = x.z.map(|z| z.compact()).transpose()?;
     let one = Tensor::empty(&[1], dt, &device);
+    let ins = [&u, &delta, &a, &b, &c, &d, &bias];
+    let zt = z.as_ref().unwrap_or(&one);
+    let total = bsz * di * l;
+    let states = Tensor::empty(&[rows * s * plan.seg_chunks * n], dt, &device);
     let seg_start = if s > 1 {
         let agg = Tensor::empty(&[rows * s * n * 2], dt, &device);
-        launch_fwd(
-            &plan,
-            [&u, &delta, &a, &b, &c, &d, &bias],
-            &paths,
-            &one,
-            &one,
-            &one,
-            &agg,
-            true,
-        );
+        launch_fwd(&plan, ins, &paths, &one, zt, [&one, &one, &one, &agg], true);
         let starts = Tensor::empty(&[rows * s * n], dt, &device);
         launch_segment_starts(&plan, &agg, &starts, false);
         starts
     } else {
         one.clone()
     };
+
+    if plan.direct() {
+        // One path: the scan kernel writes the output (and the pre-gate value) itself.
+        let out = zeros_or_empty(&[bsz, di, l], dt, &device, plan.strided)?;
+        let merged = match &z {
+            Some(_) => Some(zeros_or_empty(&[bsz, di, l], dt, &device, plan.strided)?),
+            None => None,
+        };
+        let outs = match &merged {
+            Some(m) => [m, &out, &states, &one],
+            None => [&out, &one, &states, &one],
+        };
+        launch_fwd(&plan, ins, &paths, &seg_start, zt, outs, false);
+        return Ok((
+            out,
+            ScanSaved {
+                plan,
+                states,
+                merged,
+            },
+        ));
+    }
+
+    let y = zeros_or_empty(&[bsz, k, di, l], dt, &device, plan.strided)?;
     launch_fwd(
         &plan,
-        [&u, &delta, &a, &b, &c, &d, &bias],
+        ins,
         &paths,
         &seg_start,
-        &y,
-        &states,
-        &one,
+        zt,
+        [&y, &one, &states, &one],
         false,
     );
-
     let out = Tensor::empty(&[bsz, di, l], dt, &device);
-    let z = x.z.map(|z| z.compact()).transpose()?;
     let merged = z
         .as_ref()
         .map(|_| Tensor::empty(&[bsz, di, l], dt, &device));
-    let total = bsz * di * l;
     dispatch!(device, cl => {
         let (count, dim) = elemwise_grid(cl, total);
         record_launch();
@@ -486,7 +756,7 @@ pub fn selective_scan_fwd(
             kernels::merge_fwd::launch_unchecked(
                 cl, count, dim,
                 y.array_arg(y.buffer_len()),
-                z.as_ref().unwrap_or(&one).array_arg(z.as_ref().unwrap_or(&one).buffer_len()),
+                zt.array_arg(zt.buffer_len()),
                 merged.as_ref().unwrap_or(&one).array_arg(merged.as_ref().unwrap_or(&one).buffer_len()),
                 out.array_arg(total),
                 k as u32, (di * l) as u32, total as u32,
@@ -534,6 +804,9 @@ pub fn selective_scan_bwd(
             ),
         ));
     }
+    if plan.tile.is_some() {
+        return tiled_bwd(x, spec, saved, dout);
+    }
     let rows = plan.rows();
     let paths = Tensor::from_slice(&plan.metas, &[plan.metas.len()], &device)?;
     let u = x.u.compact()?;
@@ -546,90 +819,157 @@ pub fn selective_scan_bwd(
     let dout = dout.compact()?;
     let one = Tensor::empty(&[1], dt, &device);
     let total = bsz * di * l;
-
-    // Merge and gate backward: the gradient every path's output receives.
     let z = x.z.map(|z| z.compact()).transpose()?;
-    let dy = Tensor::empty(&[bsz, di, l], dt, &device);
-    let dz = z
-        .as_ref()
-        .map(|_| Tensor::empty(&[bsz, di, l], dt, &device));
     let merged = saved.merged.as_ref().unwrap_or(&one);
-    dispatch!(device, cl => {
-        let (count, dim) = elemwise_grid(cl, total);
-        record_launch();
-        unsafe {
-            kernels::merge_bwd::launch_unchecked(
-                cl, count, dim,
-                dout.array_arg(total),
-                z.as_ref().unwrap_or(&one).array_arg(z.as_ref().unwrap_or(&one).buffer_len()),
-                merged.array_arg(merged.buffer_len()),
-                dy.array_arg(total),
-                dz.as_ref().unwrap_or(&one).array_arg(dz.as_ref().unwrap_or(&one).buffer_len()),
-                total as u32,
-                InputScalar::new(merge_scale(spec), dt.storage()),
-                z.is_some(), dt.storage(),
-            )
+    let strided = plan.strided;
+
+    // The gradient every path's output receives: `dout·scale` without a gate; with a gate,
+    // one path computes `dout·silu(z)` (and dz) in the scan kernels, several paths get it
+    // from the merge backward.
+    let fused_gate = plan.direct() && z.is_some();
+    let mut dz = None;
+    let (dy, dy_scale) = match &z {
+        Some(zt) if !plan.direct() => {
+            let dy = Tensor::empty(&[bsz, di, l], dt, &device);
+            let dzt = Tensor::empty(&[bsz, di, l], dt, &device);
+            dispatch!(device, cl => {
+                let (count, dim) = elemwise_grid(cl, total);
+                record_launch();
+                unsafe {
+                    kernels::merge_bwd::launch_unchecked(
+                        cl, count, dim,
+                        dout.array_arg(total),
+                        zt.array_arg(zt.buffer_len()),
+                        merged.array_arg(merged.buffer_len()),
+                        dy.array_arg(total),
+                        dzt.array_arg(total),
+                        total as u32,
+                        InputScalar::new(merge_scale(spec), dt.storage()),
+                        true, dt.storage(),
+                    )
+                }
+            });
+            dz = Some(dzt);
+            (dy, 1.0)
         }
-    });
+        Some(_) => {
+            dz = Some(zeros_or_empty(&[bsz, di, l], dt, &device, strided)?);
+            (dout.clone(), 1.0)
+        }
+        None => (dout.clone(), merge_scale(spec)),
+    };
+    let zt = z.as_ref().unwrap_or(&one);
+    let gate_ins = [&dy, zt, merged];
+    let dzt = dz.as_ref().unwrap_or(&one);
 
     let ins = [&u, &delta, &a, &b, &c, &d, &bias];
     let seg_suffix = if s > 1 {
         let agg = Tensor::empty(&[rows * s * n * 2], dt, &device);
-        let outs = [&one, &one, &one, &one, &one, &one, &one, &agg];
-        launch_bwd(plan, ins, &paths, &saved.states, &one, &dy, outs, true);
+        let outs = [
+            &one, &one, &one, &one, &one, &one, &one, &one, &one, &agg, &one,
+        ];
+        let bw = Bwd {
+            states: &saved.states,
+            seg_suffix: &one,
+            dy_scale,
+            fused_gate,
+        };
+        launch_bwd(plan, ins, &paths, &bw, gate_ins, outs, true);
         let suffix = Tensor::empty(&[rows * s * n], dt, &device);
         launch_segment_starts(plan, &agg, &suffix, true);
         suffix
     } else {
         one.clone()
     };
-    let du_k = zeros_or_empty(&[bsz, k, di, l], dt, &device, plan.strided)?;
-    let dd_k = zeros_or_empty(&[bsz, k, di, l], dt, &device, plan.strided)?;
-    let db_part = zeros_or_empty(&[bsz, k, plan.blocks, n, l], dt, &device, plan.strided)?;
-    let dc_part = zeros_or_empty(&[bsz, k, plan.blocks, n, l], dt, &device, plan.strided)?;
+    let (du, dd) = if plan.direct() {
+        (
+            zeros_or_empty(&[bsz, di, l], dt, &device, strided)?,
+            zeros_or_empty(x.delta.shape(), dt, &device, strided)?,
+        )
+    } else {
+        (
+            zeros_or_empty(&[bsz, k, di, l], dt, &device, strided)?,
+            zeros_or_empty(&[bsz, k, di, l], dt, &device, strided)?,
+        )
+    };
+    let (db_sum, dc_sum, db_part, dc_part) = if plan.atomics {
+        (
+            Tensor::zeros(&[bsz, k, g, n, l], dt, &device)?,
+            Tensor::zeros(&[bsz, k, g, n, l], dt, &device)?,
+            one.clone(),
+            one.clone(),
+        )
+    } else {
+        (
+            one.clone(),
+            one.clone(),
+            zeros_or_empty(&[bsz, k, plan.blocks, n, l], dt, &device, strided)?,
+            zeros_or_empty(&[bsz, k, plan.blocks, n, l], dt, &device, strided)?,
+        )
+    };
     let da_part = Tensor::empty(&[bsz, k, di, s, n], dt, &device);
     let dd_part = Tensor::empty(&[bsz, k, di, s], dt, &device);
     let dbias_part = Tensor::empty(&[bsz, k, di, s], dt, &device);
     let outs = [
-        &du_k,
-        &dd_k,
+        &du,
+        &dd,
         &db_part,
         &dc_part,
+        &db_sum,
+        &dc_sum,
         &da_part,
         &dd_part,
         &dbias_part,
         &one,
+        dzt,
     ];
-    launch_bwd(
-        plan,
-        ins,
-        &paths,
-        &saved.states,
-        &seg_suffix,
-        &dy,
-        outs,
-        false,
-    );
+    let bw = Bwd {
+        states: &saved.states,
+        seg_suffix: &seg_suffix,
+        dy_scale,
+        fused_gate,
+    };
+    launch_bwd(plan, ins, &paths, &bw, gate_ins, outs, false);
 
     let per_group = plan.blocks / g;
+    let (gb, gc) = if plan.atomics {
+        (db_sum, dc_sum)
+    } else {
+        (
+            db_part
+                .reshape(&[bsz, k, g, per_group, n, l])?
+                .sum(&[3], false)?,
+            dc_part
+                .reshape(&[bsz, k, g, per_group, n, l])?
+                .sum(&[3], false)?,
+        )
+    };
     Ok(ScanGrads {
-        u: du_k.sum(&[1], false)?,
-        delta: if plan.delta_per_path {
-            dd_k
+        u: if plan.direct() {
+            du
         } else {
-            dd_k.sum(&[1], false)?
+            du.sum(&[1], false)?
+        },
+        delta: if plan.direct() || plan.delta_per_path {
+            dd
+        } else {
+            dd.sum(&[1], false)?
         },
         a: da_part.sum(&[0, 3], false)?,
-        b: db_part
-            .reshape(&[bsz, k, g, per_group, n, l])?
-            .sum(&[3], false)?,
-        c: dc_part
-            .reshape(&[bsz, k, g, per_group, n, l])?
-            .sum(&[3], false)?,
+        b: gb,
+        c: gc,
         d: dd_part.sum(&[0, 3], false)?,
         delta_bias: dbias_part.sum(&[0, 3], false)?,
         z: dz,
     })
+}
+
+/// What the backward launches share besides the inputs.
+struct Bwd<'a> {
+    states: &'a Tensor,
+    seg_suffix: &'a Tensor,
+    dy_scale: f64,
+    fused_gate: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -638,12 +978,13 @@ fn launch_fwd(
     ins: [&Tensor; 7],
     paths: &Tensor,
     seg_start: &Tensor,
-    y: &Tensor,
-    states: &Tensor,
-    agg: &Tensor,
+    z: &Tensor,
+    outs: [&Tensor; 4],
     aggregate: bool,
 ) {
     let [u, delta, a, b, c, d, bias] = ins;
+    let [y, gated, states, agg] = outs;
+    let direct_gate = plan.direct() && plan.gate;
     let (count, dim) = launch_dims(plan.cubes(), plan.warps);
     dispatch!(u.device(), cl => {
         let arg = |t: &Tensor| unsafe { t.array_arg(t.buffer_len()) };
@@ -653,9 +994,10 @@ fn launch_fwd(
                 cl, count, dim,
                 arg(u), arg(delta), arg(a), arg(b), arg(c), arg(d), arg(bias),
                 paths.array_arg(paths.buffer_len()),
-                arg(seg_start), arg(y), arg(states), arg(agg),
+                arg(seg_start), arg(z), arg(y), arg(gated), arg(states), arg(agg),
                 plan.dims(),
                 plan.items as u32, plan.warps as u32, plan.plane, plan.delta_per_path, aggregate,
+                direct_gate, plan.fast_exp,
                 plan.dtype.storage(),
             )
         }
@@ -667,14 +1009,14 @@ fn launch_bwd(
     plan: &ScanPlan,
     ins: [&Tensor; 7],
     paths: &Tensor,
-    states: &Tensor,
-    seg_suffix: &Tensor,
-    dy: &Tensor,
-    outs: [&Tensor; 8],
+    bw: &Bwd,
+    gate_ins: [&Tensor; 3],
+    outs: [&Tensor; 11],
     aggregate: bool,
 ) {
     let [u, delta, a, b, c, d, bias] = ins;
-    let [du, dd, db, dc, da, dds, dbias, agg] = outs;
+    let [dout, z, merged] = gate_ins;
+    let [du, dd, db, dc, dbs, dcs, da, dds, dbias, agg, dz] = outs;
     let (count, dim) = launch_dims(plan.cubes(), plan.warps);
     dispatch!(u.device(), cl => {
         let arg = |t: &Tensor| unsafe { t.array_arg(t.buffer_len()) };
@@ -684,13 +1026,266 @@ fn launch_bwd(
                 cl, count, dim,
                 arg(u), arg(delta), arg(a), arg(b), arg(c), arg(d), arg(bias),
                 paths.array_arg(paths.buffer_len()),
-                arg(states), arg(seg_suffix), arg(dy),
-                arg(du), arg(dd), arg(db), arg(dc), arg(da), arg(dds), arg(dbias), arg(agg),
+                arg(bw.states), arg(bw.seg_suffix), arg(dout), arg(z), arg(merged),
+                arg(du), arg(dd), arg(db), arg(dc), arg(dbs), arg(dcs),
+                arg(da), arg(dds), arg(dbias), arg(agg), arg(dz),
                 plan.dims(),
+                InputScalar::new(bw.dy_scale, plan.dtype.storage()),
                 plan.items as u32, plan.warps as u32, plan.plane, plan.delta_per_path, aggregate,
+                bw.fused_gate, plan.atomics, plan.fast_exp,
                 plan.dtype.storage(),
             )
         }
+    })
+}
+
+/// The seven scan inputs, contiguous.
+fn contiguous_inputs(x: &ScanInputs) -> Result<[Tensor; 7]> {
+    Ok([
+        x.u.compact()?,
+        x.delta.compact()?,
+        x.a.compact()?,
+        x.b.compact()?,
+        x.c.compact()?,
+        x.d.compact()?,
+        x.delta_bias.compact()?,
+    ])
+}
+
+impl ScanPlan {
+    fn tile_dims<R: Runtime>(&self, tp: &TilePlan) -> tile::TileDimsLaunch<R> {
+        tile::TileDimsLaunch::new(
+            self.batch as u32,
+            self.paths as u32,
+            self.channels as u32,
+            self.groups as u32,
+            self.len as u32,
+            tp.grid[0] as u32,
+            tp.grid[1] as u32,
+            tp.grid[2] as u32,
+            tp.counts[1] as u32,
+            tp.counts[2] as u32,
+            tp.tiles() as u32,
+            tp.blocks as u32,
+            tp.seg_max as u32,
+        )
+    }
+}
+
+/// Compose the segments' maps of `agg` into every segment's start (see [`tile::tile_chain`]).
+fn launch_tile_chain(plan: &ScanPlan, words: &Tensor, agg: &Tensor, starts: &Tensor) {
+    let tp = plan.tile.as_ref().expect("tiled plan");
+    let cubes = plan.rows() * plan.state;
+    let (count, dim) = launch_dims(cubes, 1);
+    dispatch!(agg.device(), cl => {
+        record_launch();
+        unsafe {
+            tile::tile_chain::launch_unchecked(
+                cl, count, dim,
+                agg.array_arg(agg.buffer_len()),
+                starts.array_arg(starts.buffer_len()),
+                words.array_arg(words.buffer_len()),
+                plan.channels as u32, plan.paths as u32, tp.seg_max as u32, plan.state as u32,
+                4, plan.plane, plan.dtype.storage(),
+            )
+        }
+    })
+}
+
+/// Forward through the tiled kernels: aggregate pass, chain, main pass.
+fn tiled_fwd(x: &ScanInputs, spec: &ScanSpec, plan: ScanPlan) -> Result<(Tensor, ScanSaved)> {
+    let tp = plan.tile.as_ref().expect("tiled plan");
+    let device = x.u.device().clone();
+    let dt = plan.dtype;
+    let (bsz, di, n, l) = (plan.batch, plan.channels, plan.state, plan.len);
+    let words = Tensor::from_slice(&tp.words, &[tp.words.len()], &device)?;
+    let [u, delta, a, b, c, d, bias] = contiguous_inputs(x)?;
+    let z = x.z.map(|z| z.compact()).transpose()?;
+    let one = Tensor::empty(&[1], dt, &device);
+    let zt = z.as_ref().unwrap_or(&one);
+    let slots = plan.rows() * tp.seg_max * n;
+    let agg = Tensor::empty(&[slots * 2], dt, &device);
+    let starts = Tensor::empty(&[slots], dt, &device);
+    let out = Tensor::empty(&[bsz, di, l], dt, &device);
+    let merged = z
+        .as_ref()
+        .map(|_| Tensor::empty(&[bsz, di, l], dt, &device));
+    let mt = merged.as_ref().unwrap_or(&one);
+    let [e0, e1, e2] = tp.extents.map(|e| e as u32);
+    let (count, dim) = launch_dims(bsz * tp.tiles() * tp.blocks, tp.warps);
+    for aggregate in [true, false] {
+        dispatch!(device, cl => {
+            let arg = |t: &Tensor| unsafe { t.array_arg(t.buffer_len()) };
+            record_launch();
+            unsafe {
+                tile::tile_fwd::launch_unchecked(
+                    cl, count.clone(), dim,
+                    arg(&u), arg(&delta), arg(&a), arg(&b), arg(&c), arg(&d), arg(&bias),
+                    arg(&words), arg(&starts), arg(zt),
+                    arg(if aggregate { &one } else { &out }), arg(if aggregate { &one } else { mt }),
+                    arg(if aggregate { &agg } else { &one }),
+                    plan.tile_dims(tp),
+                    InputScalar::new(merge_scale(spec), dt.storage()),
+                    e0, e1, e2, n as u32, tp.warps as u32,
+                    plan.delta_per_path, aggregate, z.is_some(), plan.fast_exp,
+                    dt.storage(),
+                )
+            }
+        });
+        if aggregate {
+            launch_tile_chain(&plan, &words, &agg, &starts);
+        }
+    }
+    Ok((
+        out,
+        ScanSaved {
+            plan,
+            states: starts,
+            merged,
+        },
+    ))
+}
+
+/// Backward through the tiled kernels: adjoint aggregate pass, chain, main pass.
+fn tiled_bwd(
+    x: &ScanInputs,
+    spec: &ScanSpec,
+    saved: &ScanSaved,
+    dout: &Tensor,
+) -> Result<ScanGrads> {
+    let plan = &saved.plan;
+    let tp = plan.tile.as_ref().expect("tiled plan");
+    let device = x.u.device().clone();
+    let dt = plan.dtype;
+    let (bsz, k, di, n, l, g) = (
+        plan.batch,
+        plan.paths,
+        plan.channels,
+        plan.state,
+        plan.len,
+        plan.groups,
+    );
+    let words = Tensor::from_slice(&tp.words, &[tp.words.len()], &device)?;
+    let [u, delta, a, b, c, d, bias] = contiguous_inputs(x)?;
+    let dout = dout.compact()?;
+    let one = Tensor::empty(&[1], dt, &device);
+    let total = bsz * di * l;
+    let z = x.z.map(|z| z.compact()).transpose()?;
+    let (dy, dy_scale, dz) = match &z {
+        Some(zt) => {
+            let merged = saved.merged.as_ref().unwrap_or(&one);
+            let dy = Tensor::empty(&[bsz, di, l], dt, &device);
+            let dzt = Tensor::empty(&[bsz, di, l], dt, &device);
+            dispatch!(device, cl => {
+                let (count, dim) = elemwise_grid(cl, total);
+                record_launch();
+                unsafe {
+                    kernels::merge_bwd::launch_unchecked(
+                        cl, count, dim,
+                        dout.array_arg(total),
+                        zt.array_arg(zt.buffer_len()),
+                        merged.array_arg(merged.buffer_len()),
+                        dy.array_arg(total),
+                        dzt.array_arg(total),
+                        total as u32,
+                        InputScalar::new(merge_scale(spec), dt.storage()),
+                        true, dt.storage(),
+                    )
+                }
+            });
+            (dy, 1.0, Some(dzt))
+        }
+        None => (dout.clone(), merge_scale(spec), None),
+    };
+    let slots = plan.rows() * tp.seg_max * n;
+    let agg = Tensor::empty(&[slots * 2], dt, &device);
+    let bstarts = Tensor::empty(&[slots], dt, &device);
+    let du = Tensor::empty(&[bsz, di, l], dt, &device);
+    let dd = Tensor::empty(x.delta.shape(), dt, &device);
+    let (db_sum, dc_sum, db_part, dc_part) = if plan.atomics {
+        (
+            Tensor::zeros(&[bsz, k, g, n, l], dt, &device)?,
+            Tensor::zeros(&[bsz, k, g, n, l], dt, &device)?,
+            one.clone(),
+            one.clone(),
+        )
+    } else {
+        (
+            one.clone(),
+            one.clone(),
+            Tensor::empty(&[bsz, k, tp.blocks, n, l], dt, &device),
+            Tensor::empty(&[bsz, k, tp.blocks, n, l], dt, &device),
+        )
+    };
+    let tiles = tp.tiles();
+    let da_part = Tensor::empty(&[bsz, k, di, tiles, n], dt, &device);
+    let dd_part = Tensor::empty(&[bsz, di, tiles], dt, &device);
+    let dbias_part = Tensor::empty(&[bsz, k, di, tiles], dt, &device);
+    let [e0, e1, e2] = tp.extents.map(|e| e as u32);
+    let (count, dim) = launch_dims(bsz * tiles * tp.blocks, tp.warps);
+    for aggregate in [true, false] {
+        let m = |t: &Tensor| if aggregate { one.clone() } else { t.clone() };
+        let outs = [
+            m(&du),
+            m(&dd),
+            m(&db_part),
+            m(&dc_part),
+            m(&db_sum),
+            m(&dc_sum),
+            m(&da_part),
+            m(&dd_part),
+            m(&dbias_part),
+            if aggregate { agg.clone() } else { one.clone() },
+        ];
+        dispatch!(device, cl => {
+            let arg = |t: &Tensor| unsafe { t.array_arg(t.buffer_len()) };
+            record_launch();
+            unsafe {
+                tile::tile_bwd::launch_unchecked(
+                    cl, count.clone(), dim,
+                    arg(&u), arg(&delta), arg(&a), arg(&b), arg(&c), arg(&d), arg(&bias),
+                    arg(&words), arg(&saved.states), arg(&bstarts), arg(&dy),
+                    arg(&outs[0]), arg(&outs[1]), arg(&outs[2]), arg(&outs[3]), arg(&outs[4]),
+                    arg(&outs[5]), arg(&outs[6]), arg(&outs[7]), arg(&outs[8]), arg(&outs[9]),
+                    plan.tile_dims(tp),
+                    InputScalar::new(dy_scale, dt.storage()),
+                    e0, e1, e2, n as u32, tp.warps as u32, plan.plane,
+                    plan.delta_per_path, aggregate, plan.atomics, plan.fast_exp,
+                    dt.storage(),
+                )
+            }
+        });
+        if aggregate {
+            launch_tile_chain(plan, &words, &agg, &bstarts);
+        }
+    }
+    let per_group = tp.blocks / g;
+    let (gb, gc) = if plan.atomics {
+        (db_sum, dc_sum)
+    } else {
+        (
+            db_part
+                .reshape(&[bsz, k, g, per_group, n, l])?
+                .sum(&[3], false)?,
+            dc_part
+                .reshape(&[bsz, k, g, per_group, n, l])?
+                .sum(&[3], false)?,
+        )
+    };
+    Ok(ScanGrads {
+        u: du,
+        delta: dd,
+        a: da_part.sum(&[0, 3], false)?,
+        b: gb,
+        c: gc,
+        // Every full-scale path sees every position once: dD is the same for all paths.
+        d: dd_part
+            .sum(&[0, 2], false)?
+            .reshape(&[1, di])?
+            .expand(&[k, di])?
+            .compact()?,
+        delta_bias: dbias_part.sum(&[0, 3], false)?,
+        z: dz,
     })
 }
 

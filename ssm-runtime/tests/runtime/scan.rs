@@ -3,7 +3,8 @@
 
 use ssm_runtime::scan::reference::{HostScan, selective_scan_ref};
 use ssm_runtime::scan::{
-    Merge, ScanInputs, ScanOptions, ScanPath, ScanSpec, presets, selective_scan_fwd,
+    Merge, ScanInputs, ScanOptions, ScanPath, ScanSpec, presets, selective_scan_bwd,
+    selective_scan_fwd,
 };
 use ssm_runtime::testing::{HostRng, assert_close, device, rel_l2};
 use ssm_runtime::{DType, DeviceKind, Tensor};
@@ -182,14 +183,28 @@ fn spec(grid: &[usize], paths: Vec<ScanPath>) -> ScanSpec {
     ScanSpec::new(grid, paths)
 }
 
+/// The shared-memory lane scan, plane shuffles where the device has them, and (for
+/// 2D/3D grids) the chunked kernels instead of the tiled ones.
 fn plane_options() -> Vec<ScanOptions> {
-    let mut v = vec![ScanOptions {
-        plane: Some(false),
-        ..Default::default()
-    }];
+    let mut v = vec![
+        ScanOptions {
+            plane: Some(false),
+            ..Default::default()
+        },
+        ScanOptions {
+            plane: Some(false),
+            tiled: Some(false),
+            ..Default::default()
+        },
+    ];
     if device().has_plane_ops() && device().plane_size() == 32 {
         v.push(ScanOptions {
             plane: Some(true),
+            ..Default::default()
+        });
+        v.push(ScanOptions {
+            plane: Some(true),
+            tiled: Some(false),
             ..Default::default()
         });
     }
@@ -207,6 +222,9 @@ fn forward_matches_oracle_across_state_sizes_and_paths() {
             (64, vec![3, 4, 5], presets::srma_abss()),
         ] {
             for opts in plane_options() {
+                if grid.len() == 1 && opts.tiled == Some(false) {
+                    continue;
+                }
                 let p = Problem::new(
                     &mut r,
                     dtype,
@@ -258,6 +276,13 @@ fn forward_presets_options_and_edge_lengths() {
     for (name, grid, paths) in cases {
         let p = Problem::new(&mut r, dtype, 2, 2, 4, 1, spec(&grid, paths), false, false);
         p.check_forward(&ScanOptions::default(), name);
+        if grid.len() > 1 {
+            let chunked = ScanOptions {
+                tiled: Some(false),
+                ..Default::default()
+            };
+            p.check_forward(&chunked, &format!("{name} chunked"));
+        }
     }
     // Gate, mean merge, per-path delta, B/C groups, several segments, small chunks.
     let mut s = spec(&[6, 11], presets::cross2d()).mean();
@@ -268,12 +293,14 @@ fn forward_presets_options_and_edge_lengths() {
         ScanOptions {
             items: Some(1),
             segment_len: Some(32),
+            tiled: Some(false),
             ..Default::default()
         },
         ScanOptions {
             items: Some(2),
             warps: Some(1),
             segment_len: Some(70),
+            tiled: Some(false),
             ..Default::default()
         },
     ] {
@@ -307,6 +334,25 @@ fn forward_long_sequences_cross_many_chunks() {
             },
             &format!("L={l} segmented"),
         );
+        // One path: the kernel writes the (gated) output itself, across segments.
+        let one = Problem::new(
+            &mut r,
+            dtype,
+            1,
+            2,
+            4,
+            1,
+            spec(&[l], presets::forward_1d()),
+            false,
+            true,
+        );
+        one.check_forward(
+            &ScanOptions {
+                segment_len: Some(l / 5),
+                ..Default::default()
+            },
+            &format!("L={l} one path, gated, segmented"),
+        );
     }
 }
 
@@ -326,7 +372,239 @@ fn forward_f32_error_against_f64_oracle_at_moderate_size() {
         true,
     );
     let err = p.check_forward(&ScanOptions::default(), "f32 accuracy");
-    eprintln!("scan f32 forward relative L2 error vs f64 oracle: {err:e}");
+    let precise = ScanOptions {
+        fast_exp: Some(false),
+        ..Default::default()
+    };
+    let err_precise = p.check_forward(&precise, "f32 accuracy, precise exp");
+    eprintln!(
+        "scan f32 forward relative L2 error vs f64 oracle: {err:e} (precise exp: {err_precise:e})"
+    );
+    // 2D paths through the tiled kernels.
+    let p2 = Problem::new(
+        &mut r,
+        DType::F32,
+        2,
+        8,
+        16,
+        1,
+        spec(&[20, 35], presets::cross2d()),
+        true,
+        true,
+    );
+    let err2 = p2.check_forward(&ScanOptions::default(), "f32 accuracy, tiled cross2d");
+    eprintln!("scan f32 tiled cross2d forward relative L2 error vs f64 oracle: {err2:e}");
+}
+
+/// Forward through the tiled kernels, checking that they ran.
+fn check_tiled(p: &Problem, opts: &ScanOptions, what: &str) {
+    let (_, saved) = selective_scan_fwd(&p.inputs(), &p.spec, opts).unwrap();
+    assert!(saved.plan().uses_tiles(), "{what}: tiled kernels not used");
+    p.check_forward(opts, what);
+}
+
+#[test]
+fn tiled_forward_matches_oracle() {
+    let mut r = rng(67);
+    let dev = device();
+    eprintln!(
+        "{dev}: f32 atomic add {}, f64 atomic add {}, {} bytes of shared memory per cube",
+        dev.has_float_atomic_add(DType::F32),
+        dev.has_float_atomic_add(DType::F64),
+        dev.max_shared_memory()
+    );
+    let flipped = ScanPath::with_order(&[1, 0]).unwrap().flip_axis(1).unwrap();
+    // (name, dtype, channels, N, groups, grid, paths, per-path Δ, gate, mean, tile, warps)
+    type Case = (
+        &'static str,
+        DType,
+        usize,
+        usize,
+        usize,
+        Vec<usize>,
+        Vec<ScanPath>,
+        bool,
+        bool,
+        bool,
+        [usize; 3],
+        usize,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "cross2d N=1, partial tiles",
+            DType::F32,
+            4,
+            1,
+            1,
+            vec![7, 11],
+            presets::cross2d(),
+            true,
+            false,
+            false,
+            [1, 4, 8],
+            2,
+        ),
+        (
+            "cross2d N=4, gate, mean, groups",
+            DType::F64,
+            4,
+            4,
+            2,
+            vec![6, 9],
+            presets::cross2d(),
+            false,
+            true,
+            true,
+            [1, 2, 4],
+            1,
+        ),
+        (
+            "ABSS N=2",
+            DType::F64,
+            2,
+            2,
+            1,
+            vec![3, 5, 4],
+            presets::srma_abss(),
+            true,
+            false,
+            false,
+            [2, 2, 4],
+            2,
+        ),
+        (
+            "six orders N=16, gate",
+            DType::F32,
+            2,
+            16,
+            1,
+            vec![3, 4, 5],
+            presets::six_orders_3d(),
+            false,
+            true,
+            false,
+            [2, 2, 2],
+            1,
+        ),
+        (
+            "tri-orientated N=3",
+            DType::F64,
+            3,
+            3,
+            1,
+            vec![4, 3, 5],
+            presets::tri_orientated(),
+            true,
+            true,
+            false,
+            [1, 4, 2],
+            1,
+        ),
+        (
+            "snake and flips",
+            DType::F64,
+            2,
+            1,
+            1,
+            vec![5, 6],
+            vec![
+                presets::snake_2d()[0].clone(),
+                presets::snake_2d()[0].rev(),
+                flipped.clone(),
+                flipped.rev(),
+            ],
+            false,
+            false,
+            false,
+            [1, 2, 8],
+            2,
+        ),
+        (
+            "tile larger than the grid",
+            DType::F64,
+            2,
+            2,
+            1,
+            vec![3, 3],
+            presets::cross2d(),
+            true,
+            false,
+            false,
+            [1, 8, 8],
+            2,
+        ),
+        (
+            "one-position tiles",
+            DType::F64,
+            2,
+            2,
+            1,
+            vec![2, 3, 2],
+            presets::six_orders_3d(),
+            true,
+            false,
+            false,
+            [1, 1, 1],
+            2,
+        ),
+    ];
+    for (name, dtype, channels, state, groups, grid, paths, dpp, gate, mean, tile, warps) in cases {
+        let mut sp = spec(&grid, paths);
+        if mean {
+            sp = sp.mean();
+        }
+        let p = Problem::new(&mut r, dtype, 2, channels, state, groups, sp, dpp, gate);
+        for plane in [false, true] {
+            if plane && !(dev.has_plane_ops() && dev.plane_size() == 32) {
+                continue;
+            }
+            let opts = ScanOptions {
+                tiled: Some(true),
+                tile: Some(tile),
+                warps: Some(warps),
+                plane: Some(plane),
+                ..Default::default()
+            };
+            check_tiled(
+                &p,
+                &opts,
+                &format!("{name} {dtype} tile {tile:?} plane={plane}"),
+            );
+        }
+    }
+    // Default tiles on a view of a 3D grid.
+    let p = Problem::new(
+        &mut r,
+        DType::F32,
+        1,
+        4,
+        1,
+        1,
+        spec(&[5, 6, 7], presets::cross2d_view([&[0], &[1, 2]])),
+        true,
+        false,
+    );
+    check_tiled(&p, &ScanOptions::default(), "cross2d view, default tiles");
+    // The tiled kernels refuse what they cannot do.
+    let p1 = Problem::new(
+        &mut r,
+        DType::F32,
+        1,
+        2,
+        2,
+        1,
+        spec(&[9], presets::bidirectional()),
+        false,
+        false,
+    );
+    let forced = ScanOptions {
+        tiled: Some(true),
+        ..Default::default()
+    };
+    let e = selective_scan_fwd(&p1.inputs(), &p1.spec, &forced)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1D"), "{e}");
 }
 
 #[test]
@@ -406,4 +684,109 @@ fn inputs_may_be_offset_views() {
         1e-10,
         1e-12,
     );
+}
+
+/// All gradients of one backward, as host vectors (u, Δ, A, B, C, D, bias, [z]).
+fn grads_of(p: &Problem, tensors: &[Tensor], opts: &ScanOptions) -> Vec<Vec<f64>> {
+    let x = ScanInputs {
+        u: &tensors[0],
+        delta: &tensors[1],
+        a: &tensors[2],
+        b: &tensors[3],
+        c: &tensors[4],
+        d: &tensors[5],
+        delta_bias: &tensors[6],
+        z: tensors.get(7),
+    };
+    let (out, saved) = selective_scan_fwd(&x, &p.spec, opts).unwrap();
+    let dout = out.ones_like().unwrap();
+    let g = selective_scan_bwd(&x, &p.spec, &saved, &dout).unwrap();
+    let mut v = vec![g.u, g.delta, g.a, g.b, g.c, g.d, g.delta_bias];
+    v.extend(g.z);
+    v.iter().map(|t| t.to_f64_vec().unwrap()).collect()
+}
+
+#[test]
+fn backward_f32_matches_f64_with_and_without_atomics() {
+    // The f64 gradchecks cover the math; this covers the f32 kernels, in particular the
+    // float-atomic dB/dC sums where the device has them only for f32 (lavapipe).
+    let mut r = rng(68);
+    let dev = device();
+    let cases: Vec<(&str, Vec<usize>, Vec<ScanPath>, ScanOptions)> = vec![
+        (
+            "1D one path, gated",
+            vec![300],
+            presets::forward_1d(),
+            ScanOptions::default(),
+        ),
+        (
+            "2D chunked",
+            vec![6, 7],
+            presets::cross2d(),
+            ScanOptions {
+                tiled: Some(false),
+                ..Default::default()
+            },
+        ),
+        (
+            "2D tiled",
+            vec![6, 7],
+            presets::cross2d(),
+            ScanOptions {
+                tiled: Some(true),
+                tile: Some([1, 4, 4]),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, grid, paths, opts) in cases {
+        let p = Problem::new(
+            &mut r,
+            DType::F32,
+            2,
+            4,
+            4,
+            2,
+            spec(&grid, paths),
+            true,
+            true,
+        );
+        let h = &p.host;
+        let l: usize = grid.iter().product();
+        let k = p.spec.paths.len();
+        let up = |v: &[f64], s: &[usize]| Tensor::from_f64(v, s, DType::F64, &dev).unwrap();
+        let t64 = vec![
+            up(&h.u, &[2, 4, l]),
+            up(&h.delta, &[2, k, 4, l]),
+            up(&h.a, &[k, 4, 4]),
+            up(&h.b, &[2, k, 2, 4, l]),
+            up(&h.c, &[2, k, 2, 4, l]),
+            up(&h.d, &[k, 4]),
+            up(&h.delta_bias, &[k, 4]),
+            up(h.z.as_ref().unwrap(), &[2, 4, l]),
+        ];
+        let want = grads_of(
+            &p,
+            &t64,
+            &ScanOptions {
+                atomics: Some(false),
+                ..opts
+            },
+        );
+        let mut choices = vec![Some(false)];
+        if dev.has_float_atomic_add(DType::F32) {
+            choices.push(Some(true));
+        }
+        for atomics in choices {
+            let o = ScanOptions { atomics, ..opts };
+            let got = grads_of(&p, &p.tensors, &o);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let err = rel_l2(g, w);
+                assert!(
+                    g.iter().all(|v| v.is_finite()) && err <= 2e-5,
+                    "{name} atomics={atomics:?}: gradient {i} relative L2 error {err:e}"
+                );
+            }
+        }
+    }
 }
