@@ -354,6 +354,76 @@ fn stage_fma<F: Float>(
     }
 }
 
+/// Fetch stage `st` (tap `st / n_c`, channels `(st % n_c)·bk ..`) of the src and weight
+/// tiles into registers; gather addresses are recomputed when a new tap starts.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemm_load<F: Float>(
+    src: &Array<F>,
+    w: &Array<F>,
+    g: &ConvGeo,
+    st: i32,
+    n_c: i32,
+    w_grp: i32,
+    n0: i32,
+    tid: usize,
+    a_kl: &Array<i32>,
+    a_base: &Array<i32>,
+    a_d: &Array<i32>,
+    a_h: &Array<i32>,
+    a_w: &Array<i32>,
+    a_addr: &mut Array<i32>,
+    a_reg: &mut Array<F>,
+    b_reg: &mut Array<F>,
+    #[comptime] threads: usize,
+    #[comptime] bk: usize,
+    #[comptime] bn: usize,
+    #[comptime] ra: usize,
+    #[comptime] rb: usize,
+    #[comptime] transposed: bool,
+) {
+    let tap = st / n_c;
+    let c0 = (st % n_c) * i32::cast_from(bk);
+    let tw = tap % g.k_w;
+    let th = (tap / g.k_w) % g.k_h;
+    let td = tap / (g.k_w * g.k_h);
+    if c0 == 0i32 {
+        #[unroll]
+        for r in 0..ra {
+            let sd = src_coord(a_d[r], td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
+            let sh = src_coord(a_h[r], th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
+            let sw = src_coord(a_w[r], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed);
+            a_addr[r] = select(
+                a_base[r] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
+                a_base[r] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+                -1i32,
+            );
+        }
+    }
+    #[unroll]
+    for r in 0..ra {
+        let c = c0 + a_kl[r];
+        a_reg[r] = if a_addr[r] >= 0 && c < g.c_red {
+            src[usize::cast_from(a_addr[r] + c * g.ss_c)]
+        } else {
+            F::new(0.0)
+        };
+    }
+    let w_tap = w_grp + td * g.sw_d + th * g.sw_h + tw * g.sw_w;
+    #[unroll]
+    for r in 0..rb {
+        let e = i32::cast_from(tid + r * threads);
+        let kl = e % i32::cast_from(bk);
+        let col = n0 + e / i32::cast_from(bk);
+        let c = c0 + kl;
+        b_reg[r] = if e < i32::cast_from(bn * bk) && col < g.c_out && c < g.c_red {
+            w[usize::cast_from(w_tap + col * g.sw_o + c * g.sw_i)]
+        } else {
+            F::new(0.0)
+        };
+    }
+}
+
 /// Implicit-GEMM convolution (forward, or backward-data with `transposed`):
 /// `dst[m, col] = Σ_{tap, c} src[gather(m, tap), c] · w[col, c, tap]` with m the dst
 /// positions, col the dst channels of one group, tiles of `bm = ty·tm` positions ×
@@ -443,72 +513,96 @@ fn conv_gemm<F: Float>(
         a_addr[r] = -1i32;
     }
     let w_grp = w_off + grp * g.w_group;
+    let bki = i32::cast_from(bk);
+    let n_c = (g.c_red + bki - 1) / bki;
+    let n_stages = g.k_d * g.k_h * g.k_w * n_c;
+    let mut a_reg = Array::<F>::new(ra);
+    let mut b_reg = Array::<F>::new(rb);
 
-    for td in 0..g.k_d {
-        for th in 0..g.k_h {
-            for tw in 0..g.k_w {
-                #[unroll]
-                for r in 0..ra {
-                    let sd = src_coord(a_d[r], td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
-                    let sh = src_coord(a_h[r], th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
-                    let sw = src_coord(a_w[r], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed);
-                    a_addr[r] = select(
-                        a_base[r] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
-                        a_base[r] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
-                        -1i32,
-                    );
-                }
-                let w_tap = w_grp + td * g.sw_d + th * g.sw_h + tw * g.sw_w;
-                let mut c0 = 0i32;
-                while c0 < g.c_red {
-                    #[unroll]
-                    for r in 0..ra {
-                        let kl = a_kl[r];
-                        let c = c0 + kl;
-                        let v = if a_addr[r] >= 0 && c < g.c_red {
-                            src[usize::cast_from(a_addr[r] + c * g.ss_c)]
-                        } else {
-                            F::new(0.0)
-                        };
-                        if kl < i32::cast_from(bk) {
-                            a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] = v;
-                        }
-                    }
-                    #[unroll]
-                    for r in 0..rb {
-                        let e = i32::cast_from(tid + r * threads);
-                        let kl = e % i32::cast_from(bk);
-                        let nl = e / i32::cast_from(bk);
-                        let col = n0 + nl;
-                        let c = c0 + kl;
-                        if e < i32::cast_from(bn * bk) {
-                            b_s[usize::cast_from(kl) * b_stride + usize::cast_from(nl)] =
-                                if col < g.c_out && c < g.c_red {
-                                    w[usize::cast_from(w_tap + col * g.sw_o + c * g.sw_i)]
-                                } else {
-                                    F::new(0.0)
-                                };
-                        }
-                    }
-                    sync_cube();
-                    stage_fma::<F>(
-                        &a_s,
-                        &b_s,
-                        &mut acc,
-                        t_row * tm,
-                        t_col,
-                        a_stride,
-                        b_stride,
-                        bk,
-                        tm,
-                        tn,
-                        tx,
-                    );
-                    sync_cube();
-                    c0 += i32::cast_from(bk);
-                }
+    // Software pipeline: stage s + 1 is fetched from global memory into registers while
+    // stage s is multiplied out of shared memory.
+    gemm_load::<F>(
+        src,
+        w,
+        &g,
+        0i32,
+        n_c,
+        w_grp,
+        n0,
+        tid,
+        &a_kl,
+        &a_base,
+        &a_d,
+        &a_h,
+        &a_w,
+        &mut a_addr,
+        &mut a_reg,
+        &mut b_reg,
+        threads,
+        bk,
+        bn,
+        ra,
+        rb,
+        transposed,
+    );
+    let mut s = i32::new(0);
+    while s < n_stages {
+        #[unroll]
+        for r in 0..ra {
+            let kl = a_kl[r];
+            if kl < bki {
+                a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] = a_reg[r];
             }
         }
+        #[unroll]
+        for r in 0..rb {
+            let e = tid + r * threads;
+            if e < bn * bk {
+                b_s[(e % bk) * b_stride + e / bk] = b_reg[r];
+            }
+        }
+        sync_cube();
+        if s + 1 < n_stages {
+            gemm_load::<F>(
+                src,
+                w,
+                &g,
+                s + 1,
+                n_c,
+                w_grp,
+                n0,
+                tid,
+                &a_kl,
+                &a_base,
+                &a_d,
+                &a_h,
+                &a_w,
+                &mut a_addr,
+                &mut a_reg,
+                &mut b_reg,
+                threads,
+                bk,
+                bn,
+                ra,
+                rb,
+                transposed,
+            );
+        }
+        stage_fma::<F>(
+            &a_s,
+            &b_s,
+            &mut acc,
+            t_row * tm,
+            t_col,
+            a_stride,
+            b_stride,
+            bk,
+            tm,
+            tn,
+            tx,
+        );
+        sync_cube();
+        s += 1i32;
     }
 
     #[unroll]
@@ -531,6 +625,71 @@ fn conv_gemm<F: Float>(
                 }
             }
         }
+    }
+}
+
+/// Fetch one weight-gradient stage (dst row `row`, positions `ow0 .. ow0 + bk` along w)
+/// of the output-gradient and gathered-input tiles into registers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn wgrad_load<F: Float>(
+    src: &Array<F>,
+    dy: &Array<F>,
+    g: &ConvGeo,
+    row: i32,
+    ow0: i32,
+    dy_grp: i32,
+    a_kl: &Array<i32>,
+    a_ml: &Array<i32>,
+    b_kl: &Array<i32>,
+    b_c: &Array<i32>,
+    b_d: &Array<i32>,
+    b_h: &Array<i32>,
+    b_w: &Array<i32>,
+    a_reg: &mut Array<F>,
+    b_reg: &mut Array<F>,
+    #[comptime] bk: usize,
+    #[comptime] ra: usize,
+    #[comptime] rb: usize,
+) {
+    let _ = bk;
+    let oh = row % g.dst_h;
+    let od = (row / g.dst_h) % g.dst_d;
+    let n = row / (g.dst_h * g.dst_d);
+    let dy_row = dy_grp + n * g.sd_n + od * g.sd_d + oh * g.sd_h;
+    let src_n = n * g.ss_n;
+    let id0 = od * g.st_d;
+    let ih0 = oh * g.st_h;
+    #[unroll]
+    for r in 0..ra {
+        let kl = a_kl[r];
+        let ow = ow0 + kl;
+        a_reg[r] = if kl >= 0 && ow < g.dst_w {
+            dy[usize::cast_from(dy_row + a_ml[r] * g.sd_c + ow * g.sd_w)]
+        } else {
+            F::new(0.0)
+        };
+    }
+    #[unroll]
+    for r in 0..rb {
+        let kl = b_kl[r];
+        let ow = ow0 + kl;
+        let sd = id0 + b_d[r];
+        let sh = ih0 + b_h[r];
+        let sw = ow * g.st_w + b_w[r];
+        let ok = kl >= 0
+            && ow < g.dst_w
+            && sd >= 0
+            && sd < g.src_d
+            && sh >= 0
+            && sh < g.src_h
+            && sw >= 0
+            && sw < g.src_w;
+        b_reg[r] = if ok {
+            src[usize::cast_from(b_c[r] + src_n + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w)]
+        } else {
+            F::new(0.0)
+        };
     }
 }
 
@@ -638,73 +797,69 @@ fn conv_wgrad_gemm<F: Float>(
         b_w[r] = (tap % g.k_w) * g.dil_w - g.pad_w;
     }
     let dy_grp = dy_off + (grp * g.c_out + m0) * g.sd_c;
-
-    let mut row = row_start;
-    while row < row_end {
-        let oh = row % g.dst_h;
-        let od = (row / g.dst_h) % g.dst_d;
-        let n = row / (g.dst_h * g.dst_d);
-        let dy_row = dy_grp + n * g.sd_n + od * g.sd_d + oh * g.sd_h;
-        let src_n = n * g.ss_n;
-        let id0 = od * g.st_d;
-        let ih0 = oh * g.st_h;
-        let mut ow0 = 0i32;
-        while ow0 < g.dst_w {
-            #[unroll]
-            for r in 0..ra {
-                let kl = a_kl[r];
-                let ow = ow0 + kl;
-                if kl >= 0 {
-                    a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] =
-                        if ow < g.dst_w {
-                            dy[usize::cast_from(dy_row + a_ml[r] * g.sd_c + ow * g.sd_w)]
-                        } else {
-                            F::new(0.0)
-                        };
-                }
+    let n_w = (g.dst_w + bki - 1) / bki;
+    let n_stages = (row_end - row_start) * n_w;
+    let mut a_reg = Array::<F>::new(ra);
+    let mut b_reg = Array::<F>::new(rb);
+    wgrad_load::<F>(
+        src, dy, &g, row_start, 0i32, dy_grp, &a_kl, &a_ml, &b_kl, &b_c, &b_d, &b_h, &b_w,
+        &mut a_reg, &mut b_reg, bk, ra, rb,
+    );
+    let mut s = i32::new(0);
+    while s < n_stages {
+        #[unroll]
+        for r in 0..ra {
+            let kl = a_kl[r];
+            if kl >= 0 {
+                a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] = a_reg[r];
             }
-            #[unroll]
-            for r in 0..rb {
-                let kl = b_kl[r];
-                if kl >= 0 {
-                    let ow = ow0 + kl;
-                    let sd = id0 + b_d[r];
-                    let sh = ih0 + b_h[r];
-                    let sw = ow * g.st_w + b_w[r];
-                    let ok = ow < g.dst_w
-                        && sd >= 0
-                        && sd < g.src_d
-                        && sh >= 0
-                        && sh < g.src_h
-                        && sw >= 0
-                        && sw < g.src_w;
-                    b_s[usize::cast_from(kl) * b_stride + usize::cast_from(b_nl[r])] = if ok {
-                        src[usize::cast_from(
-                            b_c[r] + src_n + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
-                        )]
-                    } else {
-                        F::new(0.0)
-                    };
-                }
-            }
-            sync_cube();
-            stage_fma::<F>(
-                &a_s,
-                &b_s,
-                &mut acc,
-                t_row * tm,
-                t_col,
-                a_stride,
-                b_stride,
-                bk,
-                tm,
-                tn,
-                tx,
-            );
-            sync_cube();
-            ow0 += bki;
         }
-        row += 1i32;
+        #[unroll]
+        for r in 0..rb {
+            let kl = b_kl[r];
+            if kl >= 0 {
+                b_s[usize::cast_from(kl) * b_stride + usize::cast_from(b_nl[r])] = b_reg[r];
+            }
+        }
+        sync_cube();
+        let s1 = s + 1;
+        if s1 < n_stages {
+            wgrad_load::<F>(
+                src,
+                dy,
+                &g,
+                row_start + s1 / n_w,
+                (s1 % n_w) * bki,
+                dy_grp,
+                &a_kl,
+                &a_ml,
+                &b_kl,
+                &b_c,
+                &b_d,
+                &b_h,
+                &b_w,
+                &mut a_reg,
+                &mut b_reg,
+                bk,
+                ra,
+                rb,
+            );
+        }
+        stage_fma::<F>(
+            &a_s,
+            &b_s,
+            &mut acc,
+            t_row * tm,
+            t_col,
+            a_stride,
+            b_stride,
+            bk,
+            tm,
+            tn,
+            tx,
+        );
+        sync_cube();
+        s += 1i32;
     }
 
     // out[split, co, c, tap] (row-major [splits, c_out·groups, c_red, taps]).
