@@ -363,8 +363,10 @@ fn attn_bwd_dkv<F: Float>(
 
 /// Block sizes: threads per cube and staged rows, bounded by shared memory.
 pub(crate) fn blocks(dh: usize, dv: usize, elem: usize, max_smem: usize) -> usize {
+    // Stay within the 48 KiB every backend grants without an opt-in, with room to spare.
+    let budget = max_smem.min(48 * 1024) / 2;
     let mut b = 64usize;
-    while b > 8 && b * (dh + dv + 2) * elem > max_smem / 2 {
+    while b > 8 && b * (dh + dv + 2) * elem > budget {
         b /= 2;
     }
     b
