@@ -560,15 +560,28 @@ fn dropout_masks_match_the_host_generator_and_pixel_shuffle_matches_host() {
             })
             .collect();
         let tol = if dtype == DType::F32 { 1e-6 } else { 1e-15 };
-        ssm_runtime::testing::assert_close(&format!("dropout {dtype}"), &y.value().to_f64_vec().unwrap(), &want, tol, tol);
+        ssm_runtime::testing::assert_close(
+            &format!("dropout {dtype}"),
+            &y.value().to_f64_vec().unwrap(),
+            &want,
+            tol,
+            tol,
+        );
         // Drop-path: one draw per sample.
         let y = Var::constant(x.clone()).drop_path(0.5, seed, true).unwrap();
         let yv = y.value().to_f64_vec().unwrap();
         for s in 0..3 {
-            let u = if dtype == DType::F32 { f64::from(host_uniform_f32(seed, s as u32)) } else { host_uniform(seed, s as u32) };
+            let u = if dtype == DType::F32 {
+                f64::from(host_uniform_f32(seed, s as u32))
+            } else {
+                host_uniform(seed, s as u32)
+            };
             let scale = if u < 0.5 { 2.0 } else { 0.0 };
             for k in 0..50 {
-                assert!((yv[s * 50 + k] - xr[s * 50 + k] * scale).abs() <= tol, "drop_path {dtype}");
+                assert!(
+                    (yv[s * 50 + k] - xr[s * 50 + k] * scale).abs() <= tol,
+                    "drop_path {dtype}"
+                );
             }
         }
     }
@@ -577,7 +590,9 @@ fn dropout_masks_match_the_host_generator_and_pixel_shuffle_matches_host() {
         let n: usize = shape.iter().product();
         let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
         let x = Tensor::from_f64(&v, &shape, DType::F64, &d).unwrap();
-        let y = Var::constant(x).pixel_shuffle(r2, Layout::ChannelsFirst).unwrap();
+        let y = Var::constant(x)
+            .pixel_shuffle(r2, Layout::ChannelsFirst)
+            .unwrap();
         let nd = shape.len() - 2;
         let rd = r2.pow(nd as u32);
         let co = shape[1] / rd;

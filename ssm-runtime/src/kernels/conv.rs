@@ -443,6 +443,8 @@ fn conv_gemm<F: Float>(
     w_off: i32,
     g: ConvGeo,
     n_tiles: u32,
+    k_splits: u32,
+    dst_split: i32,
     #[comptime] tx: usize,
     #[comptime] ty: usize,
     #[comptime] tm: usize,
@@ -466,8 +468,10 @@ fn conv_gemm<F: Float>(
     let t_col = tid % tx;
     let t_row = tid / tx;
     let m_tile = CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X;
-    let grp = i32::cast_from(CUBE_POS_Z / n_tiles);
-    let n_tile = CUBE_POS_Z % n_tiles;
+    let split = CUBE_POS_Z % k_splits;
+    let zr = CUBE_POS_Z / k_splits;
+    let grp = i32::cast_from(zr / n_tiles);
+    let n_tile = zr % n_tiles;
     let m_total = g.batch * g.dst_d * g.dst_h * g.dst_w;
     let m0 = i32::cast_from(m_tile) * i32::cast_from(bm);
     let n0 = i32::cast_from(n_tile) * i32::cast_from(bn);
@@ -515,7 +519,15 @@ fn conv_gemm<F: Float>(
     let w_grp = w_off + grp * g.w_group;
     let bki = i32::cast_from(bk);
     let n_c = (g.c_red + bki - 1) / bki;
-    let n_stages = g.k_d * g.k_h * g.k_w * n_c;
+    // Split-K over taps: split `split` reduces taps [t0, t1) into its own output slice.
+    let taps = g.k_d * g.k_h * g.k_w;
+    let ks = i32::cast_from(k_splits);
+    let taps_per = (taps + ks - 1) / ks;
+    let si = i32::cast_from(split);
+    let t0 = si * taps_per;
+    let t1 = select(t0 + taps_per < taps, t0 + taps_per, taps);
+    let s_begin = t0 * n_c;
+    let n_stages = t1 * n_c;
     let mut a_reg = Array::<F>::new(ra);
     let mut b_reg = Array::<F>::new(rb);
 
@@ -525,7 +537,7 @@ fn conv_gemm<F: Float>(
         src,
         w,
         &g,
-        0i32,
+        s_begin,
         n_c,
         w_grp,
         n0,
@@ -545,7 +557,7 @@ fn conv_gemm<F: Float>(
         rb,
         transposed,
     );
-    let mut s = i32::new(0);
+    let mut s = s_begin;
     while s < n_stages {
         #[unroll]
         for r in 0..ra {
@@ -616,12 +628,13 @@ fn conv_gemm<F: Float>(
                 let col = n0 + i32::cast_from(t_col + j * tx);
                 if col < g.c_out {
                     let c = grp * g.c_out + col;
+                    // The bias goes into the first split only.
                     let b = if has_bias {
-                        bias[usize::cast_from(c)]
+                        select(si == 0i32, bias[usize::cast_from(c)], F::new(0.0))
                     } else {
                         F::new(0.0)
                     };
-                    dst[usize::cast_from(base + c * g.sd_c)] = acc[i * tn + j] + b;
+                    dst[usize::cast_from(si * dst_split + base + c * g.sd_c)] = acc[i * tn + j] + b;
                 }
             }
         }
@@ -1001,26 +1014,37 @@ pub(crate) fn gemm_tile(c_out: usize) -> TileCfg {
     }
 }
 
-/// Implicit-GEMM forward or backward-data into the fresh `dst` (strides in `geo.sd`).
+/// Implicit-GEMM forward or backward-data: returns the contiguous `dst_shape` tensor (whose
+/// strides are `geo.sd`). When the tiles alone cannot fill the device, the taps are split
+/// across cubes (split-K) into partial outputs that one reduction sums.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     src: &SsmTensor,
     w: &SsmTensor,
     bias: Option<&SsmTensor>,
-    dst: &SsmTensor,
+    dst_shape: &[usize],
     geo: &Geo,
     src_channels_last: bool,
     transposed: bool,
     cfg: TileCfg,
-) {
+) -> SsmTensor {
     let m_total = geo.dst_positions();
-    if m_total == 0 || dst.numel() == 0 {
-        return;
+    let numel: usize = dst_shape.iter().product();
+    if m_total == 0 || numel == 0 {
+        return SsmTensor::empty(dst_shape, src.dtype, &src.device);
     }
     let bm = cfg.ty * cfg.tm;
     let bn = cfg.tx * cfg.tn;
     let m_tiles = m_total.div_ceil(bm);
     let n_tiles = (geo.c_out as usize).div_ceil(bn);
+    let cubes = m_tiles * n_tiles * geo.groups as usize;
+    let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
+    // About two waves of resident cubes on a large GPU.
+    let k_splits = 1024usize.div_ceil(cubes).clamp(1, taps.min(8));
+    // Every split covers at least one tap.
+    let taps_per = taps.div_ceil(k_splits);
+    let k_splits = taps.div_ceil(taps_per);
+    let out = SsmTensor::empty(&[k_splits * numel], src.dtype, &src.device);
     let dtype = src.dtype.storage();
     let bias_t = bias.unwrap_or(w);
     dispatch!(src.device, c => {
@@ -1030,7 +1054,11 @@ pub(crate) fn gemm(
         } else {
             (max_x, m_tiles.div_ceil(max_x))
         };
-        let count = CubeCount::Static(gx as u32, gy as u32, (n_tiles * geo.groups as usize) as u32);
+        let count = CubeCount::Static(
+            gx as u32,
+            gy as u32,
+            (n_tiles * geo.groups as usize * k_splits) as u32,
+        );
         let dim = CubeDim::new_1d((cfg.tx * cfg.ty) as u32);
         record_launch();
         unsafe {
@@ -1039,11 +1067,13 @@ pub(crate) fn gemm(
                 src.array_arg(src.buffer_len()),
                 w.array_arg(w.buffer_len()),
                 bias_t.array_arg(bias_t.buffer_len()),
-                dst.array_arg(dst.buffer_len()),
+                out.array_arg(out.numel()),
                 src.offset as i32,
                 w.offset as i32,
                 geo.launch(),
                 n_tiles as u32,
+                k_splits as u32,
+                numel as i32,
                 cfg.tx, cfg.ty, cfg.tm, cfg.tn, cfg.bk,
                 bias.is_some(),
                 src_channels_last,
@@ -1051,7 +1081,14 @@ pub(crate) fn gemm(
                 dtype,
             )
         }
-    })
+    });
+    let shape = [&[k_splits][..], dst_shape].concat();
+    let out = out.reshape(&shape).expect("same numel");
+    if k_splits == 1 {
+        out.reshape(dst_shape).expect("same numel")
+    } else {
+        out.sum(&[0], false).expect("sum over splits")
+    }
 }
 
 /// Tile for the weight-gradient GEMM (rows = output channels, columns = (tap, channel)).

@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | implicit GEMM (own, CUDA cores, exact f32/f64) | ≥ 8 channels per group on both sides | either layout (coalesced loads chosen per layout) |
 //! | direct (own) | depthwise and other thin groups | channels-first for the weight gradient, either otherwise |
-//! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1), [`ConvSpec::allow_tf32`], CUDA | channels-last (other layouts are copied once per call) |
+//! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1) with [`ConvSpec::allow_tf32`] on CUDA: forward and backward-data with ≥ 96 channels on both sides (the only passes measured faster than the exact GEMM), or when asked for | channels-last (other layouts are copied once per call) |
 //!
 //! None of them materialises an im2col buffer: the GEMM kernels gather input patches into
 //! shared memory tile by tile.
@@ -512,8 +512,14 @@ fn gemm_suits(c_red: usize, c_out: usize) -> bool {
     c_red >= 8 && c_out >= 8
 }
 
-fn cubek_candidate(p: &ConvProblem, t: &Tensor, spec_tf32: bool) -> bool {
+/// Whether `Auto` hands a pass to cubek's TF32 kernels. Measured on an H100
+/// (docs/benchmarks-model-ops.md): they beat the exact GEMM only for forward and
+/// backward-data with ≥ 96 channels on both sides, and are several times slower for the
+/// weight gradient and for 48 channels, so `Auto` uses them only there.
+fn cubek_candidate(p: &ConvProblem, t: &Tensor, spec_tf32: bool, weight_grad: bool) -> bool {
     spec_tf32
+        && !weight_grad
+        && p.c_in.min(p.c_out) >= 96
         && p.groups == 1
         && t.dtype() == crate::DType::F32
         && t.device().kind() == DeviceKind::Cuda
@@ -559,7 +565,7 @@ impl Tensor {
         let out_shape = p.output_shape();
         let use_cubek = match which {
             ConvImpl::Cubek => true,
-            ConvImpl::Auto => cubek_candidate(&p, self, spec.allow_tf32),
+            ConvImpl::Auto => cubek_candidate(&p, self, spec.allow_tf32, false),
             _ => false,
         };
         if use_cubek {
@@ -569,7 +575,6 @@ impl Tensor {
                 Err(_) => {}
             }
         }
-        let y = Tensor::empty(&out_shape, self.dtype, &self.device);
         let geo = fwd_geo(
             &p,
             self,
@@ -581,20 +586,13 @@ impl Tensor {
             ConvImpl::Direct => false,
             _ => gemm_suits(p.c_in_g(), p.c_out_g()),
         };
+        let cl = p.layout == Layout::ChannelsLast;
         if gemm {
             let cfg = k::gemm_tile(p.c_out_g());
-            k::gemm(
-                self,
-                weight,
-                bias,
-                &y,
-                &geo,
-                p.layout == Layout::ChannelsLast,
-                false,
-                cfg,
-            );
+            let y = k::gemm(self, weight, bias, &out_shape, &geo, cl, false, cfg);
             Ok((y, ConvImpl::Gemm))
         } else {
+            let y = Tensor::empty(&out_shape, self.dtype, &self.device);
             k::direct(
                 self,
                 weight,
@@ -633,7 +631,7 @@ impl Tensor {
         }
         let use_cubek = match which {
             ConvImpl::Cubek => true,
-            ConvImpl::Auto => cubek_candidate(&p, dy, spec.allow_tf32),
+            ConvImpl::Auto => cubek_candidate(&p, dy, spec.allow_tf32, false),
             _ => false,
         };
         if use_cubek {
@@ -643,7 +641,6 @@ impl Tensor {
                 Err(_) => {}
             }
         }
-        let dx = Tensor::empty(input_shape, dy.dtype, &dy.device);
         let geo = bwd_geo(&p, dy, weight, strides_of_contiguous(input_shape, p.layout));
         let gemm = match which {
             ConvImpl::Gemm => true,
@@ -652,18 +649,11 @@ impl Tensor {
         };
         let cl = p.layout == Layout::ChannelsLast;
         if gemm {
-            k::gemm(
-                dy,
-                weight,
-                None,
-                &dx,
-                &geo,
-                cl,
-                true,
-                k::gemm_tile(p.c_in_g()),
-            );
+            let cfg = k::gemm_tile(p.c_in_g());
+            let dx = k::gemm(dy, weight, None, input_shape, &geo, cl, true, cfg);
             Ok((dx, ConvImpl::Gemm))
         } else {
+            let dx = Tensor::empty(input_shape, dy.dtype, &dy.device);
             k::direct(dy, weight, None, &dx, &geo, cl, true);
             Ok((dx, ConvImpl::Direct))
         }
@@ -693,7 +683,7 @@ impl Tensor {
         }
         let use_cubek = match which {
             ConvImpl::Cubek => true,
-            ConvImpl::Auto => cubek_candidate(&p, x, spec.allow_tf32),
+            ConvImpl::Auto => cubek_candidate(&p, x, spec.allow_tf32, true),
             _ => false,
         };
         if use_cubek {
