@@ -112,10 +112,11 @@ def main():
         sys.exit(1)
     print(f"# torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
     torch.backends.cudnn.benchmark = True
-    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    # Optional filters: run the cases whose name contains any of them.
+    only = sys.argv[1:]
     for gen in (conv_cases, norm_cases):
         for name, fn in gen():
-            if only and only not in name:
+            if only and not any(f in name for f in only):
                 continue
             try:
                 ms = bench(fn)

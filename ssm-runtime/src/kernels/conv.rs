@@ -316,6 +316,27 @@ fn conv_wgrad_direct<F: Float>(
     }
 }
 
+/// Write this thread's staged registers into a shared tile at `(kl·stride + ml)`; slots
+/// with `kl < 0` are unused.
+#[cube]
+fn store_tile<F: Float>(
+    sm: &mut SharedMemory<F>,
+    regs: &Array<F>,
+    kl: &Array<i32>,
+    ml: &Array<i32>,
+    #[comptime] stride: usize,
+    #[comptime] n: usize,
+) {
+    #[unroll]
+    for r in 0..n {
+        let k = kl[r];
+        if k >= 0 {
+            let idx = usize::cast_from(k) * stride + usize::cast_from(ml[r]);
+            sm[idx] = regs[r];
+        }
+    }
+}
+
 /// Register-tile FMA over one shared-memory stage: `acc[i][j] += Σ_k a[k][row i]·b[k][col j]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -503,7 +524,7 @@ fn conv_gemm<F: Float>(
         };
         let in_tile = e < i32::cast_from(bm * bk);
         a_ml[r] = ml;
-        a_kl[r] = select(in_tile, kl, i32::cast_from(bk));
+        a_kl[r] = select(in_tile, kl, -1i32);
         let m = m0 + ml;
         let (n, od, oh, ow) = split_pos(m, g.dst_d, g.dst_h, g.dst_w);
         a_base[r] = select(
@@ -515,6 +536,15 @@ fn conv_gemm<F: Float>(
         a_h[r] = oh;
         a_w[r] = ow;
         a_addr[r] = -1i32;
+    }
+    // Weight tile slots (k_local, n_local) of this thread.
+    let mut b_kl = Array::<i32>::new(rb);
+    let mut b_nl = Array::<i32>::new(rb);
+    #[unroll]
+    for r in 0..rb {
+        let e = i32::cast_from(tid + r * threads);
+        b_kl[r] = select(e < i32::cast_from(bn * bk), e % i32::cast_from(bk), -1i32);
+        b_nl[r] = e / i32::cast_from(bk);
     }
     let w_grp = w_off + grp * g.w_group;
     let bki = i32::cast_from(bk);
@@ -559,20 +589,8 @@ fn conv_gemm<F: Float>(
     );
     let mut s = s_begin;
     while s < n_stages {
-        #[unroll]
-        for r in 0..ra {
-            let kl = a_kl[r];
-            if kl < bki {
-                a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] = a_reg[r];
-            }
-        }
-        #[unroll]
-        for r in 0..rb {
-            let e = tid + r * threads;
-            if e < bn * bk {
-                b_s[(e % bk) * b_stride + e / bk] = b_reg[r];
-            }
-        }
+        store_tile::<F>(&mut a_s, &a_reg, &a_kl, &a_ml, a_stride, ra);
+        store_tile::<F>(&mut b_s, &b_reg, &b_kl, &b_nl, b_stride, rb);
         sync_cube();
         if s + 1 < n_stages {
             gemm_load::<F>(
@@ -820,20 +838,8 @@ fn conv_wgrad_gemm<F: Float>(
     );
     let mut s = i32::new(0);
     while s < n_stages {
-        #[unroll]
-        for r in 0..ra {
-            let kl = a_kl[r];
-            if kl >= 0 {
-                a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] = a_reg[r];
-            }
-        }
-        #[unroll]
-        for r in 0..rb {
-            let kl = b_kl[r];
-            if kl >= 0 {
-                b_s[usize::cast_from(kl) * b_stride + usize::cast_from(b_nl[r])] = b_reg[r];
-            }
-        }
+        store_tile::<F>(&mut a_s, &a_reg, &a_kl, &a_ml, a_stride, ra);
+        store_tile::<F>(&mut b_s, &b_reg, &b_kl, &b_nl, b_stride, rb);
         sync_cube();
         let s1 = s + 1;
         if s1 < n_stages {

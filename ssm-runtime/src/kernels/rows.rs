@@ -289,71 +289,46 @@ fn row_kernel<F: Float>(
         if valid {
             let mut ri = start + lane;
             while ri + comptime!(3 * seg) < end {
-                let (x0, d0, w0, m0, r0) = pass1_vals::<F>(
-                    x, dy, w, m, r, xb, dyb, wb, mb, rb, ri, k_rank, fast, op, uses_w,
-                );
-                let (x1, d1, w1, m1, r1) = pass1_vals::<F>(
-                    x,
-                    dy,
-                    w,
-                    m,
-                    r,
-                    xb,
-                    dyb,
-                    wb,
-                    mb,
-                    rb,
-                    ri + seg,
-                    k_rank,
-                    fast,
-                    op,
-                    uses_w,
-                );
-                let (x2, d2, w2, m2, r2) = pass1_vals::<F>(
-                    x,
-                    dy,
-                    w,
-                    m,
-                    r,
-                    xb,
-                    dyb,
-                    wb,
-                    mb,
-                    rb,
-                    ri + comptime!(2 * seg),
-                    k_rank,
-                    fast,
-                    op,
-                    uses_w,
-                );
-                let (x3, d3, w3, m3, r3) = pass1_vals::<F>(
-                    x,
-                    dy,
-                    w,
-                    m,
-                    r,
-                    xb,
-                    dyb,
-                    wb,
-                    mb,
-                    rb,
-                    ri + comptime!(3 * seg),
-                    k_rank,
-                    fast,
-                    op,
-                    uses_w,
-                );
-                let (c1, c2, c3) =
-                    pass1_acc::<F>(x0, d0, w0, m0, r0, a1, a2, a3, shift, mean_v, rstd_v, op);
-                let (e1, e2, e3) =
-                    pass1_acc::<F>(x1, d1, w1, m1, r1, c1, c2, c3, shift, mean_v, rstd_v, op);
-                let (f1, f2, f3) =
-                    pass1_acc::<F>(x2, d2, w2, m2, r2, e1, e2, e3, shift, mean_v, rstd_v, op);
-                let (g1, g2, g3) =
-                    pass1_acc::<F>(x3, d3, w3, m3, r3, f1, f2, f3, shift, mean_v, rstd_v, op);
-                a1 = g1;
-                a2 = g2;
-                a3 = g3;
+                // Issue the four elements' loads before folding any of them in.
+                let mut xs = Array::<F>::new(4usize);
+                let mut ds = Array::<F>::new(4usize);
+                let mut ws = Array::<F>::new(4usize);
+                let mut ms = Array::<F>::new(4usize);
+                let mut rs = Array::<F>::new(4usize);
+                #[unroll]
+                for u in 0..4usize {
+                    let (xv, dv, wv, mv, rv) = pass1_vals::<F>(
+                        x,
+                        dy,
+                        w,
+                        m,
+                        r,
+                        xb,
+                        dyb,
+                        wb,
+                        mb,
+                        rb,
+                        ri + comptime!(u * seg),
+                        k_rank,
+                        fast,
+                        op,
+                        uses_w,
+                    );
+                    xs[u] = xv;
+                    ds[u] = dv;
+                    ws[u] = wv;
+                    ms[u] = mv;
+                    rs[u] = rv;
+                }
+                #[unroll]
+                for u in 0..4usize {
+                    let (c1, c2, c3) = pass1_acc::<F>(
+                        xs[u], ds[u], ws[u], ms[u], rs[u], a1, a2, a3, shift, mean_v, rstd_v, op,
+                    );
+                    a1 = c1;
+                    a2 = c2;
+                    a3 = c3;
+                }
                 ri += seg4;
             }
             while ri < end {
@@ -450,29 +425,35 @@ fn row_kernel<F: Float>(
             };
             let mut ri = start + lane;
             while ri + comptime!(3 * seg) < end {
-                let r1 = ri + seg;
-                let r2 = ri + comptime!(2 * seg);
-                let r3 = ri + comptime!(3 * seg);
-                let v0 = pass2_val::<F>(
-                    x, dy, w, b, xb, dyb, wb, bb, ri, k_rank, mean, rstd, k1, k2, fast, op, uses_w,
-                    uses_b,
-                );
-                let v1 = pass2_val::<F>(
-                    x, dy, w, b, xb, dyb, wb, bb, r1, k_rank, mean, rstd, k1, k2, fast, op, uses_w,
-                    uses_b,
-                );
-                let v2 = pass2_val::<F>(
-                    x, dy, w, b, xb, dyb, wb, bb, r2, k_rank, mean, rstd, k1, k2, fast, op, uses_w,
-                    uses_b,
-                );
-                let v3 = pass2_val::<F>(
-                    x, dy, w, b, xb, dyb, wb, bb, r3, k_rank, mean, rstd, k1, k2, fast, op, uses_w,
-                    uses_b,
-                );
-                out[elem_offset::<F>(x, out, ob, ri, k_rank, fast)] = v0;
-                out[elem_offset::<F>(x, out, ob, r1, k_rank, fast)] = v1;
-                out[elem_offset::<F>(x, out, ob, r2, k_rank, fast)] = v2;
-                out[elem_offset::<F>(x, out, ob, r3, k_rank, fast)] = v3;
+                let mut vs = Array::<F>::new(4usize);
+                #[unroll]
+                for u in 0..4usize {
+                    vs[u] = pass2_val::<F>(
+                        x,
+                        dy,
+                        w,
+                        b,
+                        xb,
+                        dyb,
+                        wb,
+                        bb,
+                        ri + comptime!(u * seg),
+                        k_rank,
+                        mean,
+                        rstd,
+                        k1,
+                        k2,
+                        fast,
+                        op,
+                        uses_w,
+                        uses_b,
+                    );
+                }
+                #[unroll]
+                for u in 0..4usize {
+                    out[elem_offset::<F>(x, out, ob, ri + comptime!(u * seg), k_rank, fast)] =
+                        vs[u];
+                }
                 ri += seg4;
             }
             while ri < end {
