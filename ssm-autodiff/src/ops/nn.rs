@@ -18,6 +18,19 @@ fn inputs<'a>(first: &'a Var, rest: &[Option<&'a Var>]) -> Vec<&'a Var> {
     v
 }
 
+/// The shape and spatial rank of a pixel (un)shuffle input, checked.
+fn shuffle_rank(op: &'static str, x: &Var, r: usize) -> Result<(Vec<usize>, usize)> {
+    let shape = x.shape().to_vec();
+    if !(3..=5).contains(&shape.len()) || r == 0 {
+        return Err(Error::Shape {
+            op,
+            msg: format!("input {shape:?} with factor {r}"),
+        });
+    }
+    let nd = shape.len() - 2;
+    Ok((shape, nd))
+}
+
 impl Var {
     /// Convolution (see [`Tensor::conv`]); gradients for input, weight and bias.
     pub fn conv(&self, weight: &Var, bias: Option<&Var>, spec: &ConvSpec) -> Result<Var> {
@@ -312,16 +325,8 @@ impl Var {
     /// `[N, C, *(s·r)]` (channels-first, PyTorch's order; 1-3 spatial axes), or the same
     /// channel order channels-last.
     pub fn pixel_shuffle(&self, r: usize, layout: Layout) -> Result<Var> {
-        let shape = self.shape().to_vec();
-        let rank = shape.len();
         let op = "pixel_shuffle";
-        if !(3..=5).contains(&rank) || r == 0 {
-            return Err(Error::Shape {
-                op,
-                msg: format!("input {shape:?} with factor {r}"),
-            });
-        }
-        let nd = rank - 2;
+        let (shape, nd) = shuffle_rank(op, self, r)?;
         let (n, c, sp) = layout.split(&shape);
         let rd = r.pow(nd as u32);
         if !c.is_multiple_of(rd) {
@@ -368,16 +373,8 @@ impl Var {
 
     /// Inverse of [`pixel_shuffle`](Self::pixel_shuffle).
     pub fn pixel_unshuffle(&self, r: usize, layout: Layout) -> Result<Var> {
-        let shape = self.shape().to_vec();
-        let rank = shape.len();
         let op = "pixel_unshuffle";
-        if !(3..=5).contains(&rank) || r == 0 {
-            return Err(Error::Shape {
-                op,
-                msg: format!("input {shape:?} with factor {r}"),
-            });
-        }
-        let nd = rank - 2;
+        let (shape, nd) = shuffle_rank(op, self, r)?;
         let (n, c, sp) = layout.split(&shape);
         if sp.iter().any(|s| !s.is_multiple_of(r)) {
             return Err(Error::Shape {

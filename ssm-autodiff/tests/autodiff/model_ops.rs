@@ -581,3 +581,92 @@ fn reverse_attention_matches_composition_and_gradchecks() {
         rep.assert_passed(&format!("reverse attention {m_shape:?} -> {f_shape:?}"));
     }
 }
+
+#[test]
+fn dropout_masks_match_the_host_generator_and_pixel_shuffle_matches_host() {
+    use ssm_runtime::kernels::random::{host_uniform, host_uniform_f32};
+    let d = device();
+    let mut r = rng(8);
+    let xv = r.vec(3 * 50, -1.0, 1.0);
+    for dtype in [DType::F32, DType::F64] {
+        let x = Tensor::from_f64(&xv, &[3, 50], dtype, &d).unwrap();
+        let (p, seed) = (0.3, 4242u64);
+        let y = Var::constant(x.clone()).dropout(p, seed, true).unwrap();
+        let xr = x.to_f64_vec().unwrap();
+        let want: Vec<f64> = (0..xr.len())
+            .map(|i| {
+                let u = if dtype == DType::F32 {
+                    f64::from(host_uniform_f32(seed, i as u32))
+                } else {
+                    host_uniform(seed, i as u32)
+                };
+                if u < 1.0 - p { xr[i] / (1.0 - p) } else { 0.0 }
+            })
+            .collect();
+        let tol = if dtype == DType::F32 { 1e-6 } else { 1e-15 };
+        ssm_runtime::testing::assert_close(
+            &format!("dropout {dtype}"),
+            &y.value().to_f64_vec().unwrap(),
+            &want,
+            tol,
+            tol,
+        );
+        // Drop-path: one draw per sample.
+        let y = Var::constant(x.clone()).drop_path(0.5, seed, true).unwrap();
+        let yv = y.value().to_f64_vec().unwrap();
+        for s in 0..3 {
+            let u = if dtype == DType::F32 {
+                f64::from(host_uniform_f32(seed, s as u32))
+            } else {
+                host_uniform(seed, s as u32)
+            };
+            let scale = if u < 0.5 { 2.0 } else { 0.0 };
+            for k in 0..50 {
+                assert!(
+                    (yv[s * 50 + k] - xr[s * 50 + k] * scale).abs() <= tol,
+                    "drop_path {dtype}"
+                );
+            }
+        }
+    }
+    // Pixel shuffle against PyTorch's definition, 2-D and 3-D, channels-first.
+    for (shape, r2) in [(vec![2usize, 12, 3, 2], 2usize), (vec![1, 16, 2, 1, 3], 2)] {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let x = Tensor::from_f64(&v, &shape, DType::F64, &d).unwrap();
+        let y = Var::constant(x)
+            .pixel_shuffle(r2, Layout::ChannelsFirst)
+            .unwrap();
+        let nd = shape.len() - 2;
+        let rd = r2.pow(nd as u32);
+        let co = shape[1] / rd;
+        let sp = &shape[2..];
+        let out_sp: Vec<usize> = sp.iter().map(|s| s * r2).collect();
+        let got = y.value().to_f64_vec().unwrap();
+        let mut k = 0;
+        for b in 0..shape[0] {
+            for c in 0..co {
+                let total: usize = out_sp.iter().product();
+                for o in 0..total {
+                    // coordinates of o in out_sp
+                    let mut rem = o;
+                    let mut oc = vec![0; nd];
+                    for a in (0..nd).rev() {
+                        oc[a] = rem % out_sp[a];
+                        rem /= out_sp[a];
+                    }
+                    let mut sub = 0;
+                    let mut pos = 0;
+                    for a in 0..nd {
+                        sub = sub * r2 + oc[a] % r2;
+                        pos = pos * sp[a] + oc[a] / r2;
+                    }
+                    let ci = c * rd + sub;
+                    let want = ((b * shape[1] + ci) * sp.iter().product::<usize>() + pos) as f64;
+                    assert_eq!(got[k], want, "pixel shuffle {shape:?} at {k}");
+                    k += 1;
+                }
+            }
+        }
+    }
+}

@@ -29,6 +29,34 @@ fn row_base<F: Float>(t: &Tensor<F>, off: usize, bh: usize, row: usize) -> usize
     off + (bh / h) * t.stride(0) + (bh % h) * t.stride(1) + row * t.stride(2)
 }
 
+/// Stage rows `r0 .. r0 + count` (each `dim` long, times `scale`) of the `[B, H, L, D]`
+/// view `t` into shared memory, zeros past row `len`; `step` threads cooperate.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_rows<F: Float>(
+    t: &Tensor<F>,
+    off: usize,
+    bh: usize,
+    r0: usize,
+    len: usize,
+    sm: &mut SharedMemory<F>,
+    scale: F,
+    #[comptime] count: usize,
+    #[comptime] dim: usize,
+    #[comptime] step: usize,
+) {
+    let mut e = UNIT_POS as usize;
+    while e < count * dim {
+        let j = r0 + e / dim;
+        sm[e] = if j < len {
+            t[row_base::<F>(t, off, bh, j) + (e % dim) * t.stride(3)] * scale
+        } else {
+            F::new(0.0)
+        };
+        e += step;
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn attn_fwd<F: Float>(
@@ -72,26 +100,8 @@ fn attn_fwd<F: Float>(
     let mut j0 = 0usize;
     while j0 < lk {
         // Stage keys and values j0..j0+cols.
-        let mut e = t;
-        while e < cols * dh {
-            let j = j0 + e / dh;
-            ks[e] = if j < lk {
-                k[row_base::<F>(k, k_off, bh, j) + (e % dh) * k.stride(3)]
-            } else {
-                F::new(0.0)
-            };
-            e += rows;
-        }
-        let mut e2 = t;
-        while e2 < cols * dv {
-            let j = j0 + e2 / dv;
-            vs[e2] = if j < lk {
-                v[row_base::<F>(v, v_off, bh, j) + (e2 % dv) * v.stride(3)]
-            } else {
-                F::new(0.0)
-            };
-            e2 += rows;
-        }
+        stage_rows::<F>(k, k_off, bh, j0, lk, &mut ks, F::new(1.0), cols, dh, rows);
+        stage_rows::<F>(v, v_off, bh, j0, lk, &mut vs, F::new(1.0), cols, dv, rows);
         sync_cube();
         let n = select(lk - j0 < cols, lk - j0, cols);
         for j in 0..n {
@@ -181,26 +191,8 @@ fn attn_bwd_dq<F: Float>(
     let mut vs = SharedMemory::<F>::new(cols * dv);
     let mut j0 = 0usize;
     while j0 < lk {
-        let mut e = t;
-        while e < cols * dh {
-            let j = j0 + e / dh;
-            ks[e] = if j < lk {
-                k[row_base::<F>(k, k_off, bh, j) + (e % dh) * k.stride(3)]
-            } else {
-                F::new(0.0)
-            };
-            e += rows;
-        }
-        let mut e2 = t;
-        while e2 < cols * dv {
-            let j = j0 + e2 / dv;
-            vs[e2] = if j < lk {
-                v[row_base::<F>(v, v_off, bh, j) + (e2 % dv) * v.stride(3)]
-            } else {
-                F::new(0.0)
-            };
-            e2 += rows;
-        }
+        stage_rows::<F>(k, k_off, bh, j0, lk, &mut ks, F::new(1.0), cols, dh, rows);
+        stage_rows::<F>(v, v_off, bh, j0, lk, &mut vs, F::new(1.0), cols, dv, rows);
         sync_cube();
         let n = select(lk - j0 < cols, lk - j0, cols);
         for j in 0..n {
@@ -286,26 +278,19 @@ fn attn_bwd_dkv<F: Float>(
     let mut ds_ = SharedMemory::<F>::new(rows);
     let mut i0 = 0usize;
     while i0 < lq {
-        let mut e = t;
-        while e < rows * dh {
-            let i = i0 + e / dh;
-            qs[e] = if i < lq {
-                q[row_base::<F>(q, q_off, bh, i) + (e % dh) * q.stride(3)] * sc
-            } else {
-                F::new(0.0)
-            };
-            e += cols;
-        }
-        let mut e2 = t;
-        while e2 < rows * dv {
-            let i = i0 + e2 / dv;
-            gs[e2] = if i < lq {
-                dout[row_base::<F>(dout, do_off, bh, i) + (e2 % dv) * dout.stride(3)]
-            } else {
-                F::new(0.0)
-            };
-            e2 += cols;
-        }
+        stage_rows::<F>(q, q_off, bh, i0, lq, &mut qs, sc, rows, dh, cols);
+        stage_rows::<F>(
+            dout,
+            do_off,
+            bh,
+            i0,
+            lq,
+            &mut gs,
+            F::new(1.0),
+            rows,
+            dv,
+            cols,
+        );
         let mut e3 = t;
         while e3 < rows {
             let i = i0 + e3;
@@ -363,8 +348,10 @@ fn attn_bwd_dkv<F: Float>(
 
 /// Block sizes: threads per cube and staged rows, bounded by shared memory.
 pub(crate) fn blocks(dh: usize, dv: usize, elem: usize, max_smem: usize) -> usize {
+    // Stay within the 48 KiB every backend grants without an opt-in, with room to spare.
+    let budget = max_smem.min(48 * 1024) / 2;
     let mut b = 64usize;
-    while b > 8 && b * (dh + dv + 2) * elem > max_smem / 2 {
+    while b > 8 && b * (dh + dv + 2) * elem > budget {
         b /= 2;
     }
     b

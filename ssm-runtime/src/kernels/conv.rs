@@ -316,6 +316,27 @@ fn conv_wgrad_direct<F: Float>(
     }
 }
 
+/// Write this thread's staged registers into a shared tile at `(kl·stride + ml)`; slots
+/// with `kl < 0` are unused.
+#[cube]
+fn store_tile<F: Float>(
+    sm: &mut SharedMemory<F>,
+    regs: &Array<F>,
+    kl: &Array<i32>,
+    ml: &Array<i32>,
+    #[comptime] stride: usize,
+    #[comptime] n: usize,
+) {
+    #[unroll]
+    for r in 0..n {
+        let k = kl[r];
+        if k >= 0 {
+            let idx = usize::cast_from(k) * stride + usize::cast_from(ml[r]);
+            sm[idx] = regs[r];
+        }
+    }
+}
+
 /// Register-tile FMA over one shared-memory stage: `acc[i][j] += Σ_k a[k][row i]·b[k][col j]`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -354,6 +375,76 @@ fn stage_fma<F: Float>(
     }
 }
 
+/// Fetch stage `st` (tap `st / n_c`, channels `(st % n_c)·bk ..`) of the src and weight
+/// tiles into registers; gather addresses are recomputed when a new tap starts.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gemm_load<F: Float>(
+    src: &Array<F>,
+    w: &Array<F>,
+    g: &ConvGeo,
+    st: i32,
+    n_c: i32,
+    w_grp: i32,
+    n0: i32,
+    tid: usize,
+    a_kl: &Array<i32>,
+    a_base: &Array<i32>,
+    a_d: &Array<i32>,
+    a_h: &Array<i32>,
+    a_w: &Array<i32>,
+    a_addr: &mut Array<i32>,
+    a_reg: &mut Array<F>,
+    b_reg: &mut Array<F>,
+    #[comptime] threads: usize,
+    #[comptime] bk: usize,
+    #[comptime] bn: usize,
+    #[comptime] ra: usize,
+    #[comptime] rb: usize,
+    #[comptime] transposed: bool,
+) {
+    let tap = st / n_c;
+    let c0 = (st % n_c) * i32::cast_from(bk);
+    let tw = tap % g.k_w;
+    let th = (tap / g.k_w) % g.k_h;
+    let td = tap / (g.k_w * g.k_h);
+    if c0 == 0i32 {
+        #[unroll]
+        for r in 0..ra {
+            let sd = src_coord(a_d[r], td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
+            let sh = src_coord(a_h[r], th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
+            let sw = src_coord(a_w[r], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed);
+            a_addr[r] = select(
+                a_base[r] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
+                a_base[r] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+                -1i32,
+            );
+        }
+    }
+    #[unroll]
+    for r in 0..ra {
+        let c = c0 + a_kl[r];
+        a_reg[r] = if a_addr[r] >= 0 && c < g.c_red {
+            src[usize::cast_from(a_addr[r] + c * g.ss_c)]
+        } else {
+            F::new(0.0)
+        };
+    }
+    let w_tap = w_grp + td * g.sw_d + th * g.sw_h + tw * g.sw_w;
+    #[unroll]
+    for r in 0..rb {
+        let e = i32::cast_from(tid + r * threads);
+        let kl = e % i32::cast_from(bk);
+        let col = n0 + e / i32::cast_from(bk);
+        let c = c0 + kl;
+        b_reg[r] = if e < i32::cast_from(bn * bk) && col < g.c_out && c < g.c_red {
+            w[usize::cast_from(w_tap + col * g.sw_o + c * g.sw_i)]
+        } else {
+            F::new(0.0)
+        };
+    }
+}
+
 /// Implicit-GEMM convolution (forward, or backward-data with `transposed`):
 /// `dst[m, col] = Σ_{tap, c} src[gather(m, tap), c] · w[col, c, tap]` with m the dst
 /// positions, col the dst channels of one group, tiles of `bm = ty·tm` positions ×
@@ -373,6 +464,8 @@ fn conv_gemm<F: Float>(
     w_off: i32,
     g: ConvGeo,
     n_tiles: u32,
+    k_splits: u32,
+    dst_split: i32,
     #[comptime] tx: usize,
     #[comptime] ty: usize,
     #[comptime] tm: usize,
@@ -396,8 +489,10 @@ fn conv_gemm<F: Float>(
     let t_col = tid % tx;
     let t_row = tid / tx;
     let m_tile = CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X;
-    let grp = i32::cast_from(CUBE_POS_Z / n_tiles);
-    let n_tile = CUBE_POS_Z % n_tiles;
+    let split = CUBE_POS_Z % k_splits;
+    let zr = CUBE_POS_Z / k_splits;
+    let grp = i32::cast_from(zr / n_tiles);
+    let n_tile = zr % n_tiles;
     let m_total = g.batch * g.dst_d * g.dst_h * g.dst_w;
     let m0 = i32::cast_from(m_tile) * i32::cast_from(bm);
     let n0 = i32::cast_from(n_tile) * i32::cast_from(bn);
@@ -429,7 +524,7 @@ fn conv_gemm<F: Float>(
         };
         let in_tile = e < i32::cast_from(bm * bk);
         a_ml[r] = ml;
-        a_kl[r] = select(in_tile, kl, i32::cast_from(bk));
+        a_kl[r] = select(in_tile, kl, -1i32);
         let m = m0 + ml;
         let (n, od, oh, ow) = split_pos(m, g.dst_d, g.dst_h, g.dst_w);
         a_base[r] = select(
@@ -442,73 +537,102 @@ fn conv_gemm<F: Float>(
         a_w[r] = ow;
         a_addr[r] = -1i32;
     }
+    // Weight tile slots (k_local, n_local) of this thread.
+    let mut b_kl = Array::<i32>::new(rb);
+    let mut b_nl = Array::<i32>::new(rb);
+    #[unroll]
+    for r in 0..rb {
+        let e = i32::cast_from(tid + r * threads);
+        b_kl[r] = select(e < i32::cast_from(bn * bk), e % i32::cast_from(bk), -1i32);
+        b_nl[r] = e / i32::cast_from(bk);
+    }
     let w_grp = w_off + grp * g.w_group;
+    let bki = i32::cast_from(bk);
+    let n_c = (g.c_red + bki - 1) / bki;
+    // Split-K over taps: split `split` reduces taps [t0, t1) into its own output slice.
+    let taps = g.k_d * g.k_h * g.k_w;
+    let ks = i32::cast_from(k_splits);
+    let taps_per = (taps + ks - 1) / ks;
+    let si = i32::cast_from(split);
+    let t0 = si * taps_per;
+    let t1 = select(t0 + taps_per < taps, t0 + taps_per, taps);
+    let s_begin = t0 * n_c;
+    let n_stages = t1 * n_c;
+    let mut a_reg = Array::<F>::new(ra);
+    let mut b_reg = Array::<F>::new(rb);
 
-    for td in 0..g.k_d {
-        for th in 0..g.k_h {
-            for tw in 0..g.k_w {
-                #[unroll]
-                for r in 0..ra {
-                    let sd = src_coord(a_d[r], td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
-                    let sh = src_coord(a_h[r], th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
-                    let sw = src_coord(a_w[r], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed);
-                    a_addr[r] = select(
-                        a_base[r] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
-                        a_base[r] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
-                        -1i32,
-                    );
-                }
-                let w_tap = w_grp + td * g.sw_d + th * g.sw_h + tw * g.sw_w;
-                let mut c0 = 0i32;
-                while c0 < g.c_red {
-                    #[unroll]
-                    for r in 0..ra {
-                        let kl = a_kl[r];
-                        let c = c0 + kl;
-                        let v = if a_addr[r] >= 0 && c < g.c_red {
-                            src[usize::cast_from(a_addr[r] + c * g.ss_c)]
-                        } else {
-                            F::new(0.0)
-                        };
-                        if kl < i32::cast_from(bk) {
-                            a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] = v;
-                        }
-                    }
-                    #[unroll]
-                    for r in 0..rb {
-                        let e = i32::cast_from(tid + r * threads);
-                        let kl = e % i32::cast_from(bk);
-                        let nl = e / i32::cast_from(bk);
-                        let col = n0 + nl;
-                        let c = c0 + kl;
-                        if e < i32::cast_from(bn * bk) {
-                            b_s[usize::cast_from(kl) * b_stride + usize::cast_from(nl)] =
-                                if col < g.c_out && c < g.c_red {
-                                    w[usize::cast_from(w_tap + col * g.sw_o + c * g.sw_i)]
-                                } else {
-                                    F::new(0.0)
-                                };
-                        }
-                    }
-                    sync_cube();
-                    stage_fma::<F>(
-                        &a_s,
-                        &b_s,
-                        &mut acc,
-                        t_row * tm,
-                        t_col,
-                        a_stride,
-                        b_stride,
-                        bk,
-                        tm,
-                        tn,
-                        tx,
-                    );
-                    sync_cube();
-                    c0 += i32::cast_from(bk);
-                }
-            }
+    // Software pipeline: stage s + 1 is fetched from global memory into registers while
+    // stage s is multiplied out of shared memory.
+    gemm_load::<F>(
+        src,
+        w,
+        &g,
+        s_begin,
+        n_c,
+        w_grp,
+        n0,
+        tid,
+        &a_kl,
+        &a_base,
+        &a_d,
+        &a_h,
+        &a_w,
+        &mut a_addr,
+        &mut a_reg,
+        &mut b_reg,
+        threads,
+        bk,
+        bn,
+        ra,
+        rb,
+        transposed,
+    );
+    let mut s = s_begin;
+    while s < n_stages {
+        store_tile::<F>(&mut a_s, &a_reg, &a_kl, &a_ml, a_stride, ra);
+        store_tile::<F>(&mut b_s, &b_reg, &b_kl, &b_nl, b_stride, rb);
+        sync_cube();
+        if s + 1 < n_stages {
+            gemm_load::<F>(
+                src,
+                w,
+                &g,
+                s + 1,
+                n_c,
+                w_grp,
+                n0,
+                tid,
+                &a_kl,
+                &a_base,
+                &a_d,
+                &a_h,
+                &a_w,
+                &mut a_addr,
+                &mut a_reg,
+                &mut b_reg,
+                threads,
+                bk,
+                bn,
+                ra,
+                rb,
+                transposed,
+            );
         }
+        stage_fma::<F>(
+            &a_s,
+            &b_s,
+            &mut acc,
+            t_row * tm,
+            t_col,
+            a_stride,
+            b_stride,
+            bk,
+            tm,
+            tn,
+            tx,
+        );
+        sync_cube();
+        s += 1i32;
     }
 
     #[unroll]
@@ -522,15 +646,81 @@ fn conv_gemm<F: Float>(
                 let col = n0 + i32::cast_from(t_col + j * tx);
                 if col < g.c_out {
                     let c = grp * g.c_out + col;
+                    // The bias goes into the first split only.
                     let b = if has_bias {
-                        bias[usize::cast_from(c)]
+                        select(si == 0i32, bias[usize::cast_from(c)], F::new(0.0))
                     } else {
                         F::new(0.0)
                     };
-                    dst[usize::cast_from(base + c * g.sd_c)] = acc[i * tn + j] + b;
+                    dst[usize::cast_from(si * dst_split + base + c * g.sd_c)] = acc[i * tn + j] + b;
                 }
             }
         }
+    }
+}
+
+/// Fetch one weight-gradient stage (dst row `row`, positions `ow0 .. ow0 + bk` along w)
+/// of the output-gradient and gathered-input tiles into registers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn wgrad_load<F: Float>(
+    src: &Array<F>,
+    dy: &Array<F>,
+    g: &ConvGeo,
+    row: i32,
+    ow0: i32,
+    dy_grp: i32,
+    a_kl: &Array<i32>,
+    a_ml: &Array<i32>,
+    b_kl: &Array<i32>,
+    b_c: &Array<i32>,
+    b_d: &Array<i32>,
+    b_h: &Array<i32>,
+    b_w: &Array<i32>,
+    a_reg: &mut Array<F>,
+    b_reg: &mut Array<F>,
+    #[comptime] bk: usize,
+    #[comptime] ra: usize,
+    #[comptime] rb: usize,
+) {
+    let _ = bk;
+    let oh = row % g.dst_h;
+    let od = (row / g.dst_h) % g.dst_d;
+    let n = row / (g.dst_h * g.dst_d);
+    let dy_row = dy_grp + n * g.sd_n + od * g.sd_d + oh * g.sd_h;
+    let src_n = n * g.ss_n;
+    let id0 = od * g.st_d;
+    let ih0 = oh * g.st_h;
+    #[unroll]
+    for r in 0..ra {
+        let kl = a_kl[r];
+        let ow = ow0 + kl;
+        a_reg[r] = if kl >= 0 && ow < g.dst_w {
+            dy[usize::cast_from(dy_row + a_ml[r] * g.sd_c + ow * g.sd_w)]
+        } else {
+            F::new(0.0)
+        };
+    }
+    #[unroll]
+    for r in 0..rb {
+        let kl = b_kl[r];
+        let ow = ow0 + kl;
+        let sd = id0 + b_d[r];
+        let sh = ih0 + b_h[r];
+        let sw = ow * g.st_w + b_w[r];
+        let ok = kl >= 0
+            && ow < g.dst_w
+            && sd >= 0
+            && sd < g.src_d
+            && sh >= 0
+            && sh < g.src_h
+            && sw >= 0
+            && sw < g.src_w;
+        b_reg[r] = if ok {
+            src[usize::cast_from(b_c[r] + src_n + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w)]
+        } else {
+            F::new(0.0)
+        };
     }
 }
 
@@ -638,73 +828,57 @@ fn conv_wgrad_gemm<F: Float>(
         b_w[r] = (tap % g.k_w) * g.dil_w - g.pad_w;
     }
     let dy_grp = dy_off + (grp * g.c_out + m0) * g.sd_c;
-
-    let mut row = row_start;
-    while row < row_end {
-        let oh = row % g.dst_h;
-        let od = (row / g.dst_h) % g.dst_d;
-        let n = row / (g.dst_h * g.dst_d);
-        let dy_row = dy_grp + n * g.sd_n + od * g.sd_d + oh * g.sd_h;
-        let src_n = n * g.ss_n;
-        let id0 = od * g.st_d;
-        let ih0 = oh * g.st_h;
-        let mut ow0 = 0i32;
-        while ow0 < g.dst_w {
-            #[unroll]
-            for r in 0..ra {
-                let kl = a_kl[r];
-                let ow = ow0 + kl;
-                if kl >= 0 {
-                    a_s[usize::cast_from(kl) * a_stride + usize::cast_from(a_ml[r])] =
-                        if ow < g.dst_w {
-                            dy[usize::cast_from(dy_row + a_ml[r] * g.sd_c + ow * g.sd_w)]
-                        } else {
-                            F::new(0.0)
-                        };
-                }
-            }
-            #[unroll]
-            for r in 0..rb {
-                let kl = b_kl[r];
-                if kl >= 0 {
-                    let ow = ow0 + kl;
-                    let sd = id0 + b_d[r];
-                    let sh = ih0 + b_h[r];
-                    let sw = ow * g.st_w + b_w[r];
-                    let ok = ow < g.dst_w
-                        && sd >= 0
-                        && sd < g.src_d
-                        && sh >= 0
-                        && sh < g.src_h
-                        && sw >= 0
-                        && sw < g.src_w;
-                    b_s[usize::cast_from(kl) * b_stride + usize::cast_from(b_nl[r])] = if ok {
-                        src[usize::cast_from(
-                            b_c[r] + src_n + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
-                        )]
-                    } else {
-                        F::new(0.0)
-                    };
-                }
-            }
-            sync_cube();
-            stage_fma::<F>(
-                &a_s,
-                &b_s,
-                &mut acc,
-                t_row * tm,
-                t_col,
-                a_stride,
-                b_stride,
+    let n_w = (g.dst_w + bki - 1) / bki;
+    let n_stages = (row_end - row_start) * n_w;
+    let mut a_reg = Array::<F>::new(ra);
+    let mut b_reg = Array::<F>::new(rb);
+    wgrad_load::<F>(
+        src, dy, &g, row_start, 0i32, dy_grp, &a_kl, &a_ml, &b_kl, &b_c, &b_d, &b_h, &b_w,
+        &mut a_reg, &mut b_reg, bk, ra, rb,
+    );
+    let mut s = i32::new(0);
+    while s < n_stages {
+        store_tile::<F>(&mut a_s, &a_reg, &a_kl, &a_ml, a_stride, ra);
+        store_tile::<F>(&mut b_s, &b_reg, &b_kl, &b_nl, b_stride, rb);
+        sync_cube();
+        let s1 = s + 1;
+        if s1 < n_stages {
+            wgrad_load::<F>(
+                src,
+                dy,
+                &g,
+                row_start + s1 / n_w,
+                (s1 % n_w) * bki,
+                dy_grp,
+                &a_kl,
+                &a_ml,
+                &b_kl,
+                &b_c,
+                &b_d,
+                &b_h,
+                &b_w,
+                &mut a_reg,
+                &mut b_reg,
                 bk,
-                tm,
-                tn,
-                tx,
+                ra,
+                rb,
             );
-            sync_cube();
-            ow0 += bki;
         }
-        row += 1i32;
+        stage_fma::<F>(
+            &a_s,
+            &b_s,
+            &mut acc,
+            t_row * tm,
+            t_col,
+            a_stride,
+            b_stride,
+            bk,
+            tm,
+            tn,
+            tx,
+        );
+        sync_cube();
+        s += 1i32;
     }
 
     // out[split, co, c, tap] (row-major [splits, c_out·groups, c_red, taps]).
@@ -846,26 +1020,37 @@ pub(crate) fn gemm_tile(c_out: usize) -> TileCfg {
     }
 }
 
-/// Implicit-GEMM forward or backward-data into the fresh `dst` (strides in `geo.sd`).
+/// Implicit-GEMM forward or backward-data: returns the contiguous `dst_shape` tensor (whose
+/// strides are `geo.sd`). When the tiles alone cannot fill the device, the taps are split
+/// across cubes (split-K) into partial outputs that one reduction sums.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     src: &SsmTensor,
     w: &SsmTensor,
     bias: Option<&SsmTensor>,
-    dst: &SsmTensor,
+    dst_shape: &[usize],
     geo: &Geo,
     src_channels_last: bool,
     transposed: bool,
     cfg: TileCfg,
-) {
+) -> SsmTensor {
     let m_total = geo.dst_positions();
-    if m_total == 0 || dst.numel() == 0 {
-        return;
+    let numel: usize = dst_shape.iter().product();
+    if m_total == 0 || numel == 0 {
+        return SsmTensor::empty(dst_shape, src.dtype, &src.device);
     }
     let bm = cfg.ty * cfg.tm;
     let bn = cfg.tx * cfg.tn;
     let m_tiles = m_total.div_ceil(bm);
     let n_tiles = (geo.c_out as usize).div_ceil(bn);
+    let cubes = m_tiles * n_tiles * geo.groups as usize;
+    let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
+    // About two waves of resident cubes on a large GPU.
+    let k_splits = 1024usize.div_ceil(cubes).clamp(1, taps.min(8));
+    // Every split covers at least one tap.
+    let taps_per = taps.div_ceil(k_splits);
+    let k_splits = taps.div_ceil(taps_per);
+    let out = SsmTensor::empty(&[k_splits * numel], src.dtype, &src.device);
     let dtype = src.dtype.storage();
     let bias_t = bias.unwrap_or(w);
     dispatch!(src.device, c => {
@@ -875,7 +1060,11 @@ pub(crate) fn gemm(
         } else {
             (max_x, m_tiles.div_ceil(max_x))
         };
-        let count = CubeCount::Static(gx as u32, gy as u32, (n_tiles * geo.groups as usize) as u32);
+        let count = CubeCount::Static(
+            gx as u32,
+            gy as u32,
+            (n_tiles * geo.groups as usize * k_splits) as u32,
+        );
         let dim = CubeDim::new_1d((cfg.tx * cfg.ty) as u32);
         record_launch();
         unsafe {
@@ -884,11 +1073,13 @@ pub(crate) fn gemm(
                 src.array_arg(src.buffer_len()),
                 w.array_arg(w.buffer_len()),
                 bias_t.array_arg(bias_t.buffer_len()),
-                dst.array_arg(dst.buffer_len()),
+                out.array_arg(out.numel()),
                 src.offset as i32,
                 w.offset as i32,
                 geo.launch(),
                 n_tiles as u32,
+                k_splits as u32,
+                numel as i32,
                 cfg.tx, cfg.ty, cfg.tm, cfg.tn, cfg.bk,
                 bias.is_some(),
                 src_channels_last,
@@ -896,7 +1087,14 @@ pub(crate) fn gemm(
                 dtype,
             )
         }
-    })
+    });
+    let shape = [&[k_splits][..], dst_shape].concat();
+    let out = out.reshape(&shape).expect("same numel");
+    if k_splits == 1 {
+        out.reshape(dst_shape).expect("same numel")
+    } else {
+        out.sum(&[0], false).expect("sum over splits")
+    }
 }
 
 /// Tile for the weight-gradient GEMM (rows = output channels, columns = (tap, channel)).

@@ -166,8 +166,14 @@ fn row_kernel<F: Float>(
     let items = num_items * n_chunks;
     let valid = item < items;
     let item_c = select(valid, item, 0usize);
-    let o = item_c / n_chunks;
-    let chunk = item_c % n_chunks;
+    // Unit mode: neighbouring threads own neighbouring groups (coalesced across groups);
+    // segment mode: a segment's chunks are consecutive.
+    let (o, chunk) = if comptime!(seg == 1) {
+        (item_c % num_items, item_c / num_items)
+    } else {
+        (item_c / n_chunks, item_c % n_chunks)
+    };
+    let part = o * n_chunks + chunk;
     let start = chunk * chunk_len;
     let end = select(
         start + chunk_len < reduce_len,
@@ -261,7 +267,7 @@ fn row_kernel<F: Float>(
         zero
     };
 
-    // ---- pass 1: per-thread accumulation --------------------------------------------------
+    // ---- pass 1: per-thread accumulation (four independent loads per step) -----------------
     let shift = if comptime!(matches!(op, RowOp::NormFwd | RowOp::NormStats)) {
         if valid && start < end {
             x[elem_offset::<F>(x, x, xb, start, k_rank, fast)]
@@ -278,53 +284,62 @@ fn row_kernel<F: Float>(
     };
     let mut a2 = F::new(0.0);
     let mut a3 = F::new(0.0);
+    let seg4 = comptime!(4 * seg);
     if comptime!(has_pass1) {
         if valid {
             let mut ri = start + lane;
-            while ri < end {
-                let xv = x[elem_offset::<F>(x, x, xb, ri, k_rank, fast)];
-                match op {
-                    RowOp::NormFwd | RowOp::NormStats => {
-                        let dv = xv - shift;
-                        a1 += one;
-                        a2 += dv;
-                        a3 += dv * dv;
-                    }
-                    RowOp::Softmax | RowOp::LogSoftmax => {
-                        if xv > a1 {
-                            a2 = a2 * math::exp::<F>(a1 - xv) + one;
-                            a1 = xv;
-                        } else {
-                            a2 += math::exp::<F>(xv - a1);
-                        }
-                    }
-                    RowOp::SoftmaxBwd => {
-                        let g = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
-                        a1 += g * xv;
-                    }
-                    RowOp::LogSoftmaxBwd => {
-                        a1 += dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
-                    }
-                    RowOp::AffineGrad => {
-                        let g = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
-                        let mv = m[elem_offset::<F>(x, m, mb, ri, k_rank, fast)];
-                        let rv = r[elem_offset::<F>(x, r, rb, ri, k_rank, fast)];
-                        a1 += g * (xv - mv) * rv;
-                        a2 += g;
-                    }
-                    _ => {
-                        // NormBwd, NormBwdStats: g = dy·w, x̂ = (x − μ)·rstd.
-                        let dv = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
-                        let g = if uses_w {
-                            dv * w[elem_offset::<F>(x, w, wb, ri, k_rank, fast)]
-                        } else {
-                            dv
-                        };
-                        let xh = (xv - mean_v) * rstd_v;
-                        a1 += g;
-                        a2 += g * xh;
-                    }
+            while ri + comptime!(3 * seg) < end {
+                // Issue the four elements' loads before folding any of them in.
+                let mut xs = Array::<F>::new(4usize);
+                let mut ds = Array::<F>::new(4usize);
+                let mut ws = Array::<F>::new(4usize);
+                let mut ms = Array::<F>::new(4usize);
+                let mut rs = Array::<F>::new(4usize);
+                #[unroll]
+                for u in 0..4usize {
+                    let (xv, dv, wv, mv, rv) = pass1_vals::<F>(
+                        x,
+                        dy,
+                        w,
+                        m,
+                        r,
+                        xb,
+                        dyb,
+                        wb,
+                        mb,
+                        rb,
+                        ri + comptime!(u * seg),
+                        k_rank,
+                        fast,
+                        op,
+                        uses_w,
+                    );
+                    xs[u] = xv;
+                    ds[u] = dv;
+                    ws[u] = wv;
+                    ms[u] = mv;
+                    rs[u] = rv;
                 }
+                #[unroll]
+                for u in 0..4usize {
+                    let (c1, c2, c3) = pass1_acc::<F>(
+                        xs[u], ds[u], ws[u], ms[u], rs[u], a1, a2, a3, shift, mean_v, rstd_v, op,
+                    );
+                    a1 = c1;
+                    a2 = c2;
+                    a3 = c3;
+                }
+                ri += seg4;
+            }
+            while ri < end {
+                let (x0, d0, w0, m0, r0) = pass1_vals::<F>(
+                    x, dy, w, m, r, xb, dyb, wb, mb, rb, ri, k_rank, fast, op, uses_w,
+                );
+                let (c1, c2, c3) =
+                    pass1_acc::<F>(x0, d0, w0, m0, r0, a1, a2, a3, shift, mean_v, rstd_v, op);
+                a1 = c1;
+                a2 = c2;
+                a3 = c3;
                 ri += seg;
             }
             if comptime!(matches!(op, RowOp::NormFwd | RowOp::NormStats)) {
@@ -385,21 +400,21 @@ fn row_kernel<F: Float>(
         if lane == 0usize {
             match op {
                 RowOp::NormFwd => {
-                    part_a[item] = mean;
-                    part_b[item] = rstd;
+                    part_a[part] = mean;
+                    part_b[part] = rstd;
                 }
                 RowOp::NormStats => {
-                    part_a[item] = a2;
-                    part_b[item] = a3;
+                    part_a[part] = a2;
+                    part_b[part] = a3;
                 }
                 RowOp::NormBwdStats | RowOp::AffineGrad => {
-                    part_a[item] = a1;
-                    part_b[item] = a2;
+                    part_a[part] = a1;
+                    part_b[part] = a2;
                 }
                 _ => {}
             }
         }
-        // ---- pass 2: rewrite ------------------------------------------------------------
+        // ---- pass 2: rewrite (four elements per step) -------------------------------------
         if comptime!(writes_out) {
             let (k1, k2) = match op {
                 RowOp::NormBwd => (a1 / n, a2 / n),
@@ -409,44 +424,200 @@ fn row_kernel<F: Float>(
                 _ => (a1, a2),
             };
             let mut ri = start + lane;
+            while ri + comptime!(3 * seg) < end {
+                let mut vs = Array::<F>::new(4usize);
+                #[unroll]
+                for u in 0..4usize {
+                    vs[u] = pass2_val::<F>(
+                        x,
+                        dy,
+                        w,
+                        b,
+                        xb,
+                        dyb,
+                        wb,
+                        bb,
+                        ri + comptime!(u * seg),
+                        k_rank,
+                        mean,
+                        rstd,
+                        k1,
+                        k2,
+                        fast,
+                        op,
+                        uses_w,
+                        uses_b,
+                    );
+                }
+                #[unroll]
+                for u in 0..4usize {
+                    out[elem_offset::<F>(x, out, ob, ri + comptime!(u * seg), k_rank, fast)] =
+                        vs[u];
+                }
+                ri += seg4;
+            }
             while ri < end {
-                let xv = x[elem_offset::<F>(x, x, xb, ri, k_rank, fast)];
-                let v = match op {
-                    RowOp::NormFwd | RowOp::NormApply => {
-                        let mut y = (xv - mean) * rstd;
-                        if uses_w {
-                            y *= w[elem_offset::<F>(x, w, wb, ri, k_rank, fast)];
-                        }
-                        if uses_b {
-                            y += b[elem_offset::<F>(x, b, bb, ri, k_rank, fast)];
-                        }
-                        y
-                    }
-                    RowOp::NormBwd | RowOp::NormBwdApply => {
-                        let dv = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
-                        let g = if uses_w {
-                            dv * w[elem_offset::<F>(x, w, wb, ri, k_rank, fast)]
-                        } else {
-                            dv
-                        };
-                        let xh = (xv - mean) * rstd;
-                        rstd * (g - k1 - xh * k2)
-                    }
-                    RowOp::Softmax => math::exp::<F>(xv - k1) * k2,
-                    RowOp::LogSoftmax => xv - k1 - k2,
-                    RowOp::SoftmaxBwd => {
-                        let g = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
-                        xv * (g - k1)
-                    }
-                    _ => {
-                        // LogSoftmaxBwd
-                        let g = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
-                        g - math::exp::<F>(xv) * k1
-                    }
-                };
+                let v = pass2_val::<F>(
+                    x, dy, w, b, xb, dyb, wb, bb, ri, k_rank, mean, rstd, k1, k2, fast, op, uses_w,
+                    uses_b,
+                );
                 out[elem_offset::<F>(x, out, ob, ri, k_rank, fast)] = v;
                 ri += seg;
             }
+        }
+    }
+}
+
+/// The operand values the first pass of `op` reads at reduced index `ri`:
+/// (x, dy, w, m, r), unused ones 0 (w: 1).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn pass1_vals<F: Float>(
+    x: &Tensor<F>,
+    dy: &Tensor<F>,
+    w: &Tensor<F>,
+    m: &Tensor<F>,
+    r: &Tensor<F>,
+    xb: usize,
+    dyb: usize,
+    wb: usize,
+    mb: usize,
+    rb: usize,
+    ri: usize,
+    k_rank: usize,
+    #[comptime] fast: bool,
+    #[comptime] op: RowOp,
+    #[comptime] uses_w: bool,
+) -> (F, F, F, F, F) {
+    let xv = x[elem_offset::<F>(x, x, xb, ri, k_rank, fast)];
+    let reads_dy = comptime!(matches!(
+        op,
+        RowOp::NormBwd
+            | RowOp::NormBwdStats
+            | RowOp::AffineGrad
+            | RowOp::SoftmaxBwd
+            | RowOp::LogSoftmaxBwd
+    ));
+    let dv = if reads_dy {
+        dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)]
+    } else {
+        F::new(0.0)
+    };
+    let wv = if comptime!(uses_w && matches!(op, RowOp::NormBwd | RowOp::NormBwdStats)) {
+        w[elem_offset::<F>(x, w, wb, ri, k_rank, fast)]
+    } else {
+        F::new(1.0)
+    };
+    let (mv, rv) = if comptime!(matches!(op, RowOp::AffineGrad)) {
+        (
+            m[elem_offset::<F>(x, m, mb, ri, k_rank, fast)],
+            r[elem_offset::<F>(x, r, rb, ri, k_rank, fast)],
+        )
+    } else {
+        (F::new(0.0), F::new(0.0))
+    };
+    (xv, dv, wv, mv, rv)
+}
+
+/// Fold one element's values into the first-pass accumulators (a1, a2, a3).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn pass1_acc<F: Float>(
+    xv: F,
+    dv: F,
+    wv: F,
+    mv: F,
+    rv: F,
+    a1: F,
+    a2: F,
+    a3: F,
+    shift: F,
+    mean_v: F,
+    rstd_v: F,
+    #[comptime] op: RowOp,
+) -> (F, F, F) {
+    let one = F::new(1.0);
+    match op {
+        RowOp::NormFwd | RowOp::NormStats => {
+            let d = xv - shift;
+            (a1 + one, a2 + d, a3 + d * d)
+        }
+        RowOp::Softmax | RowOp::LogSoftmax => {
+            if xv > a1 {
+                (xv, a2 * math::exp::<F>(a1 - xv) + one, a3)
+            } else {
+                (a1, a2 + math::exp::<F>(xv - a1), a3)
+            }
+        }
+        RowOp::SoftmaxBwd => (a1 + dv * xv, a2, a3),
+        RowOp::LogSoftmaxBwd => (a1 + dv, a2, a3),
+        RowOp::AffineGrad => (a1 + dv * (xv - mv) * rv, a2 + dv, a3),
+        _ => {
+            // NormBwd, NormBwdStats: g = dy·w, x̂ = (x − μ)·rstd.
+            let g = dv * wv;
+            (a1 + g, a2 + g * (xv - mean_v) * rstd_v, a3)
+        }
+    }
+}
+
+/// The second-pass output of `op` at reduced index `ri`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn pass2_val<F: Float>(
+    x: &Tensor<F>,
+    dy: &Tensor<F>,
+    w: &Tensor<F>,
+    b: &Tensor<F>,
+    xb: usize,
+    dyb: usize,
+    wb: usize,
+    bb: usize,
+    ri: usize,
+    k_rank: usize,
+    mean: F,
+    rstd: F,
+    k1: F,
+    k2: F,
+    #[comptime] fast: bool,
+    #[comptime] op: RowOp,
+    #[comptime] uses_w: bool,
+    #[comptime] uses_b: bool,
+) -> F {
+    let xv = x[elem_offset::<F>(x, x, xb, ri, k_rank, fast)];
+    match op {
+        RowOp::NormFwd | RowOp::NormApply => {
+            let y = (xv - mean) * rstd;
+            let yw = if uses_w {
+                y * w[elem_offset::<F>(x, w, wb, ri, k_rank, fast)]
+            } else {
+                y
+            };
+            if uses_b {
+                yw + b[elem_offset::<F>(x, b, bb, ri, k_rank, fast)]
+            } else {
+                yw
+            }
+        }
+        RowOp::NormBwd | RowOp::NormBwdApply => {
+            let dv = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
+            let g = if uses_w {
+                dv * w[elem_offset::<F>(x, w, wb, ri, k_rank, fast)]
+            } else {
+                dv
+            };
+            let xh = (xv - mean) * rstd;
+            rstd * (g - k1 - xh * k2)
+        }
+        RowOp::Softmax => math::exp::<F>(xv - k1) * k2,
+        RowOp::LogSoftmax => xv - k1 - k2,
+        RowOp::SoftmaxBwd => {
+            let g = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
+            xv * (g - k1)
+        }
+        _ => {
+            // LogSoftmaxBwd
+            let g = dy[elem_offset::<F>(x, dy, dyb, ri, k_rank, fast)];
+            g - math::exp::<F>(xv) * k1
         }
     }
 }

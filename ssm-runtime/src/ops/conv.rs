@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | implicit GEMM (own, CUDA cores, exact f32/f64) | ≥ 8 channels per group on both sides | either layout (coalesced loads chosen per layout) |
 //! | direct (own) | depthwise and other thin groups | channels-first for the weight gradient, either otherwise |
-//! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1), [`ConvSpec::allow_tf32`], CUDA | channels-last (other layouts are copied once per call) |
+//! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1) with [`ConvSpec::allow_tf32`] on CUDA: forward and backward-data with ≥ 96 channels on both sides (the only passes measured faster than the exact GEMM), or when asked for | channels-last (other layouts are copied once per call) |
 //!
 //! None of them materialises an im2col buffer: the GEMM kernels gather input patches into
 //! shared memory tile by tile.
@@ -207,7 +207,8 @@ pub struct ConvProblem {
     pub layout: Layout,
 }
 
-fn per_axis(op: &'static str, what: &str, v: &[usize], nd: usize) -> Result<Vec<usize>> {
+/// `v` for `nd` spatial axes (a single value broadcasts).
+pub(crate) fn per_axis(op: &'static str, what: &str, v: &[usize], nd: usize) -> Result<Vec<usize>> {
     match v.len() {
         1 => Ok(vec![v[0]; nd]),
         n if n == nd => Ok(v.to_vec()),
@@ -360,7 +361,7 @@ impl ConvProblem {
 }
 
 /// Pad a spatial list to three axes with leading `fill`.
-fn pad3(v: &[usize], fill: usize) -> [i32; 3] {
+pub(crate) fn pad3(v: &[usize], fill: usize) -> [i32; 3] {
     let mut out = [fill as i32; 3];
     let off = 3 - v.len();
     for (i, &x) in v.iter().enumerate() {
@@ -369,19 +370,23 @@ fn pad3(v: &[usize], fill: usize) -> [i32; 3] {
     out
 }
 
-/// (n, c, d, h, w) element strides of an activation view in `layout`.
-fn act_strides(t: &Tensor, layout: Layout) -> [i32; 5] {
-    let r = t.rank();
-    let st = t.strides();
-    let sp: Vec<usize> = layout.spatial_axes(r).iter().map(|&a| st[a]).collect();
+/// (n, c, d, h, w) element strides of an activation with `strides` in `layout`.
+pub(crate) fn layout_strides(strides: &[usize], layout: Layout) -> [i32; 5] {
+    let r = strides.len();
+    let sp: Vec<usize> = layout.spatial_axes(r).iter().map(|&a| strides[a]).collect();
     let s3 = pad3(&sp, 0);
     [
-        st[0] as i32,
-        st[layout.channel_axis(r)] as i32,
+        strides[0] as i32,
+        strides[layout.channel_axis(r)] as i32,
         s3[0],
         s3[1],
         s3[2],
     ]
+}
+
+/// (n, c, d, h, w) element strides of an activation view in `layout`.
+fn act_strides(t: &Tensor, layout: Layout) -> [i32; 5] {
+    layout_strides(t.strides(), layout)
 }
 
 /// (out, in, d, h, w) strides of a weight view.
@@ -392,17 +397,7 @@ fn weight_strides(w: &Tensor) -> [i32; 5] {
 }
 
 fn strides_of_contiguous(shape: &[usize], layout: Layout) -> [i32; 5] {
-    let st = contiguous_strides(shape);
-    let r = shape.len();
-    let sp: Vec<usize> = layout.spatial_axes(r).iter().map(|&a| st[a]).collect();
-    let s3 = pad3(&sp, 0);
-    [
-        st[0] as i32,
-        st[layout.channel_axis(r)] as i32,
-        s3[0],
-        s3[1],
-        s3[2],
-    ]
+    layout_strides(&contiguous_strides(shape), layout)
 }
 
 fn conv_params(p: &ConvProblem) -> ([i32; 3], [i32; 3], [i32; 3], [i32; 3]) {
@@ -512,12 +507,33 @@ fn gemm_suits(c_red: usize, c_out: usize) -> bool {
     c_red >= 8 && c_out >= 8
 }
 
-fn cubek_candidate(p: &ConvProblem, t: &Tensor, spec_tf32: bool) -> bool {
+/// Whether `Auto` hands a pass to cubek's TF32 kernels. Measured on an H100
+/// (docs/benchmarks-model-ops.md): they beat the exact GEMM only for forward and
+/// backward-data with ≥ 96 channels on both sides, and are several times slower for the
+/// weight gradient and for 48 channels, so `Auto` uses them only there.
+fn cubek_candidate(p: &ConvProblem, t: &Tensor, spec_tf32: bool, weight_grad: bool) -> bool {
     spec_tf32
+        && !weight_grad
+        && p.c_in.min(p.c_out) >= 96
         && p.groups == 1
         && t.dtype() == crate::DType::F32
         && t.device().kind() == DeviceKind::Cuda
         && p.pad_before == p.pad_after
+}
+
+/// Run the cubek path when asked for (its refusal is then the error) or when `Auto`
+/// chose it (a refusal falls back: `None`).
+fn try_cubek(
+    op: &'static str,
+    which: ConvImpl,
+    auto_candidate: bool,
+    run: impl FnOnce() -> std::result::Result<Tensor, String>,
+) -> Result<Option<Tensor>> {
+    match which {
+        ConvImpl::Cubek => run().map(Some).map_err(|e| Error::kernel(op, e)),
+        ConvImpl::Auto if auto_candidate => Ok(run().ok()),
+        _ => Ok(None),
+    }
 }
 
 impl Tensor {
@@ -557,19 +573,14 @@ impl Tensor {
             ));
         }
         let out_shape = p.output_shape();
-        let use_cubek = match which {
-            ConvImpl::Cubek => true,
-            ConvImpl::Auto => cubek_candidate(&p, self, spec.allow_tf32),
-            _ => false,
-        };
-        if use_cubek {
-            match cubek_conv::forward(self, weight, bias, &p) {
-                Ok(y) => return Ok((y, ConvImpl::Cubek)),
-                Err(e) if which == ConvImpl::Cubek => return Err(Error::kernel(op, e)),
-                Err(_) => {}
-            }
+        if let Some(y) = try_cubek(
+            op,
+            which,
+            cubek_candidate(&p, self, spec.allow_tf32, false),
+            || cubek_conv::forward(self, weight, bias, &p),
+        )? {
+            return Ok((y, ConvImpl::Cubek));
         }
-        let y = Tensor::empty(&out_shape, self.dtype, &self.device);
         let geo = fwd_geo(
             &p,
             self,
@@ -581,20 +592,13 @@ impl Tensor {
             ConvImpl::Direct => false,
             _ => gemm_suits(p.c_in_g(), p.c_out_g()),
         };
+        let cl = p.layout == Layout::ChannelsLast;
         if gemm {
             let cfg = k::gemm_tile(p.c_out_g());
-            k::gemm(
-                self,
-                weight,
-                bias,
-                &y,
-                &geo,
-                p.layout == Layout::ChannelsLast,
-                false,
-                cfg,
-            );
+            let y = k::gemm(self, weight, bias, &out_shape, &geo, cl, false, cfg);
             Ok((y, ConvImpl::Gemm))
         } else {
+            let y = Tensor::empty(&out_shape, self.dtype, &self.device);
             k::direct(
                 self,
                 weight,
@@ -631,19 +635,14 @@ impl Tensor {
                 ),
             ));
         }
-        let use_cubek = match which {
-            ConvImpl::Cubek => true,
-            ConvImpl::Auto => cubek_candidate(&p, dy, spec.allow_tf32),
-            _ => false,
-        };
-        if use_cubek {
-            match cubek_conv::backward_data(dy, weight, &p) {
-                Ok(dx) => return Ok((dx, ConvImpl::Cubek)),
-                Err(e) if which == ConvImpl::Cubek => return Err(Error::kernel(op, e)),
-                Err(_) => {}
-            }
+        if let Some(dx) = try_cubek(
+            op,
+            which,
+            cubek_candidate(&p, dy, spec.allow_tf32, false),
+            || cubek_conv::backward_data(dy, weight, &p),
+        )? {
+            return Ok((dx, ConvImpl::Cubek));
         }
-        let dx = Tensor::empty(input_shape, dy.dtype, &dy.device);
         let geo = bwd_geo(&p, dy, weight, strides_of_contiguous(input_shape, p.layout));
         let gemm = match which {
             ConvImpl::Gemm => true,
@@ -652,18 +651,11 @@ impl Tensor {
         };
         let cl = p.layout == Layout::ChannelsLast;
         if gemm {
-            k::gemm(
-                dy,
-                weight,
-                None,
-                &dx,
-                &geo,
-                cl,
-                true,
-                k::gemm_tile(p.c_in_g()),
-            );
+            let cfg = k::gemm_tile(p.c_in_g());
+            let dx = k::gemm(dy, weight, None, input_shape, &geo, cl, true, cfg);
             Ok((dx, ConvImpl::Gemm))
         } else {
+            let dx = Tensor::empty(input_shape, dy.dtype, &dy.device);
             k::direct(dy, weight, None, &dx, &geo, cl, true);
             Ok((dx, ConvImpl::Direct))
         }
@@ -691,17 +683,13 @@ impl Tensor {
                 ),
             ));
         }
-        let use_cubek = match which {
-            ConvImpl::Cubek => true,
-            ConvImpl::Auto => cubek_candidate(&p, x, spec.allow_tf32),
-            _ => false,
-        };
-        if use_cubek {
-            match cubek_conv::backward_weight(x, dy, &p) {
-                Ok(dw) => return Ok((dw, ConvImpl::Cubek)),
-                Err(e) if which == ConvImpl::Cubek => return Err(Error::kernel(op, e)),
-                Err(_) => {}
-            }
+        if let Some(dw) = try_cubek(
+            op,
+            which,
+            cubek_candidate(&p, x, spec.allow_tf32, true),
+            || cubek_conv::backward_weight(x, dy, &p),
+        )? {
+            return Ok((dw, ConvImpl::Cubek));
         }
         let geo = wgrad_geo(&p, x, dy);
         let gemm = match which {

@@ -320,6 +320,26 @@ fn check_eps(op: &'static str, eps: f64) -> Result<()> {
     Ok(())
 }
 
+/// Argument checks shared by the BatchNorm variants; returns the grouping.
+fn check_batch_norm(
+    x: &Tensor,
+    vectors: [Option<&Tensor>; 4],
+    eps: f64,
+    layout: Layout,
+) -> Result<Grouping> {
+    let op = "batch_norm";
+    require_float(op, x)?;
+    check_eps(op, eps)?;
+    let g = grouping(op, &x.shape, Norm::Batch, layout)?;
+    for (name, v) in ["weight", "bias", "running_mean", "running_var"]
+        .into_iter()
+        .zip(vectors)
+    {
+        check_vec(op, name, v, x, g.channels)?;
+    }
+    Ok(g)
+}
+
 /// Forward pass of `norm` with batch statistics; returns y and the group statistics
 /// (and, for BatchNorm, the unbiased variance per channel for running statistics).
 fn forward_stats(
@@ -514,14 +534,12 @@ impl Tensor {
         layout: Layout,
     ) -> Result<(Tensor, NormStats)> {
         let op = "batch_norm";
-        require_float(op, self)?;
-        check_eps(op, eps)?;
-        let g = grouping(op, &self.shape, Norm::Batch, layout)?;
-        for (name, v) in [("weight", weight), ("bias", bias)] {
-            check_vec(op, name, v, self, g.channels)?;
-        }
-        check_vec(op, "running_mean", Some(running_mean), self, g.channels)?;
-        check_vec(op, "running_var", Some(running_var), self, g.channels)?;
+        let g = check_batch_norm(
+            self,
+            [weight, bias, Some(running_mean), Some(running_var)],
+            eps,
+            layout,
+        )?;
         let n = g.group_len();
         if n < 2 {
             return Err(Error::shape(
@@ -564,15 +582,12 @@ impl Tensor {
         eps: f64,
         layout: Layout,
     ) -> Result<(Tensor, NormStats)> {
-        let op = "batch_norm";
-        require_float(op, self)?;
-        check_eps(op, eps)?;
-        let g = grouping(op, &self.shape, Norm::Batch, layout)?;
-        for (name, v) in [("weight", weight), ("bias", bias)] {
-            check_vec(op, name, v, self, g.channels)?;
-        }
-        check_vec(op, "running_mean", Some(running_mean), self, g.channels)?;
-        check_vec(op, "running_var", Some(running_var), self, g.channels)?;
+        let g = check_batch_norm(
+            self,
+            [weight, bias, Some(running_mean), Some(running_var)],
+            eps,
+            layout,
+        )?;
         let rstd = running_var.add_scalar(eps)?.rsqrt()?;
         let mean = running_mean.contiguous()?;
         let y = Tensor::empty(&self.shape, self.dtype, &self.device);

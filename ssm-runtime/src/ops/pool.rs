@@ -10,7 +10,7 @@ use crate::error::Result as R;
 use crate::error::{Error, Result};
 use crate::kernels::conv::Geo;
 use crate::kernels::pool as k;
-use crate::ops::conv::Layout;
+use crate::ops::conv::{Layout, layout_strides, pad3, per_axis};
 use crate::ops::elementwise::require_float;
 use crate::shape::contiguous_strides;
 use crate::tensor::{Tensor, same_device};
@@ -63,39 +63,6 @@ impl PoolSpec {
     }
 }
 
-fn expand(op: &'static str, what: &str, v: &[usize], nd: usize) -> R<Vec<usize>> {
-    match v.len() {
-        1 => Ok(vec![v[0]; nd]),
-        n if n == nd => Ok(v.to_vec()),
-        n => Err(Error::arg(
-            op,
-            format!("{what} has {n} values for {nd} spatial axes"),
-        )),
-    }
-}
-
-fn pad3(v: &[usize], fill: usize) -> [i32; 3] {
-    let mut out = [fill as i32; 3];
-    let off = 3 - v.len();
-    for (i, &x) in v.iter().enumerate() {
-        out[off + i] = x as i32;
-    }
-    out
-}
-
-fn strides5(strides: &[usize], layout: Layout) -> [i32; 5] {
-    let r = strides.len();
-    let sp: Vec<usize> = layout.spatial_axes(r).iter().map(|&a| strides[a]).collect();
-    let s3 = pad3(&sp, 0);
-    [
-        strides[0] as i32,
-        strides[layout.channel_axis(r)] as i32,
-        s3[0],
-        s3[1],
-        s3[2],
-    ]
-}
-
 /// Resolved pooling: output shape and the kernel geometry.
 fn resolve(op: &'static str, input: &[usize], spec: &PoolSpec) -> R<(Vec<usize>, Geo)> {
     let r = input.len();
@@ -107,13 +74,13 @@ fn resolve(op: &'static str, input: &[usize], spec: &PoolSpec) -> R<(Vec<usize>,
     }
     let nd = r - 2;
     let (n, c, sp) = spec.layout.split(input);
-    let kernel = expand(op, "kernel", &spec.kernel, nd)?;
+    let kernel = per_axis(op, "kernel", &spec.kernel, nd)?;
     let stride = if spec.stride.is_empty() {
         kernel.clone()
     } else {
-        expand(op, "stride", &spec.stride, nd)?
+        per_axis(op, "stride", &spec.stride, nd)?
     };
-    let pad = expand(op, "padding", &spec.padding, nd)?;
+    let pad = per_axis(op, "padding", &spec.padding, nd)?;
     let mut out = Vec::with_capacity(nd);
     for i in 0..nd {
         if kernel[i] == 0 || stride[i] == 0 {
@@ -144,7 +111,7 @@ fn resolve(op: &'static str, input: &[usize], spec: &PoolSpec) -> R<(Vec<usize>,
         src: pad3(&sp, 1),
         ss: [0; 5],
         dst: pad3(&out, 1),
-        sd: strides5(&contiguous_strides(&out_shape), spec.layout),
+        sd: layout_strides(&contiguous_strides(&out_shape), spec.layout),
         k: pad3(&kernel, 1),
         sw: [0; 5],
         w_group: 0,
@@ -173,7 +140,7 @@ impl Tensor {
     fn pool(&self, op: &'static str, spec: &PoolSpec, is_max: bool) -> Result<(Tensor, Tensor)> {
         require_float(op, self)?;
         let (out_shape, mut geo) = resolve(op, &self.shape, spec)?;
-        geo.ss = strides5(&self.strides, spec.layout);
+        geo.ss = layout_strides(&self.strides, spec.layout);
         let y = Tensor::empty(&out_shape, self.dtype, &self.device);
         let idx = Tensor::empty(
             if is_max { &out_shape } else { &[1][..] },

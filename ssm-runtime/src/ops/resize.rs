@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::resize::{self as k, RGeo};
-use crate::ops::conv::Layout;
+use crate::ops::conv::{Layout, layout_strides, pad3};
 use crate::ops::elementwise::require_float;
 use crate::tensor::Tensor;
 
@@ -184,30 +184,14 @@ fn plan(
     })
 }
 
-fn pad3(v: &[usize]) -> [u32; 3] {
-    let mut out = [1u32; 3];
-    let off = 3 - v.len();
-    for (i, &x) in v.iter().enumerate() {
-        out[off + i] = x as u32;
-    }
-    out
+/// Sizes padded to three axes, as the kernel's `u32`s.
+fn pad3u(v: &[usize]) -> [u32; 3] {
+    pad3(v, 1).map(|x| x as u32)
 }
 
+/// (n, c, d, h, w) strides as the kernel's `u32`s.
 fn strides5(strides: &[usize], layout: Layout) -> [u32; 5] {
-    let r = strides.len();
-    let sp: Vec<usize> = layout.spatial_axes(r).iter().map(|&a| strides[a]).collect();
-    let mut s3 = [0u32; 3];
-    let off = 3 - sp.len();
-    for (i, &x) in sp.iter().enumerate() {
-        s3[off + i] = x as u32;
-    }
-    [
-        strides[0] as u32,
-        strides[layout.channel_axis(r)] as u32,
-        s3[0],
-        s3[1],
-        s3[2],
-    ]
+    layout_strides(strides, layout).map(|x| x as u32)
 }
 
 fn check_size(op: &'static str, t: &Tensor) -> Result<()> {
@@ -250,9 +234,9 @@ impl Tensor {
         let wt_t = Tensor::from_f64(&wt, &[wt.len()], self.dtype, &self.device)?;
         let geo = RGeo {
             channels: c as u32,
-            src: pad3(&p.input),
+            src: pad3u(&p.input),
             ss: strides5(&self.strides, layout),
-            dst: pad3(&p.output),
+            dst: pad3u(&p.output),
             tab,
         };
         k::forward(
@@ -292,7 +276,7 @@ impl Tensor {
             ));
         }
         // Transposed tables: for each input index, the (output index, weight) entries.
-        let in3 = pad3(&p.input);
+        let in3 = pad3u(&p.input);
         let mut ptr = Vec::new();
         let mut ent = Vec::new();
         let mut ewt = Vec::new();
@@ -327,7 +311,7 @@ impl Tensor {
         let dx = Tensor::empty(input_shape, dy.dtype, &dy.device);
         let geo = RGeo {
             channels: c as u32,
-            src: pad3(&p.output),
+            src: pad3u(&p.output),
             ss: strides5(&dy.strides, layout),
             dst: in3,
             tab,

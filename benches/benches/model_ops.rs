@@ -1,0 +1,193 @@
+//! Model-op throughput on the shapes that dominate SRMA-Mamba (compare with
+//! `benches/torch_model_ops.py`, which times the same shapes with PyTorch/cuDNN).
+//!
+//! - `conv3d/<shape>/<kernel>_<layout>/<pass>`: 3×3×3 convolution C→C, "same" padding,
+//!   shapes `(N, C, H, W, D)` = (2, 48, 112, 112, 32), (2, 96, 56, 56, 16),
+//!   (2, 192, 28, 28, 8); kernels `gemm` (own implicit GEMM, exact f32) and `tf32`
+//!   (cubek-convolution on tensor cores, channels-last); passes `fwd`, `bwd_data`,
+//!   `bwd_weight` (weight gradient including the sum over splits). Throughput counts
+//!   2·N·C²·27·H·W·D FLOP as "elements".
+//! - `norm/<op>/<pass>` on (2, 48, 112, 112, 32): LayerNorm over channels with affine
+//!   (`ln_cl` channels-last, `ln_cf` channels-first) and InstanceNorm without affine
+//!   (`in_cf`, `in_cl`); `bwd` computes every gradient (x, and weight and bias for
+//!   LayerNorm). Throughput counts the bytes of one read of x and one write of y (fwd) or
+//!   reads of x and dy and one write of dx (bwd).
+//!
+//! Sizes are scaled down on Vulkan (which in CI is a CPU).
+
+#![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented functions
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ssm_benches::{device, is_gpu, time_batched};
+use ssm_runtime::{ConvImpl, ConvSpec, DType, Layout, Norm, NormNeeds, Tensor};
+
+/// (N, C, H, W, D) shapes.
+fn conv_shapes(gpu: bool) -> Vec<[usize; 5]> {
+    if gpu {
+        vec![
+            [2, 48, 112, 112, 32],
+            [2, 96, 56, 56, 16],
+            [2, 192, 28, 28, 8],
+        ]
+    } else {
+        vec![[1, 8, 8, 8, 4]]
+    }
+}
+
+fn norm_shape(gpu: bool) -> [usize; 5] {
+    if gpu {
+        [2, 48, 112, 112, 32]
+    } else {
+        [1, 8, 8, 8, 4]
+    }
+}
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let d = device();
+    Tensor::rand_normal(shape, 0.0, 1.0, seed, DType::F32, &d).unwrap()
+}
+
+/// Whether a kernel runs (and does not panic) for all three passes of this problem.
+fn available(x: &Tensor, w: &Tensor, spec: &ConvSpec, which: ConvImpl) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (y, ran) = x.conv_with(w, None, spec, which).ok()?;
+        Tensor::conv_backward_input(&y, w, x.shape(), spec, which).ok()?;
+        Tensor::conv_backward_weight(x, &y, w.shape(), spec, which).ok()?;
+        Some(ran == which)
+    }))
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+fn conv_group(c: &mut Criterion, kernel: &str, layouts: &[Layout], which: ConvImpl, tf32: bool) {
+    let d = device();
+    let mut g = c.benchmark_group("conv3d");
+    for s in conv_shapes(is_gpu(&d)) {
+        let [n, ch, h, w, dd] = s;
+        let flop = 2 * n * ch * ch * 27 * h * w * dd;
+        g.throughput(Throughput::Elements(flop as u64));
+        let name = format!("{n}x{ch}x{h}x{w}x{dd}");
+        let weight = rand(&[ch, ch, 3, 3, 3], 2).mul_scalar(0.05).unwrap();
+        for &layout in layouts {
+            let spec = ConvSpec::new().same().layout(layout).allow_tf32(tf32);
+            let shape = layout.shape(n, ch, &[h, w, dd]);
+            let x = rand(&shape, 1);
+            let tag = format!(
+                "{kernel}_{}",
+                if layout == Layout::ChannelsLast {
+                    "cl"
+                } else {
+                    "cf"
+                }
+            );
+            if !available(&x, &weight, &spec, which) {
+                eprintln!("conv3d {name} {tag}: not available on {d}");
+                continue;
+            }
+            let (dy, _) = x.conv_with(&weight, None, &spec, which).unwrap();
+            let id = format!("{name}/{tag}");
+            g.bench_with_input(BenchmarkId::new(&id, "fwd"), &(), |b, _| {
+                b.iter_custom(|it| {
+                    time_batched(&d, it, || {
+                        drop(x.conv_with(&weight, None, &spec, which).unwrap())
+                    })
+                })
+            });
+            g.bench_with_input(BenchmarkId::new(&id, "bwd_data"), &(), |b, _| {
+                b.iter_custom(|it| {
+                    time_batched(&d, it, || {
+                        drop(
+                            Tensor::conv_backward_input(&dy, &weight, &shape, &spec, which)
+                                .unwrap(),
+                        )
+                    })
+                })
+            });
+            g.bench_with_input(BenchmarkId::new(&id, "bwd_weight"), &(), |b, _| {
+                b.iter_custom(|it| {
+                    time_batched(&d, it, || {
+                        drop(
+                            Tensor::conv_backward_weight(&x, &dy, weight.shape(), &spec, which)
+                                .unwrap(),
+                        )
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn conv3d_gemm(c: &mut Criterion) {
+    conv_group(
+        c,
+        "gemm",
+        &[Layout::ChannelsFirst, Layout::ChannelsLast],
+        ConvImpl::Gemm,
+        false,
+    );
+}
+
+fn conv3d_tf32(c: &mut Criterion) {
+    conv_group(c, "tf32", &[Layout::ChannelsLast], ConvImpl::Cubek, true);
+}
+
+fn norms(c: &mut Criterion) {
+    let d = device();
+    let [n, ch, h, w, dd] = norm_shape(is_gpu(&d));
+    let numel = n * ch * h * w * dd;
+    let mut g = c.benchmark_group("norm");
+    let wt = rand(&[ch], 3);
+    let bs = rand(&[ch], 4);
+    for (name, norm, layout, affine) in [
+        ("ln_cl", Norm::Layer, Layout::ChannelsLast, true),
+        ("ln_cf", Norm::Layer, Layout::ChannelsFirst, true),
+        ("in_cf", Norm::Instance, Layout::ChannelsFirst, false),
+        ("in_cl", Norm::Instance, Layout::ChannelsLast, false),
+    ] {
+        let shape = layout.shape(n, ch, &[h, w, dd]);
+        let x = rand(&shape, 5);
+        let dy = rand(&shape, 6);
+        let (wo, bo) = if affine {
+            (Some(&wt), Some(&bs))
+        } else {
+            (None, None)
+        };
+        g.throughput(Throughput::Bytes(8 * numel as u64));
+        g.bench_with_input(BenchmarkId::new(name, "fwd"), &(), |b, _| {
+            b.iter_custom(|it| {
+                time_batched(&d, it, || {
+                    drop(x.norm_forward(norm, layout, wo, bo, 1e-5).unwrap())
+                })
+            })
+        });
+        let (_, stats) = x.norm_forward(norm, layout, wo, bo, 1e-5).unwrap();
+        let needs = NormNeeds {
+            dx: true,
+            dw: affine,
+            db: affine,
+        };
+        g.throughput(Throughput::Bytes(12 * numel as u64));
+        g.bench_with_input(BenchmarkId::new(name, "bwd"), &(), |b, _| {
+            b.iter_custom(|it| {
+                time_batched(&d, it, || {
+                    drop(Tensor::norm_backward(&x, &dy, norm, layout, wo, &stats, needs).unwrap())
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    targets = norms, conv3d_gemm, conv3d_tf32
+}
+criterion_main!(benches);
