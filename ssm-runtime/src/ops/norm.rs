@@ -204,7 +204,12 @@ struct Prepared {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Split {
     Never,
+    /// Up to 1024 chunks per item: their partials are combined by one thread per item.
     Allowed,
+    /// Up to 16384 chunks per item, for partials summed by a reduction kernel. With few
+    /// items and long ranges (the affine gradient of a channels-last LayerNorm: 48
+    /// channels × 800 k positions) 1024 chunks leave most of the GPU idle.
+    Wide,
 }
 
 /// Permute every operand to `[kept..., reduced...]`, drop size-1 axes, merge reduced axes
@@ -265,14 +270,18 @@ fn prepare(view: &[usize], kept: &[usize], operands: &[&Tensor], split: Split) -
         1
     };
     let target_threads = 1usize << 18;
-    let n_chunks =
-        if split == Split::Allowed && num_items * seg < target_threads && reduce_len > 16 * seg {
-            (target_threads / (num_items * seg).max(1))
-                .min(reduce_len / (8 * seg))
-                .clamp(1, 1024)
-        } else {
-            1
-        };
+    let max_chunks = match split {
+        Split::Never => 1,
+        Split::Allowed => 1024,
+        Split::Wide => 16384,
+    };
+    let n_chunks = if num_items * seg < target_threads && reduce_len > 16 * seg {
+        (target_threads / (num_items * seg).max(1))
+            .min(reduce_len / (8 * seg))
+            .clamp(1, max_chunks)
+    } else {
+        1
+    };
     let chunk_len = reduce_len.div_ceil(n_chunks).max(1);
     let n_chunks = reduce_len.div_ceil(chunk_len).max(1);
     Prepared {
@@ -714,7 +723,7 @@ impl Tensor {
         }
         if needs.dw || needs.db {
             // Per channel: Σ dy·x̂ and Σ dy over everything but the channel axes.
-            let p = prepare(&g.view, &g.chan, &[&xv, &dyv, &mv, &rv], Split::Allowed);
+            let p = prepare(&g.view, &g.chan, &[&xv, &dyv, &mv, &rv], Split::Wide);
             let t = &p.tensors;
             let args = RowArgs {
                 x: &t[0],
