@@ -10,6 +10,8 @@
 //! items), up to the whole cube when it is contiguous (threads stride through the range).
 //! When the reduced axes merge into one, offsets are `base + r·stride` with no index
 //! decomposition per element.
+//! A segment's lanes combine their partial results with plane shuffles on devices with
+//! 32-wide planes (CUDA), through shared memory otherwise (lavapipe).
 //!
 //! Fused ops read the range twice (statistics, then the rewrite; the second read mostly
 //! hits the cache) and write once. Groups too large for one cube are split into chunks:
@@ -148,6 +150,7 @@ fn row_kernel<F: Float>(
     eps: InputScalar,
     #[comptime] op: RowOp,
     #[comptime] seg: usize,
+    #[comptime] plane: bool,
     #[comptime] fast: bool,
     #[comptime] has_w: bool,
     #[comptime] has_b: bool,
@@ -351,8 +354,31 @@ fn row_kernel<F: Float>(
                 a3 = F::max(m2, zero);
             }
         }
-        // Combine the segment's lanes in shared memory.
-        if comptime!(seg > 1) {
+        // Combine the segment's lanes: plane shuffles where the device has 32-wide planes
+        // (segments of ≤ 32 lanes never straddle a plane), shared memory otherwise.
+        if comptime!(plane && seg > 1) {
+            #[unroll]
+            for i in 0..comptime!(seg.trailing_zeros() as usize) {
+                let mask = comptime!((seg >> (i + 1)) as u32);
+                let (c1, c2, c3) = combine::<F>(
+                    a1,
+                    a2,
+                    a3,
+                    plane_shuffle_xor(a1, mask),
+                    plane_shuffle_xor(a2, mask),
+                    plane_shuffle_xor(a3, mask),
+                    op,
+                );
+                a1 = c1;
+                a2 = c2;
+                a3 = c3;
+            }
+            // The two orders of a pairwise combine may round differently: take the head's.
+            let head = UNIT_POS_PLANE - lane as u32;
+            a1 = plane_shuffle(a1, head);
+            a2 = plane_shuffle(a2, head);
+            a3 = plane_shuffle(a3, head);
+        } else if comptime!(seg > 1) {
             let mut s1 = SharedMemory::<F>::new(ELEMWISE_CUBE as usize);
             let mut s2 = SharedMemory::<F>::new(ELEMWISE_CUBE as usize);
             let mut s3 = SharedMemory::<F>::new(ELEMWISE_CUBE as usize);
@@ -720,6 +746,7 @@ pub(crate) fn launch(
     ];
     let out = a.out.unwrap_or(dummy).clone();
     let dtype = x.dtype.storage();
+    let plane = plan.seg <= 32 && device.has_plane_ops() && device.plane_size() == 32;
     dispatch!(x.device, c => {
         let (count, dim) = if plan.seg == 1 {
             elemwise_grid(c, items)
@@ -738,7 +765,7 @@ pub(crate) fn launch(
                 ops.iter().chain([&out]).map(|t| t.offset).collect(),
                 plan.k_rank, plan.num_items, plan.reduce_len, plan.chunk_len, plan.n_chunks,
                 InputScalar::new(eps, dtype),
-                op, plan.seg, plan.fast, a.w.is_some(), a.b.is_some(),
+                op, plan.seg, plane, plan.fast, a.w.is_some(), a.b.is_some(),
                 dtype,
             )
         }
