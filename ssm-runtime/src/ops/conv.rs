@@ -13,7 +13,7 @@
 //! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1) with [`ConvSpec::allow_tf32`] on CUDA: forward and backward-data with ≥ 96 channels on both sides (the only passes measured faster than the exact GEMM), or when asked for | channels-last (other layouts are copied once per call) |
 //! | `cubek-convolution` (tensor cores, bf16 operands, f32 accumulation) | every pass with bf16 operands (no other kernel reads bf16) | channels-last, as above |
 //!
-//! **bf16**: `x`, `weight` and `dy` may be [`DType::BF16`](crate::DType::BF16) (all of a
+//! **bf16**: `x`, `weight` and `dy` may be [`DType::BF16`] (all of a
 //! call's operands together; a forward bias may be bf16 or f32). Products are summed in
 //! f32 and every result — forward output, input gradient, weight gradient — is **f32**,
 //! as cubek writes its f32 accumulators out unrounded; cast with
