@@ -7,7 +7,8 @@ CUDA-event timings over repeated batches after a warm-up. Kernels:
 
 - `fp32`: torch.backends.cudnn.allow_tf32 = False (exact f32, compare with our `gemm`);
 - `tf32`: allow_tf32 = True (PyTorch's default for convolutions; compare with our `tf32`);
-- `bf16`: bf16 operands, f32 accumulation inside cuDNN.
+- `bf16`: bf16 operands, f32 accumulation inside cuDNN, bf16 results (compare with our
+  `bf16`, which returns f32 results).
 
 Layouts: `cf` = contiguous NCDHW, `cl` = torch.channels_last_3d.
 """

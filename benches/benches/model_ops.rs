@@ -3,10 +3,12 @@
 //!
 //! - `conv3d/<shape>/<kernel>_<layout>/<pass>`: 3×3×3 convolution C→C, "same" padding,
 //!   shapes `(N, C, H, W, D)` = (2, 48, 112, 112, 32), (2, 96, 56, 56, 16),
-//!   (2, 192, 28, 28, 8); kernels `gemm` (own implicit GEMM, exact f32) and `tf32`
-//!   (cubek-convolution on tensor cores, channels-last); passes `fwd`, `bwd_data`,
-//!   `bwd_weight` (weight gradient including the sum over splits). Throughput counts
-//!   2·N·C²·27·H·W·D FLOP as "elements".
+//!   (2, 192, 28, 28, 8); kernels `gemm` (own implicit GEMM, exact f32), `tf32`
+//!   (cubek-convolution on tensor cores, channels-last) and `bf16` (cubek with bf16 x, w
+//!   and dy, f32 accumulation, f32 results — PyTorch's `bf16` writes bf16 results;
+//!   `bf16_cf` includes the per-call copies to and from channels-last); passes `fwd`,
+//!   `bwd_data`, `bwd_weight` (weight gradient including the sum over splits). Throughput
+//!   counts 2·N·C²·27·H·W·D FLOP as "elements".
 //! - `norm/<op>/<pass>` on (2, 48, 112, 112, 32): LayerNorm over channels with affine
 //!   (`ln_cl` channels-last, `ln_cf` channels-first) and InstanceNorm without affine
 //!   (`in_cf`, `in_cl`); `bwd` computes every gradient (x, and weight and bias for
@@ -53,6 +55,8 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
 fn available(x: &Tensor, w: &Tensor, spec: &ConvSpec, which: ConvImpl) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let (y, ran) = x.conv_with(w, None, spec, which).ok()?;
+        // bf16 operands give f32 results: the gradient goes back in the operand dtype.
+        let y = y.to_dtype(x.dtype()).ok()?;
         Tensor::conv_backward_input(&y, w, x.shape(), spec, which).ok()?;
         Tensor::conv_backward_weight(x, &y, w.shape(), spec, which).ok()?;
         Some(ran == which)
@@ -62,19 +66,36 @@ fn available(x: &Tensor, w: &Tensor, spec: &ConvSpec, which: ConvImpl) -> bool {
     .unwrap_or(false)
 }
 
-fn conv_group(c: &mut Criterion, kernel: &str, layouts: &[Layout], which: ConvImpl, tf32: bool) {
+/// One benchmark kernel: its name prefix, layouts, implementation, TF32 switch and the
+/// operand dtype (x, w and dy).
+struct ConvKernel {
+    name: &'static str,
+    layouts: &'static [Layout],
+    which: ConvImpl,
+    tf32: bool,
+    dtype: DType,
+}
+
+fn conv_group(c: &mut Criterion, k: ConvKernel) {
     let d = device();
+    let (kernel, which) = (k.name, k.which);
     let mut g = c.benchmark_group("conv3d");
     for s in conv_shapes(is_gpu(&d)) {
         let [n, ch, h, w, dd] = s;
         let flop = 2 * n * ch * ch * 27 * h * w * dd;
         g.throughput(Throughput::Elements(flop as u64));
         let name = format!("{n}x{ch}x{h}x{w}x{dd}");
-        let weight = rand(&[ch, ch, 3, 3, 3], 2).mul_scalar(0.05).unwrap();
-        for &layout in layouts {
-            let spec = ConvSpec::new().same().layout(layout).allow_tf32(tf32);
+        let Ok(weight) = rand(&[ch, ch, 3, 3, 3], 2)
+            .mul_scalar(0.05)
+            .and_then(|w| w.to_dtype(k.dtype))
+        else {
+            eprintln!("conv3d {name} {kernel}: {} not available on {d}", k.dtype);
+            continue;
+        };
+        for &layout in k.layouts {
+            let spec = ConvSpec::new().same().layout(layout).allow_tf32(k.tf32);
             let shape = layout.shape(n, ch, &[h, w, dd]);
-            let x = rand(&shape, 1);
+            let x = rand(&shape, 1).to_dtype(k.dtype).unwrap();
             let tag = format!(
                 "{kernel}_{}",
                 if layout == Layout::ChannelsLast {
@@ -88,6 +109,7 @@ fn conv_group(c: &mut Criterion, kernel: &str, layouts: &[Layout], which: ConvIm
                 continue;
             }
             let (dy, _) = x.conv_with(&weight, None, &spec, which).unwrap();
+            let dy = dy.to_dtype(k.dtype).unwrap();
             let id = format!("{name}/{tag}");
             g.bench_with_input(BenchmarkId::new(&id, "fwd"), &(), |b, _| {
                 b.iter_custom(|it| {
@@ -124,15 +146,40 @@ fn conv_group(c: &mut Criterion, kernel: &str, layouts: &[Layout], which: ConvIm
 fn conv3d_gemm(c: &mut Criterion) {
     conv_group(
         c,
-        "gemm",
-        &[Layout::ChannelsFirst, Layout::ChannelsLast],
-        ConvImpl::Gemm,
-        false,
+        ConvKernel {
+            name: "gemm",
+            layouts: &[Layout::ChannelsFirst, Layout::ChannelsLast],
+            which: ConvImpl::Gemm,
+            tf32: false,
+            dtype: DType::F32,
+        },
     );
 }
 
 fn conv3d_tf32(c: &mut Criterion) {
-    conv_group(c, "tf32", &[Layout::ChannelsLast], ConvImpl::Cubek, true);
+    conv_group(
+        c,
+        ConvKernel {
+            name: "tf32",
+            layouts: &[Layout::ChannelsLast],
+            which: ConvImpl::Cubek,
+            tf32: true,
+            dtype: DType::F32,
+        },
+    );
+}
+
+fn conv3d_bf16(c: &mut Criterion) {
+    conv_group(
+        c,
+        ConvKernel {
+            name: "bf16",
+            layouts: &[Layout::ChannelsLast, Layout::ChannelsFirst],
+            which: ConvImpl::Cubek,
+            tf32: false,
+            dtype: DType::BF16,
+        },
+    );
 }
 
 fn norms(c: &mut Criterion) {
@@ -188,6 +235,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = norms, conv3d_gemm, conv3d_tf32
+    targets = norms, conv3d_gemm, conv3d_tf32, conv3d_bf16
 }
 criterion_main!(benches);

@@ -42,6 +42,7 @@ struct DeviceInner {
     atomic_add_f32: bool,
     atomic_add_f64: bool,
     max_shared: usize,
+    bf16: bool,
 }
 
 /// A compute device. Cheap to clone; clones share the same client.
@@ -137,6 +138,12 @@ impl Device {
         }
     }
 
+    /// Whether kernels may load and store bf16 and convert it to and from f32 (CUDA;
+    /// Vulkan only with `VK_KHR_shader_bfloat16`, which lavapipe lacks).
+    pub fn has_bf16(&self) -> bool {
+        self.inner.bf16
+    }
+
     /// Most shared memory one cube may use, in bytes.
     pub fn max_shared_memory(&self) -> usize {
         self.inner.max_shared
@@ -158,9 +165,9 @@ impl Device {
     }
 }
 
-/// (f32 atomic add, f64 atomic add, shared memory per cube) of a client.
-fn atomic_and_shared<R: Runtime>(client: &ComputeClient<R>) -> (bool, bool, usize) {
-    use cubecl::ir::features::AtomicUsage;
+/// (f32 atomic add, f64 atomic add, shared memory per cube, bf16 buffers) of a client.
+fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> (bool, bool, usize, bool) {
+    use cubecl::ir::features::{AtomicUsage, TypeUsage};
     use cubecl::ir::{ElemType, FloatKind};
     let props = client.properties();
     let add = |kind| {
@@ -168,10 +175,14 @@ fn atomic_and_shared<R: Runtime>(client: &ComputeClient<R>) -> (bool, bool, usiz
             .atomic_type_usage(Type::new(StorageType::Atomic(ElemType::Float(kind))))
             .contains(AtomicUsage::Add)
     };
+    let bf16 = props
+        .type_usage(StorageType::Scalar(ElemType::Float(FloatKind::BF16)))
+        .is_superset(TypeUsage::Conversion | TypeUsage::Buffer);
     (
         add(FloatKind::F32),
         add(FloatKind::F64),
         props.hardware.max_shared_memory_size,
+        bf16,
     )
 }
 
@@ -189,7 +200,7 @@ fn init_vulkan() -> Result<Device> {
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
     let plane_size = props.hardware.plane_size_max;
-    let (atomic_add_f32, atomic_add_f64, max_shared) = atomic_and_shared(&client);
+    let (atomic_add_f32, atomic_add_f64, max_shared, bf16) = capabilities(&client);
     Ok(Device {
         inner: Arc::new(DeviceInner {
             backend: Backend::Vulkan(client),
@@ -200,6 +211,7 @@ fn init_vulkan() -> Result<Device> {
             atomic_add_f32,
             atomic_add_f64,
             max_shared,
+            bf16,
         }),
     })
 }
@@ -239,7 +251,7 @@ fn init_cuda() -> Result<Device> {
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
     let plane_size = client.properties().hardware.plane_size_max;
-    let (atomic_add_f32, atomic_add_f64, max_shared) = atomic_and_shared(&client);
+    let (atomic_add_f32, atomic_add_f64, max_shared, bf16) = capabilities(&client);
     Ok(Device {
         inner: Arc::new(DeviceInner {
             backend: Backend::Cuda(client),
@@ -250,6 +262,7 @@ fn init_cuda() -> Result<Device> {
             atomic_add_f32,
             atomic_add_f64,
             max_shared,
+            bf16,
         }),
     })
 }

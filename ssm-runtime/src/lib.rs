@@ -22,7 +22,7 @@ pub mod tensor;
 pub mod testing;
 
 pub use device::{Device, DeviceKind, launch_count};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, bf16};
 pub use error::{Error, Result};
 pub use ops::{
     BinaryOp, ConvImpl, ConvSpec, FusedBinary, FusedUnary, Inst, Layout, MatmulImpl, Norm,

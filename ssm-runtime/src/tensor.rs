@@ -14,6 +14,7 @@ use crate::dispatch;
 use crate::dtype::{DType, Element, decode_f64, encode_f64};
 use crate::error::{Error, Result};
 use crate::kernels;
+use crate::ops::cast::require_bf16_device;
 use crate::shape::{contiguous_strides, normalize_axis, numel};
 
 /// A strided view of a device buffer.
@@ -119,6 +120,7 @@ impl Tensor {
 
     /// A contiguous tensor filled with `value`.
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: &Device) -> Result<Tensor> {
+        require_bf16_device("full", dtype, device)?;
         let t = Tensor::empty(shape, dtype, device);
         kernels::fill::fill(&t, value);
         Ok(t)
@@ -410,6 +412,7 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
+        require_bf16_device("contiguous", self.dtype, &self.device)?;
         let out = Tensor::empty(&self.shape, self.dtype, &self.device);
         kernels::copy::copy(self, &out);
         Ok(out)
@@ -427,6 +430,7 @@ impl Tensor {
 
     /// A contiguous copy that never shares this tensor's buffer.
     pub fn deep_clone(&self) -> Result<Tensor> {
+        require_bf16_device("deep_clone", self.dtype, &self.device)?;
         let out = Tensor::empty(&self.shape, self.dtype, &self.device);
         kernels::copy::copy(self, &out);
         Ok(out)
@@ -444,6 +448,7 @@ impl Tensor {
                 ),
             ));
         }
+        require_bf16_device("assign", self.dtype, &self.device)?;
         kernels::copy::copy(src, self);
         Ok(())
     }
@@ -476,6 +481,7 @@ impl Tensor {
             }
             total += t.shape[ax];
         }
+        require_bf16_device("concat", first.dtype, &first.device)?;
         let mut shape = first.shape.clone();
         shape[ax] = total;
         let out = Tensor::empty(&shape, first.dtype, &first.device);

@@ -2,6 +2,7 @@
 //! runtime and take element types at run time (`#[define]`), so each kernel is compiled
 //! once per runtime in Rust and once per dtype/op by the JIT.
 pub mod attention;
+pub(crate) mod cast;
 pub mod conv;
 pub(crate) mod copy;
 pub mod elementwise;

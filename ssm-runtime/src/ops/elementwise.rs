@@ -10,6 +10,7 @@ use crate::tensor::{Tensor, same_device};
 pub const SOFTPLUS_THRESHOLD: f64 = 20.0;
 
 pub(crate) fn require_float(op: &'static str, t: &Tensor) -> Result<()> {
+    crate::dtype::refuse_bf16(op, t.dtype)?;
     if !t.dtype.is_float() {
         return Err(Error::dtype(
             op,

@@ -1,6 +1,7 @@
 //! Tensor-level operations: argument checking, output allocation and dispatch to the
 //! kernels in [`crate::kernels`].
 pub mod attention;
+pub(crate) mod cast;
 pub mod conv;
 mod elementwise;
 mod fused;

@@ -7,6 +7,7 @@ use crate::kernels::random::{Distribution, random};
 use crate::tensor::Tensor;
 
 fn check(op: &'static str, shape: &[usize], dtype: DType) -> Result<()> {
+    crate::dtype::refuse_bf16(op, dtype)?;
     if !dtype.is_float() {
         return Err(Error::dtype(
             op,

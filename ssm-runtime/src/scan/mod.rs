@@ -271,6 +271,7 @@ impl ScanPlan {
         let op = "selective_scan";
         let device = x.u.device();
         let dtype = x.u.dtype();
+        crate::dtype::refuse_bf16(op, dtype)?;
         if !dtype.is_float() {
             return Err(Error::dtype(
                 op,

@@ -464,3 +464,146 @@ fn conv_rejects_bad_arguments() {
             .contains("dtype")
     );
 }
+
+/// bf16 results against the host on the bf16-rounded operands. A product of two bf16
+/// values is exact in f32 (8 + 8 significant bits), so the only error is the f32
+/// summation of K terms: per element ≲ K·2⁻²⁴·Σ|terms| at worst, and in relative L2
+/// about √K·2⁻²⁴ ≈ 10⁻⁶ for the K ≤ 1000 here. Rounding the result (or the
+/// accumulator) to bf16 would instead cost ~2⁻⁹ ≈ 2·10⁻³ relative, which the L2 bound
+/// of 10⁻⁴ rejects with a wide margin on both sides.
+fn assert_f32_accumulated(what: &str, got: &Tensor, want: &[f64], magnitude: &[f64]) {
+    assert_eq!(got.dtype(), DType::F32, "{what}: results are f32");
+    let g = got.to_f64_vec().unwrap();
+    assert_eq!(g.len(), want.len(), "{what}");
+    for (i, ((g, w), m)) in g.iter().zip(want).zip(magnitude).enumerate() {
+        let err = (g - w).abs();
+        assert!(
+            err <= 3e-5 * m + 1e-30,
+            "{what}: element {i} is {g}, expected {w} (Σ|terms| {m})"
+        );
+    }
+    let e = rel_l2(&g, want);
+    assert!(e < 1e-4, "{what}: relative L2 error {e:e}");
+}
+
+fn abs(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+#[test]
+fn conv_bf16_matches_host_with_f32_accumulation() {
+    let d = device();
+    let mut r = rng(106);
+    if !d.has_bf16() {
+        let x = Tensor::from_f64(&[0.5; 2 * 8 * 16], &[2, 8, 16], DType::BF16, &d).unwrap();
+        let w = Tensor::from_f64(&[0.5; 8 * 8 * 3], &[8, 8, 3], DType::BF16, &d).unwrap();
+        let e = x.conv(&w, None, &ConvSpec::new()).unwrap_err().to_string();
+        assert!(e.contains("conv") && e.contains("no bf16 support"), "{e}");
+        crate::skip(
+            "conv_bf16_matches_host_with_f32_accumulation",
+            &format!("{d} has no bf16 support (its refusal was checked)"),
+        );
+        return;
+    }
+    // (channels-first input, C_out, kernel, spec): the model's 3×3×3 C→C block, and a
+    // strided 2-D case with C_in ≠ C_out.
+    let cases = [
+        (
+            vec![2usize, 16, 5, 6, 4],
+            16,
+            vec![3usize, 3, 3],
+            ConvSpec::new().same(),
+        ),
+        (
+            vec![1, 24, 9, 8],
+            32,
+            vec![3, 3],
+            ConvSpec::new().pad(&[1]).stride(&[2]),
+        ),
+    ];
+    for (input, c_out, kernel, spec) in cases {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let spec = spec.clone().layout(layout);
+            let in_shape = to_layout(&input, layout);
+            let w_shape = [&[c_out, input[1]][..], &kernel].concat();
+            let p = spec.resolve("test", &in_shape, &w_shape).unwrap();
+            let xv = r.vec(in_shape.iter().product(), -1.0, 1.0);
+            let wv = r.vec(w_shape.iter().product(), -1.0, 1.0);
+            let bv = r.vec(c_out, -1.0, 1.0);
+            let dyv = r.vec(p.output_shape().iter().product(), -1.0, 1.0);
+            let bf = |v: &[f64]| rounded(v, DType::BF16);
+            let (xr, wr, dyr) = (bf(&xv), bf(&wv), bf(&dyv));
+            let x = upload(&xv, &in_shape, DType::BF16);
+            let w = upload(&wv, &w_shape, DType::BF16);
+            let dy = upload(&dyv, &p.output_shape(), DType::BF16);
+            // The bias joins the f32 accumulators: bf16 or f32.
+            for bias_dtype in [DType::F32, DType::BF16] {
+                let br = rounded(&bv, bias_dtype);
+                let b = upload(&bv, &[c_out], bias_dtype);
+                let (y_want, _, _) = host(&p, &xr, &wr, Some(&br), &dyr);
+                let (y_mag, _, _) = host(&p, &abs(&xr), &abs(&wr), Some(&abs(&br)), &dyr);
+                for which in [ConvImpl::Auto, ConvImpl::Cubek] {
+                    let what = format!("{input:?} {layout:?} bias {bias_dtype} {which:?}");
+                    let (y, ran) = x.conv_with(&w, Some(&b), &spec, which).unwrap();
+                    assert_eq!(ran, ConvImpl::Cubek, "{what}");
+                    assert_eq!(y.shape(), p.output_shape().as_slice(), "{what}");
+                    assert_f32_accumulated(&format!("{what} forward"), &y, &y_want, &y_mag);
+                }
+            }
+            let (_, dx_want, dw_want) = host(&p, &xr, &wr, None, &dyr);
+            let (_, dx_mag, dw_mag) = host(&p, &abs(&xr), &abs(&wr), None, &abs(&dyr));
+            for which in [ConvImpl::Auto, ConvImpl::Cubek] {
+                let what = format!("{input:?} {layout:?} {which:?}");
+                let (dx, ran) =
+                    Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, which).unwrap();
+                assert_eq!(ran, ConvImpl::Cubek, "{what}");
+                assert_eq!(dx.shape(), in_shape.as_slice(), "{what}");
+                assert_f32_accumulated(&format!("{what} input grad"), &dx, &dx_want, &dx_mag);
+                let (dw, ran) =
+                    Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, which).unwrap();
+                assert_eq!(ran, ConvImpl::Cubek, "{what}");
+                assert_eq!(dw.shape(), w_shape.as_slice(), "{what}");
+                assert_f32_accumulated(&format!("{what} weight grad"), &dw, &dw_want, &dw_mag);
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_bf16_refuses_what_it_cannot_do() {
+    let d = device();
+    if !d.has_bf16() {
+        crate::skip(
+            "conv_bf16_refuses_what_it_cannot_do",
+            &format!(
+                "{d} has no bf16 support (conv_bf16_matches_host_with_f32_accumulation checks the refusal)"
+            ),
+        );
+        return;
+    }
+    let x = Tensor::zeros(&[1, 8, 6, 6], DType::BF16, &d).unwrap();
+    let w = Tensor::zeros(&[8, 8, 3, 3], DType::BF16, &d).unwrap();
+    let spec = ConvSpec::new().pad(&[1]);
+    for which in [ConvImpl::Gemm, ConvImpl::Direct] {
+        let e = x.conv_with(&w, None, &spec, which).unwrap_err().to_string();
+        assert!(e.contains("no bf16 kernel"), "{e}");
+    }
+    let wg = Tensor::zeros(&[8, 4, 3, 3], DType::BF16, &d).unwrap();
+    let e = x
+        .conv(&wg, None, &spec.clone().groups(2))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("groups = 1"), "{e}");
+    let we = Tensor::zeros(&[8, 8, 2, 2], DType::BF16, &d).unwrap();
+    let e = x
+        .conv(&we, None, &ConvSpec::new().same())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("symmetric padding"), "{e}");
+    let w32 = Tensor::zeros(&[8, 8, 3, 3], DType::F32, &d).unwrap();
+    let e = x.conv(&w32, None, &spec).unwrap_err().to_string();
+    assert!(e.contains("weight is f32 but input is bf16"), "{e}");
+    let b64 = Tensor::zeros(&[8], DType::F64, &d).unwrap();
+    let e = x.conv(&w, Some(&b64), &spec).unwrap_err().to_string();
+    assert!(e.contains("bias is f64"), "{e}");
+}

@@ -2,6 +2,7 @@
 //! device selected by `SSM_DEVICE`, with outputs poisoned before each kernel runs.
 
 mod attention;
+mod bfloat16;
 mod conv;
 mod elementwise;
 mod errors;
@@ -19,10 +20,17 @@ mod source_rules;
 mod spatial;
 
 use ssm_runtime::testing::{HostRng, device};
-use ssm_runtime::{DType, Tensor};
+use ssm_runtime::{DType, Element, Tensor, bf16};
 
 /// Both float dtypes, with (rtol, atol) suited to elementwise results in each.
 pub const FLOATS: [(DType, f64, f64); 2] = [(DType::F32, 1e-5, 1e-6), (DType::F64, 1e-12, 1e-14)];
+
+/// Report a test that cannot run its checks on this device. Written to stderr directly,
+/// not through `eprintln!`, so the test harness does not capture it.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
 
 /// Upload host values.
 pub fn upload(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
@@ -33,6 +41,11 @@ pub fn upload(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
 pub fn rounded(v: &[f64], dtype: DType) -> Vec<f64> {
     match dtype {
         DType::F32 => v.iter().map(|&x| x as f32 as f64).collect(),
+        // Through `Element`: half's inherent `bf16::from_f64` rounds some values wrongly.
+        DType::BF16 => v
+            .iter()
+            .map(|&x| <bf16 as Element>::from_f64(x).to_f64())
+            .collect(),
         _ => v.to_vec(),
     }
 }
