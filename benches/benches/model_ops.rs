@@ -4,9 +4,9 @@
 //! - `conv3d/<shape>/<kernel>_<layout>/<pass>`: 3×3×3 convolution C→C, "same" padding,
 //!   shapes `(N, C, H, W, D)` = (2, 48, 112, 112, 32), (2, 96, 56, 56, 16),
 //!   (2, 192, 28, 28, 8); kernels `gemm` (own implicit GEMM, exact f32), `tf32`
-//!   (cubek-convolution on tensor cores, channels-last) and `bf16` (cubek with bf16 x, w
-//!   and dy, f32 accumulation, f32 results — PyTorch's `bf16` writes bf16 results;
-//!   `bf16_cf` includes the per-call copies to and from channels-last); passes `fwd`,
+//!   (cubek-convolution on tensor cores, channels-last) and `bf16` (bf16 x, w and dy
+//!   widened to f32 per call, then `Auto`'s exact f32 kernels: f32 accumulation, f32
+//!   results — PyTorch's `bf16` writes bf16 results); passes `fwd`,
 //!   `bwd_data`, `bwd_weight` (weight gradient including the sum over splits). Throughput
 //!   counts 2·N·C²·27·H·W·D FLOP as "elements".
 //! - `norm/<op>/<pass>` on (2, 48, 112, 112, 32): LayerNorm over channels with affine
@@ -59,7 +59,7 @@ fn available(x: &Tensor, w: &Tensor, spec: &ConvSpec, which: ConvImpl) -> bool {
         let y = y.to_dtype(x.dtype()).ok()?;
         Tensor::conv_backward_input(&y, w, x.shape(), spec, which).ok()?;
         Tensor::conv_backward_weight(x, &y, w.shape(), spec, which).ok()?;
-        Some(ran == which)
+        Some(which == ConvImpl::Auto || ran == which)
     }))
     .ok()
     .flatten()
@@ -175,7 +175,7 @@ fn conv3d_bf16(c: &mut Criterion) {
         ConvKernel {
             name: "bf16",
             layouts: &[Layout::ChannelsLast, Layout::ChannelsFirst],
-            which: ConvImpl::Cubek,
+            which: ConvImpl::Auto,
             tf32: false,
             dtype: DType::BF16,
         },

@@ -11,15 +11,14 @@
 //! | implicit GEMM (own, CUDA cores, exact f32/f64) | ≥ 8 channels per group on both sides | either layout (coalesced loads chosen per layout) |
 //! | direct (own) | depthwise and other thin groups | channels-first for the weight gradient, either otherwise |
 //! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1) with [`ConvSpec::allow_tf32`] on CUDA: forward and backward-data with ≥ 96 channels on both sides (the only passes measured faster than the exact GEMM), or when asked for | channels-last (other layouts are copied once per call) |
-//! | `cubek-convolution` (tensor cores, bf16 operands, f32 accumulation) | every pass with bf16 operands (no other kernel reads bf16) | channels-last, as above |
 //!
-//! **bf16**: `x`, `weight` and `dy` may be [`DType::BF16`] (all of a
-//! call's operands together; a forward bias may be bf16 or f32). Products are summed in
-//! f32 and every result — forward output, input gradient, weight gradient — is **f32**,
-//! as cubek writes its f32 accumulators out unrounded; cast with
-//! [`Tensor::to_dtype`] where bf16 is wanted. bf16 needs groups = 1, symmetric padding
-//! and a device with bf16 tensor cores (CUDA); elsewhere the call fails, it never falls
-//! back to f32.
+//! **bf16**: `x`, `weight`, `dy` (and a forward bias) may be [`DType::BF16`]. They are
+//! widened to f32 once per call (exact: every bf16 value is an f32) and run through the
+//! f32 kernels above, so products are exact and sums are f32; every result is **f32**
+//! (cast with [`Tensor::to_dtype`] where bf16 is wanted). `cubek-convolution` with bf16
+//! operands on tensor cores was tried and dropped: on an H100 (2026-11-23) its
+//! backward-data was wrong and its three passes were 7–86× slower than cuDNN's bf16 and
+//! slower than the exact f32 GEMM here (`docs/model-ops-benchmarks.md`).
 //!
 //! None of them materialises an im2col buffer: the GEMM kernels gather input patches into
 //! shared memory tile by tile.
@@ -183,8 +182,7 @@ pub enum ConvImpl {
     Direct,
     /// Implicit GEMM on CUDA cores.
     Gemm,
-    /// `cubek-convolution` (tensor cores; needs groups = 1 and a device with them). The
-    /// only kernel for bf16 operands.
+    /// `cubek-convolution` (tensor cores; needs groups = 1 and a device with them).
     Cubek,
 }
 
@@ -488,19 +486,12 @@ fn wgrad_geo(p: &ConvProblem, x: &Tensor, dy: &Tensor) -> Geo {
 
 const I32_LIMIT: usize = i32::MAX as usize;
 
-/// Check dtypes, devices and sizes. All operands share one dtype, except that a bias may
-/// be f32 when the others are bf16 (it is added to the f32 accumulators).
 fn check_operands(op: &'static str, ts: &[(&str, &Tensor)]) -> Result<()> {
     let first = ts[0].1;
-    if first.dtype() == DType::BF16 {
-        require_bf16_device(op, DType::BF16, first.device())?;
-    } else {
-        require_float(op, first)?;
-    }
+    require_float(op, first)?;
     for (name, t) in ts {
         same_device(op, first, t)?;
-        let f32_bias = *name == "bias" && first.dtype() == DType::BF16 && t.dtype() == DType::F32;
-        if t.dtype() != first.dtype() && !f32_bias {
+        if t.dtype() != first.dtype() {
             return Err(Error::dtype(
                 op,
                 format!(
@@ -541,20 +532,13 @@ fn cubek_candidate(p: &ConvProblem, t: &Tensor, spec_tf32: bool, weight_grad: bo
 }
 
 /// Run the cubek path when asked for (its refusal is then the error) or when `Auto`
-/// chose it (a refusal falls back: `None`). bf16 operands always take it, and a refusal
-/// is an error: there is no other bf16 kernel to fall back to.
+/// chose it (a refusal falls back: `None`).
 fn try_cubek(
     op: &'static str,
     which: ConvImpl,
     auto_candidate: bool,
-    p: &ConvProblem,
-    dtype: DType,
     run: impl FnOnce() -> std::result::Result<Tensor, String>,
 ) -> Result<Option<Tensor>> {
-    if dtype == DType::BF16 {
-        check_bf16(op, which, p)?;
-        return run().map(Some).map_err(|e| Error::kernel(op, e));
-    }
     match which {
         ConvImpl::Cubek => run().map(Some).map_err(|e| Error::kernel(op, e)),
         ConvImpl::Auto if auto_candidate => Ok(run().ok()),
@@ -562,33 +546,25 @@ fn try_cubek(
     }
 }
 
-/// What the bf16 path (cubek only) cannot do, as errors.
-fn check_bf16(op: &'static str, which: ConvImpl, p: &ConvProblem) -> Result<()> {
-    if !matches!(which, ConvImpl::Auto | ConvImpl::Cubek) {
-        return Err(Error::arg(
-            op,
-            format!("{which:?} has no bf16 kernel; bf16 operands run on ConvImpl::Cubek (or Auto)"),
-        ));
+/// f32 copies of bf16 operands (exact), or `None` when no operand is bf16.
+fn widen_bf16(op: &'static str, ts: &[Option<&Tensor>]) -> Result<Option<Vec<Option<Tensor>>>> {
+    if !ts.iter().flatten().any(|t| t.dtype() == DType::BF16) {
+        return Ok(None);
     }
-    if p.groups != 1 {
-        return Err(Error::arg(
-            op,
-            format!(
-                "bf16 convolution needs groups = 1, got {}; cast to f32 for grouped convolutions",
-                p.groups
-            ),
-        ));
-    }
-    if p.pad_before != p.pad_after {
-        return Err(Error::arg(
-            op,
-            format!(
-                "bf16 convolution needs symmetric padding (cubek takes one pad per axis), got before {:?} after {:?}",
-                p.pad_before, p.pad_after
-            ),
-        ));
-    }
-    Ok(())
+    ts.iter()
+        .map(|t| {
+            t.map(|t| {
+                if t.dtype() == DType::BF16 {
+                    require_bf16_device(op, DType::BF16, t.device())?;
+                    t.to_dtype(DType::F32)
+                } else {
+                    Ok(t.clone())
+                }
+            })
+            .transpose()
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 impl Tensor {
@@ -608,6 +584,11 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv";
+        if let Some(w) = widen_bf16(op, &[Some(self), Some(weight), bias])? {
+            let [x, wt, b] = [&w[0], &w[1], &w[2]].map(|t| t.as_ref());
+            let (x, wt) = (x.expect("input"), wt.expect("weight"));
+            return x.conv_with(wt, b, spec, which);
+        }
         let mut ops = vec![("input", self), ("weight", weight)];
         if let Some(b) = bias {
             ops.push(("bias", b));
@@ -632,8 +613,6 @@ impl Tensor {
             op,
             which,
             cubek_candidate(&p, self, spec.allow_tf32, false),
-            &p,
-            self.dtype,
             || cubek_conv::forward(self, weight, bias, &p),
         )? {
             return Ok((y, ConvImpl::Cubek));
@@ -679,6 +658,10 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv_backward_input";
+        if let Some(w) = widen_bf16(op, &[Some(dy), Some(weight)])? {
+            let (dy, wt) = (w[0].as_ref().expect("dy"), w[1].as_ref().expect("weight"));
+            return Tensor::conv_backward_input(dy, wt, input_shape, spec, which);
+        }
         check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
         let p = spec.resolve(op, input_shape, weight.shape())?;
         if dy.shape() != p.output_shape().as_slice() {
@@ -696,8 +679,6 @@ impl Tensor {
             op,
             which,
             cubek_candidate(&p, dy, spec.allow_tf32, false),
-            &p,
-            dy.dtype,
             || cubek_conv::backward_data(dy, weight, &p),
         )? {
             return Ok((dx, ConvImpl::Cubek));
@@ -729,6 +710,10 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv_backward_weight";
+        if let Some(w) = widen_bf16(op, &[Some(x), Some(dy)])? {
+            let (x, dy) = (w[0].as_ref().expect("x"), w[1].as_ref().expect("dy"));
+            return Tensor::conv_backward_weight(x, dy, weight_shape, spec, which);
+        }
         check_operands(op, &[("input", x), ("output gradient", dy)])?;
         let p = spec.resolve(op, x.shape(), weight_shape)?;
         if dy.shape() != p.output_shape().as_slice() {
@@ -746,8 +731,6 @@ impl Tensor {
             op,
             which,
             cubek_candidate(&p, x, spec.allow_tf32, true),
-            &p,
-            x.dtype,
             || cubek_conv::backward_weight(x, dy, &p),
         )? {
             return Ok((dw, ConvImpl::Cubek));
@@ -803,42 +786,10 @@ mod cubek_conv {
         AcceleratedTileKind, ConvAlgorithm, ConvolutionArgs, ConvolutionInputs, Strategy,
         launch_ref,
     };
-    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::matmul::definition::MatmulElems;
     use cubek::std::InputBinding;
 
     use super::*;
-
-    /// (element types cubek computes with, dtype of the result) for operands of `dtype`.
-    /// f32 and f64 run in one type throughout (cubek itself lowers f32 to TF32 on tensor
-    /// cores); bf16 operands stage as bf16 and accumulate into and return f32.
-    fn elems(dtype: DType) -> (MatmulElems, DType) {
-        let ty = |d: DType| d.storage();
-        match dtype {
-            DType::BF16 => (
-                MatmulElems::from_globals(&MatmulGlobalElems {
-                    lhs: ty(DType::BF16),
-                    rhs: ty(DType::BF16),
-                    out: ty(DType::F32),
-                }),
-                DType::F32,
-            ),
-            d => (
-                MatmulElems::from_single_dtype(cubecl::ir::Type::new(ty(d))),
-                d,
-            ),
-        }
-    }
-
-    /// A bias cubek can read: contiguous at offset 0, in the result dtype (it is added to
-    /// the accumulators).
-    fn bias_for(b: &Tensor, out: DType) -> std::result::Result<Tensor, String> {
-        let b = if b.dtype == out {
-            b.deep_clone()
-        } else {
-            b.to_dtype(out)
-        };
-        b.map_err(|e| e.to_string())
-    }
 
     fn channels_last(t: &Tensor, layout: Layout) -> std::result::Result<Tensor, String> {
         let r = t.rank();
@@ -935,13 +886,14 @@ mod cubek_conv {
     ) -> std::result::Result<Tensor, String> {
         let xc = channels_last(x, p.layout)?;
         let wc = weight_cl(w)?;
-        let (elems, out_dtype) = elems(x.dtype);
-        let bc = bias.map(|b| bias_for(b, out_dtype)).transpose()?;
+        let bc = bias
+            .map(|b| b.deep_clone().map_err(|e| e.to_string()))
+            .transpose()?;
         let out_cl = Layout::ChannelsLast.shape(p.n, p.c_out, &p.output);
-        let y = Tensor::empty(&out_cl, out_dtype, &x.device);
+        let y = Tensor::empty(&out_cl, x.dtype, &x.device);
         let dtype = x.dtype.storage();
-        let acc = out_dtype.storage();
         dispatch!(x.device, c => {
+            let elems = MatmulElems::from_single_dtype(cubecl::ir::Type::new(dtype));
             record_launch();
             with_nd!(p.nd, N => launch_ref::<_, N>(
                 &STRATEGY,
@@ -949,7 +901,7 @@ mod cubek_conv {
                 ConvolutionInputs::Forward {
                     input: InputBinding::Normal(binding(&xc), dtype),
                     weight: InputBinding::Normal(binding(&wc), dtype),
-                    bias: bc.as_ref().map(|b| InputBinding::Normal(binding(b), acc)),
+                    bias: bc.as_ref().map(|b| InputBinding::Normal(binding(b), dtype)),
                     out: binding(&y),
                 },
                 args::<N>(p),
@@ -968,10 +920,10 @@ mod cubek_conv {
         let dyc = channels_last(dy, p.layout)?;
         let wc = weight_cl(w)?;
         let in_cl = Layout::ChannelsLast.shape(p.n, p.c_in, &p.input);
-        let (elems, out_dtype) = elems(dy.dtype);
-        let dx = Tensor::zeros(&in_cl, out_dtype, &dy.device).map_err(|e| e.to_string())?;
+        let dx = Tensor::zeros(&in_cl, dy.dtype, &dy.device).map_err(|e| e.to_string())?;
         let dtype = dy.dtype.storage();
         dispatch!(dy.device, c => {
+            let elems = MatmulElems::from_single_dtype(cubecl::ir::Type::new(dtype));
             record_launch();
             with_nd!(p.nd, N => launch_ref::<_, N>(
                 &STRATEGY,
@@ -997,10 +949,10 @@ mod cubek_conv {
         let xc = channels_last(x, p.layout)?;
         let dyc = channels_last(dy, p.layout)?;
         let w_cl = [&[p.c_out][..], &p.kernel, &[p.c_in]].concat();
-        let (elems, out_dtype) = elems(x.dtype);
-        let dw = Tensor::zeros(&w_cl, out_dtype, &x.device).map_err(|e| e.to_string())?;
+        let dw = Tensor::zeros(&w_cl, x.dtype, &x.device).map_err(|e| e.to_string())?;
         let dtype = x.dtype.storage();
         dispatch!(x.device, c => {
+            let elems = MatmulElems::from_single_dtype(cubecl::ir::Type::new(dtype));
             record_launch();
             with_nd!(p.nd, N => launch_ref::<_, N>(
                 &STRATEGY,

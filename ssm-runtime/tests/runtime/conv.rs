@@ -542,26 +542,26 @@ fn conv_bf16_matches_host_with_f32_accumulation() {
                 let b = upload(&bv, &[c_out], bias_dtype);
                 let (y_want, _, _) = host(&p, &xr, &wr, Some(&br), &dyr);
                 let (y_mag, _, _) = host(&p, &abs(&xr), &abs(&wr), Some(&abs(&br)), &dyr);
-                for which in [ConvImpl::Auto, ConvImpl::Cubek] {
+                for which in [ConvImpl::Auto, ConvImpl::Gemm] {
                     let what = format!("{input:?} {layout:?} bias {bias_dtype} {which:?}");
                     let (y, ran) = x.conv_with(&w, Some(&b), &spec, which).unwrap();
-                    assert_eq!(ran, ConvImpl::Cubek, "{what}");
+                    assert_eq!(ran, ConvImpl::Gemm, "{what}");
                     assert_eq!(y.shape(), p.output_shape().as_slice(), "{what}");
                     assert_f32_accumulated(&format!("{what} forward"), &y, &y_want, &y_mag);
                 }
             }
             let (_, dx_want, dw_want) = host(&p, &xr, &wr, None, &dyr);
             let (_, dx_mag, dw_mag) = host(&p, &abs(&xr), &abs(&wr), None, &abs(&dyr));
-            for which in [ConvImpl::Auto, ConvImpl::Cubek] {
+            for which in [ConvImpl::Auto, ConvImpl::Gemm] {
                 let what = format!("{input:?} {layout:?} {which:?}");
                 let (dx, ran) =
                     Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, which).unwrap();
-                assert_eq!(ran, ConvImpl::Cubek, "{what}");
+                assert_eq!(ran, ConvImpl::Gemm, "{what}");
                 assert_eq!(dx.shape(), in_shape.as_slice(), "{what}");
                 assert_f32_accumulated(&format!("{what} input grad"), &dx, &dx_want, &dx_mag);
                 let (dw, ran) =
                     Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, which).unwrap();
-                assert_eq!(ran, ConvImpl::Cubek, "{what}");
+                assert_eq!(ran, ConvImpl::Gemm, "{what}");
                 assert_eq!(dw.shape(), w_shape.as_slice(), "{what}");
                 assert_f32_accumulated(&format!("{what} weight grad"), &dw, &dw_want, &dw_mag);
             }
@@ -569,41 +569,49 @@ fn conv_bf16_matches_host_with_f32_accumulation() {
     }
 }
 
+/// bf16 operands are widened to f32 exactly, so any kernel (here a grouped one, and mixed
+/// bf16/f32 operands) gives bit for bit what f32 gives on the rounded values.
 #[test]
-fn conv_bf16_refuses_what_it_cannot_do() {
+fn conv_bf16_equals_f32_on_rounded_operands() {
     let d = device();
     if !d.has_bf16() {
         crate::skip(
-            "conv_bf16_refuses_what_it_cannot_do",
+            "conv_bf16_equals_f32_on_rounded_operands",
             &format!(
                 "{d} has no bf16 support (conv_bf16_matches_host_with_f32_accumulation checks the refusal)"
             ),
         );
         return;
     }
-    let x = Tensor::zeros(&[1, 8, 6, 6], DType::BF16, &d).unwrap();
-    let w = Tensor::zeros(&[8, 8, 3, 3], DType::BF16, &d).unwrap();
-    let spec = ConvSpec::new().pad(&[1]);
-    for which in [ConvImpl::Gemm, ConvImpl::Direct] {
-        let e = x.conv_with(&w, None, &spec, which).unwrap_err().to_string();
-        assert!(e.contains("no bf16 kernel"), "{e}");
+    let mut r = rng(107);
+    let spec = ConvSpec::new().pad(&[1]).groups(2);
+    let xv = r.vec(2 * 8 * 7 * 6, -1.0, 1.0);
+    let wv = r.vec(8 * 4 * 3 * 3, -1.0, 1.0);
+    let x16 = upload(&xv, &[2, 8, 7, 6], DType::BF16);
+    let w16 = upload(&wv, &[8, 4, 3, 3], DType::BF16);
+    let x32 = upload(&rounded(&xv, DType::BF16), &[2, 8, 7, 6], DType::F32);
+    let w32 = upload(&rounded(&wv, DType::BF16), &[8, 4, 3, 3], DType::F32);
+    let want = x32.conv(&w32, None, &spec).unwrap().to_f64_vec().unwrap();
+    for (what, x, w) in [("bf16", &x16, &w16), ("bf16 x, f32 w", &x16, &w32)] {
+        let y = x.conv(w, None, &spec).unwrap();
+        assert_eq!(y.dtype(), DType::F32, "{what}");
+        assert_eq!(y.to_f64_vec().unwrap(), want, "{what}");
     }
-    let wg = Tensor::zeros(&[8, 4, 3, 3], DType::BF16, &d).unwrap();
-    let e = x
-        .conv(&wg, None, &spec.clone().groups(2))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("groups = 1"), "{e}");
-    let we = Tensor::zeros(&[8, 8, 2, 2], DType::BF16, &d).unwrap();
-    let e = x
-        .conv(&we, None, &ConvSpec::new().same())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("symmetric padding"), "{e}");
-    let w32 = Tensor::zeros(&[8, 8, 3, 3], DType::F32, &d).unwrap();
-    let e = x.conv(&w32, None, &spec).unwrap_err().to_string();
-    assert!(e.contains("weight is f32 but input is bf16"), "{e}");
+    let dy = upload(&r.vec(2 * 8 * 7 * 6, -1.0, 1.0), &[2, 8, 7, 6], DType::BF16);
+    let dy32 = dy.to_dtype(DType::F32).unwrap();
+    let dx = |dy: &Tensor, w: &Tensor| {
+        let (dx, _) =
+            Tensor::conv_backward_input(dy, w, &[2, 8, 7, 6], &spec, ConvImpl::Auto).unwrap();
+        dx.to_f64_vec().unwrap()
+    };
+    assert_eq!(dx(&dy, &w16), dx(&dy32, &w32), "input grad");
+    let dw = |x: &Tensor, dy: &Tensor| {
+        let (dw, _) =
+            Tensor::conv_backward_weight(x, dy, &[8, 4, 3, 3], &spec, ConvImpl::Auto).unwrap();
+        dw.to_f64_vec().unwrap()
+    };
+    assert_eq!(dw(&x16, &dy), dw(&x32, &dy32), "weight grad");
     let b64 = Tensor::zeros(&[8], DType::F64, &d).unwrap();
-    let e = x.conv(&w, Some(&b64), &spec).unwrap_err().to_string();
+    let e = x16.conv(&w16, Some(&b64), &spec).unwrap_err().to_string();
     assert!(e.contains("bias is f64"), "{e}");
 }
