@@ -420,7 +420,8 @@ impl ScanPlan {
             .max()
             .unwrap_or(len);
         let seg_len = match opts.segment_len {
-            Some(s) => s.max(1).div_ceil(chunk) * chunk,
+            // Never longer than the (chunk-rounded) path: the kernels walk whole segments.
+            Some(s) => s.max(1).min(max_len).div_ceil(chunk) * chunk,
             None => {
                 // Split long sequences when there are too few rows to occupy the device. An
                 // H100 keeps ~1600 backward warps resident; with 4096 rows a split only adds
