@@ -691,13 +691,7 @@ pub fn selective_scan_fwd(
     );
     let rows = plan.rows();
     let paths = Tensor::from_slice(&plan.metas, &[plan.metas.len()], &device)?;
-    let u = x.u.compact()?;
-    let delta = x.delta.compact()?;
-    let a = x.a.compact()?;
-    let b = x.b.compact()?;
-    let c = x.c.compact()?;
-    let d = x.d.compact()?;
-    let bias = x.delta_bias.compact()?;
+    let [u, delta, a, b, c, d, bias] = contiguous_inputs(x)?;
     let z = x.z.map(|z| z.compact()).transpose()?;
     let one = Tensor::empty(&[1], dt, &device);
     let ins = [&u, &delta, &a, &b, &c, &d, &bias];
@@ -810,16 +804,9 @@ pub fn selective_scan_bwd(
     }
     let rows = plan.rows();
     let paths = Tensor::from_slice(&plan.metas, &[plan.metas.len()], &device)?;
-    let u = x.u.compact()?;
-    let delta = x.delta.compact()?;
-    let a = x.a.compact()?;
-    let b = x.b.compact()?;
-    let c = x.c.compact()?;
-    let d = x.d.compact()?;
-    let bias = x.delta_bias.compact()?;
+    let [u, delta, a, b, c, d, bias] = contiguous_inputs(x)?;
     let dout = dout.compact()?;
     let one = Tensor::empty(&[1], dt, &device);
-    let total = bsz * di * l;
     let z = x.z.map(|z| z.compact()).transpose()?;
     let merged = saved.merged.as_ref().unwrap_or(&one);
     let strided = plan.strided;
@@ -831,25 +818,7 @@ pub fn selective_scan_bwd(
     let mut dz = None;
     let (dy, dy_scale) = match &z {
         Some(zt) if !plan.direct() => {
-            let dy = Tensor::empty(&[bsz, di, l], dt, &device);
-            let dzt = Tensor::empty(&[bsz, di, l], dt, &device);
-            dispatch!(device, cl => {
-                let (count, dim) = elemwise_grid(cl, total);
-                record_launch();
-                unsafe {
-                    kernels::merge_bwd::launch_unchecked(
-                        cl, count, dim,
-                        dout.array_arg(total),
-                        zt.array_arg(zt.buffer_len()),
-                        merged.array_arg(merged.buffer_len()),
-                        dy.array_arg(total),
-                        dzt.array_arg(total),
-                        total as u32,
-                        InputScalar::new(merge_scale(spec), dt.storage()),
-                        true, dt.storage(),
-                    )
-                }
-            });
+            let (dy, dzt) = gate_backward(&dout, zt, merged, spec);
             dz = Some(dzt);
             (dy, 1.0)
         }
@@ -1041,6 +1010,33 @@ fn launch_bwd(
 }
 
 /// The seven scan inputs, contiguous.
+/// Backward of the merge and gate `out = merged·scale ⊙ silu(z)`: the gradient every
+/// path's output receives, and dz. All operands are compact `(B, Di, L)` tensors.
+fn gate_backward(dout: &Tensor, z: &Tensor, merged: &Tensor, spec: &ScanSpec) -> (Tensor, Tensor) {
+    let (device, dt) = (dout.device().clone(), dout.dtype());
+    let total = dout.numel();
+    let dy = Tensor::empty(dout.shape(), dt, &device);
+    let dz = Tensor::empty(dout.shape(), dt, &device);
+    dispatch!(device, cl => {
+        let (count, dim) = elemwise_grid(cl, total);
+        record_launch();
+        unsafe {
+            kernels::merge_bwd::launch_unchecked(
+                cl, count, dim,
+                dout.array_arg(total),
+                z.array_arg(z.buffer_len()),
+                merged.array_arg(merged.buffer_len()),
+                dy.array_arg(total),
+                dz.array_arg(total),
+                total as u32,
+                InputScalar::new(merge_scale(spec), dt.storage()),
+                true, dt.storage(),
+            )
+        }
+    });
+    (dy, dz)
+}
+
 fn contiguous_inputs(x: &ScanInputs) -> Result<[Tensor; 7]> {
     Ok([
         x.u.compact()?,
@@ -1170,30 +1166,11 @@ fn tiled_bwd(
     let [u, delta, a, b, c, d, bias] = contiguous_inputs(x)?;
     let dout = dout.compact()?;
     let one = Tensor::empty(&[1], dt, &device);
-    let total = bsz * di * l;
     let z = x.z.map(|z| z.compact()).transpose()?;
     let (dy, dy_scale, dz) = match &z {
         Some(zt) => {
             let merged = saved.merged.as_ref().unwrap_or(&one);
-            let dy = Tensor::empty(&[bsz, di, l], dt, &device);
-            let dzt = Tensor::empty(&[bsz, di, l], dt, &device);
-            dispatch!(device, cl => {
-                let (count, dim) = elemwise_grid(cl, total);
-                record_launch();
-                unsafe {
-                    kernels::merge_bwd::launch_unchecked(
-                        cl, count, dim,
-                        dout.array_arg(total),
-                        zt.array_arg(zt.buffer_len()),
-                        merged.array_arg(merged.buffer_len()),
-                        dy.array_arg(total),
-                        dzt.array_arg(total),
-                        total as u32,
-                        InputScalar::new(merge_scale(spec), dt.storage()),
-                        true, dt.storage(),
-                    )
-                }
-            });
+            let (dy, dzt) = gate_backward(&dout, zt, merged, spec);
             (dy, 1.0, Some(dzt))
         }
         None => (dout.clone(), merge_scale(spec), None),
