@@ -546,25 +546,29 @@ fn try_cubek(
     }
 }
 
-/// f32 copies of bf16 operands (exact), or `None` when no operand is bf16.
-fn widen_bf16(op: &'static str, ts: &[Option<&Tensor>]) -> Result<Option<Vec<Option<Tensor>>>> {
-    if !ts.iter().flatten().any(|t| t.dtype() == DType::BF16) {
-        return Ok(None);
+/// Whether any operand is bf16 (the call then runs on [`widened`] copies).
+fn any_bf16(ts: &[Option<&Tensor>]) -> bool {
+    ts.iter().flatten().any(|t| t.dtype() == DType::BF16)
+}
+
+/// `t` widened to f32 if it is bf16 (exact), otherwise `t` itself; the refusal on a device
+/// without bf16 names the convolution op.
+fn widened(op: &'static str, t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::BF16 {
+        return Ok(t.clone());
     }
-    ts.iter()
-        .map(|t| {
-            t.map(|t| {
-                if t.dtype() == DType::BF16 {
-                    require_bf16_device(op, DType::BF16, t.device())?;
-                    t.to_dtype(DType::F32)
-                } else {
-                    Ok(t.clone())
-                }
-            })
-            .transpose()
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+    require_bf16_device(op, DType::BF16, t.device())?;
+    t.to_dtype(DType::F32)
+}
+
+/// Implicit GEMM or direct kernel for a pass reducing over `c_red` channels per group into
+/// `c_out` (`Auto` by channel counts).
+fn use_gemm(which: ConvImpl, c_red: usize, c_out: usize) -> bool {
+    match which {
+        ConvImpl::Gemm => true,
+        ConvImpl::Direct => false,
+        _ => gemm_suits(c_red, c_out),
+    }
 }
 
 impl Tensor {
@@ -584,10 +588,9 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv";
-        if let Some(w) = widen_bf16(op, &[Some(self), Some(weight), bias])? {
-            let [x, wt, b] = [&w[0], &w[1], &w[2]].map(|t| t.as_ref());
-            let (x, wt) = (x.expect("input"), wt.expect("weight"));
-            return x.conv_with(wt, b, spec, which);
+        if any_bf16(&[Some(self), Some(weight), bias]) {
+            let b = bias.map(|b| widened(op, b)).transpose()?;
+            return widened(op, self)?.conv_with(&widened(op, weight)?, b.as_ref(), spec, which);
         }
         let mut ops = vec![("input", self), ("weight", weight)];
         if let Some(b) = bias {
@@ -623,27 +626,14 @@ impl Tensor {
             weight,
             strides_of_contiguous(&out_shape, p.layout),
         );
-        let gemm = match which {
-            ConvImpl::Gemm => true,
-            ConvImpl::Direct => false,
-            _ => gemm_suits(p.c_in_g(), p.c_out_g()),
-        };
         let cl = p.layout == Layout::ChannelsLast;
-        if gemm {
+        if use_gemm(which, p.c_in_g(), p.c_out_g()) {
             let cfg = k::gemm_tile(p.c_out_g());
             let y = k::gemm(self, weight, bias, &out_shape, &geo, cl, false, cfg);
             Ok((y, ConvImpl::Gemm))
         } else {
             let y = Tensor::empty(&out_shape, self.dtype, &self.device);
-            k::direct(
-                self,
-                weight,
-                bias,
-                &y,
-                &geo,
-                p.layout == Layout::ChannelsLast,
-                false,
-            );
+            k::direct(self, weight, bias, &y, &geo, cl, false);
             Ok((y, ConvImpl::Direct))
         }
     }
@@ -658,9 +648,9 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv_backward_input";
-        if let Some(w) = widen_bf16(op, &[Some(dy), Some(weight)])? {
-            let (dy, wt) = (w[0].as_ref().expect("dy"), w[1].as_ref().expect("weight"));
-            return Tensor::conv_backward_input(dy, wt, input_shape, spec, which);
+        if any_bf16(&[Some(dy), Some(weight)]) {
+            let (dy, wt) = (widened(op, dy)?, widened(op, weight)?);
+            return Tensor::conv_backward_input(&dy, &wt, input_shape, spec, which);
         }
         check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
         let p = spec.resolve(op, input_shape, weight.shape())?;
@@ -684,13 +674,8 @@ impl Tensor {
             return Ok((dx, ConvImpl::Cubek));
         }
         let geo = bwd_geo(&p, dy, weight, strides_of_contiguous(input_shape, p.layout));
-        let gemm = match which {
-            ConvImpl::Gemm => true,
-            ConvImpl::Direct => false,
-            _ => gemm_suits(p.c_out_g(), p.c_in_g()),
-        };
         let cl = p.layout == Layout::ChannelsLast;
-        if gemm {
+        if use_gemm(which, p.c_out_g(), p.c_in_g()) {
             let cfg = k::gemm_tile(p.c_in_g());
             let dx = k::gemm(dy, weight, None, input_shape, &geo, cl, true, cfg);
             Ok((dx, ConvImpl::Gemm))
@@ -710,9 +695,9 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv_backward_weight";
-        if let Some(w) = widen_bf16(op, &[Some(x), Some(dy)])? {
-            let (x, dy) = (w[0].as_ref().expect("x"), w[1].as_ref().expect("dy"));
-            return Tensor::conv_backward_weight(x, dy, weight_shape, spec, which);
+        if any_bf16(&[Some(x), Some(dy)]) {
+            let (x, dy) = (widened(op, x)?, widened(op, dy)?);
+            return Tensor::conv_backward_weight(&x, &dy, weight_shape, spec, which);
         }
         check_operands(op, &[("input", x), ("output gradient", dy)])?;
         let p = spec.resolve(op, x.shape(), weight_shape)?;
@@ -736,14 +721,9 @@ impl Tensor {
             return Ok((dw, ConvImpl::Cubek));
         }
         let geo = wgrad_geo(&p, x, dy);
-        let gemm = match which {
-            ConvImpl::Gemm => true,
-            ConvImpl::Direct => false,
-            _ => gemm_suits(p.c_in_g(), p.c_out_g()),
-        };
         let n_weights: usize = weight_shape.iter().product();
         let cl = p.layout == Layout::ChannelsLast;
-        if gemm {
+        if use_gemm(which, p.c_in_g(), p.c_out_g()) {
             let taps: usize = p.kernel.iter().product();
             let cfg = k::wgrad_tile(p.c_out_g(), taps * p.c_in_g(), geo.dst[2] as usize);
             let parts = k::wgrad_gemm(x, dy, &geo, cl, cl, cfg);
