@@ -39,10 +39,7 @@ struct DeviceInner {
     name: String,
     plane_ops: bool,
     plane_size: u32,
-    atomic_add_f32: bool,
-    atomic_add_f64: bool,
-    max_shared: usize,
-    bf16: bool,
+    caps: Capabilities,
 }
 
 /// A compute device. Cheap to clone; clones share the same client.
@@ -132,8 +129,8 @@ impl Device {
     /// Whether kernels may atomically add floats of `dtype` in global memory.
     pub fn has_float_atomic_add(&self, dtype: crate::dtype::DType) -> bool {
         match dtype {
-            crate::dtype::DType::F32 => self.inner.atomic_add_f32,
-            crate::dtype::DType::F64 => self.inner.atomic_add_f64,
+            crate::dtype::DType::F32 => self.inner.caps.atomic_add_f32,
+            crate::dtype::DType::F64 => self.inner.caps.atomic_add_f64,
             _ => false,
         }
     }
@@ -141,12 +138,23 @@ impl Device {
     /// Whether kernels may load and store bf16 and convert it to and from f32 (CUDA;
     /// Vulkan only with `VK_KHR_shader_bfloat16`, which lavapipe lacks).
     pub fn has_bf16(&self) -> bool {
-        self.inner.bf16
+        self.inner.caps.bf16
+    }
+
+    /// Whether tensor-core fragments (CubeCL `cmma`) exist for operands of `dtype` with f32
+    /// accumulators: 16×16×16 bf16 for [`DType::BF16`](crate::DType::BF16), 16×16×8 TF32 for
+    /// [`DType::F32`](crate::DType::F32) (CUDA from sm_80; lavapipe has none).
+    pub fn has_tensor_cores(&self, dtype: crate::dtype::DType) -> bool {
+        match dtype {
+            crate::dtype::DType::BF16 => self.inner.caps.mma_bf16,
+            crate::dtype::DType::F32 => self.inner.caps.mma_tf32,
+            _ => false,
+        }
     }
 
     /// Most shared memory one cube may use, in bytes.
     pub fn max_shared_memory(&self) -> usize {
-        self.inner.max_shared
+        self.inner.caps.max_shared
     }
 
     /// The CubeCL client, for launch helpers.
@@ -165,9 +173,19 @@ impl Device {
     }
 }
 
-/// (f32 atomic add, f64 atomic add, shared memory per cube, bf16 buffers) of a client.
-fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> (bool, bool, usize, bool) {
+/// What kernels may use on a client, beyond the basics every device has.
+struct Capabilities {
+    atomic_add_f32: bool,
+    atomic_add_f64: bool,
+    max_shared: usize,
+    bf16: bool,
+    mma_bf16: bool,
+    mma_tf32: bool,
+}
+
+fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> Capabilities {
     use cubecl::ir::features::{AtomicUsage, TypeUsage};
+    use cubecl::ir::features::MmaConfig;
     use cubecl::ir::{ElemType, FloatKind};
     let props = client.properties();
     let add = |kind| {
@@ -175,15 +193,27 @@ fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> (bool, bool, usize, bo
             .atomic_type_usage(Type::new(StorageType::Atomic(ElemType::Float(kind))))
             .contains(AtomicUsage::Add)
     };
-    let bf16 = props
-        .type_usage(StorageType::Scalar(ElemType::Float(FloatKind::BF16)))
-        .is_superset(TypeUsage::Conversion | TypeUsage::Buffer);
-    (
-        add(FloatKind::F32),
-        add(FloatKind::F64),
-        props.hardware.max_shared_memory_size,
-        bf16,
-    )
+    let float = |kind| StorageType::Scalar(ElemType::Float(kind));
+    let mma = |kind, k| {
+        props.features.matmul.cmma.contains(&MmaConfig {
+            a_type: float(kind),
+            b_type: float(kind),
+            cd_type: float(FloatKind::F32),
+            m: 16,
+            n: 16,
+            k,
+        })
+    };
+    Capabilities {
+        atomic_add_f32: add(FloatKind::F32),
+        atomic_add_f64: add(FloatKind::F64),
+        max_shared: props.hardware.max_shared_memory_size,
+        bf16: props
+            .type_usage(float(FloatKind::BF16))
+            .is_superset(TypeUsage::Conversion | TypeUsage::Buffer),
+        mma_bf16: mma(FloatKind::BF16, 16),
+        mma_tf32: mma(FloatKind::TF32, 8),
+    }
 }
 
 fn init_vulkan() -> Result<Device> {
@@ -200,7 +230,7 @@ fn init_vulkan() -> Result<Device> {
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
     let plane_size = props.hardware.plane_size_max;
-    let (atomic_add_f32, atomic_add_f64, max_shared, bf16) = capabilities(&client);
+    let caps = capabilities(&client);
     Ok(Device {
         inner: Arc::new(DeviceInner {
             backend: Backend::Vulkan(client),
@@ -208,10 +238,7 @@ fn init_vulkan() -> Result<Device> {
             name: format!("vulkan ({})", adapters.join(", ")),
             plane_ops,
             plane_size,
-            atomic_add_f32,
-            atomic_add_f64,
-            max_shared,
-            bf16,
+            caps,
         }),
     })
 }
@@ -251,7 +278,7 @@ fn init_cuda() -> Result<Device> {
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
     let plane_size = client.properties().hardware.plane_size_max;
-    let (atomic_add_f32, atomic_add_f64, max_shared, bf16) = capabilities(&client);
+    let caps = capabilities(&client);
     Ok(Device {
         inner: Arc::new(DeviceInner {
             backend: Backend::Cuda(client),
@@ -259,10 +286,7 @@ fn init_cuda() -> Result<Device> {
             name: format!("cuda:0 ({gpu})"),
             plane_ops,
             plane_size,
-            atomic_add_f32,
-            atomic_add_f64,
-            max_shared,
-            bf16,
+            caps,
         }),
     })
 }
