@@ -184,8 +184,8 @@ struct Capabilities {
 }
 
 fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> Capabilities {
-    use cubecl::ir::features::{AtomicUsage, TypeUsage};
     use cubecl::ir::features::MmaConfig;
+    use cubecl::ir::features::{AtomicUsage, TypeUsage};
     use cubecl::ir::{ElemType, FloatKind};
     let props = client.properties();
     let add = |kind| {
