@@ -4,6 +4,7 @@
 pub mod attention;
 pub(crate) mod cast;
 pub mod conv;
+pub(crate) mod conv_mma;
 pub(crate) mod copy;
 pub mod elementwise;
 pub(crate) mod fill;

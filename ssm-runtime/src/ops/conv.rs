@@ -10,24 +10,26 @@
 //! | --- | --- | --- |
 //! | implicit GEMM (own, CUDA cores, exact f32/f64) | ≥ 8 channels per group on both sides | either layout (coalesced loads chosen per layout) |
 //! | direct (own) | depthwise and other thin groups | channels-first for the weight gradient, either otherwise |
-//! | `cubek-convolution` (tensor cores, TF32 for f32) | dense (groups = 1) with [`ConvSpec::allow_tf32`] on CUDA: forward and backward-data with ≥ 96 channels on both sides (the only passes measured faster than the exact GEMM), or when asked for | channels-last (other layouts are copied once per call) |
+//! | implicit GEMM on tensor cores (own, [`ConvImpl::TensorCore`]) | bf16 operands, or f32 with [`ConvSpec::allow_tf32`] (TF32), with ≥ 16 channels per group on both sides, on a device with tensor cores (CUDA sm_80+) | channels-last (either layout is read in place) |
+//! | `cubek-convolution` (tensor cores, TF32 for f32) | only when asked for ([`ConvImpl::Cubek`]): dense, CUDA | channels-last (other layouts are copied once per call) |
 //!
-//! **bf16**: `x`, `weight`, `dy` (and a forward bias) may be [`DType::BF16`]. They are
-//! widened to f32 once per call (exact: every bf16 value is an f32) and run through the
-//! f32 kernels above, so products are exact and sums are f32; every result is **f32**
-//! (cast with [`Tensor::to_dtype`] where bf16 is wanted). `cubek-convolution` with bf16
-//! operands on tensor cores was tried and dropped: on an H100 (2026-11-23) its
-//! backward-data was wrong and its three passes were 7–86× slower than cuDNN's bf16 and
-//! slower than the exact f32 GEMM here (`docs/model-ops-benchmarks.md`).
+//! **bf16**: `x`, `weight`, `dy` (and a forward bias) may be [`DType::BF16`]; every result
+//! is **f32** (cast with [`Tensor::to_dtype`] where bf16 is wanted). When all operands are
+//! bf16 and the device has tensor cores, the tensor-core GEMM multiplies them as bf16
+//! fragments (products of two bf16 values are exact) into f32 accumulators. Otherwise they
+//! are widened to f32 once per call (exact) and run through the f32 kernels above.
+//! `cubek-convolution` with bf16 operands was tried and dropped: on an H100 (2026-11-23)
+//! its backward-data was wrong and every pass was slower than the exact f32 GEMM.
 //!
 //! None of them materialises an im2col buffer: the GEMM kernels gather input patches into
 //! shared memory tile by tile.
 
-use crate::device::{DeviceKind, record_launch};
+use crate::device::record_launch;
 use crate::dispatch;
 use crate::dtype::{DType, refuse_bf16};
 use crate::error::{Error, Result};
 use crate::kernels::conv::{self as k, Geo};
+use crate::kernels::conv_mma as tc;
 use crate::ops::cast::require_bf16_device;
 use crate::ops::elementwise::require_float;
 use crate::shape::contiguous_strides;
@@ -184,6 +186,9 @@ pub enum ConvImpl {
     Gemm,
     /// `cubek-convolution` (tensor cores; needs groups = 1 and a device with them).
     Cubek,
+    /// Own implicit GEMM on tensor cores (CUDA `cmma`): bf16 fragments for bf16 operands,
+    /// TF32 for f32 operands; f32 accumulation and f32 results.
+    TensorCore,
 }
 
 /// A convolution problem resolved against concrete shapes.
@@ -486,9 +491,13 @@ fn wgrad_geo(p: &ConvProblem, x: &Tensor, dy: &Tensor) -> Geo {
 
 const I32_LIMIT: usize = i32::MAX as usize;
 
+/// Same device, same dtype, a float one (bf16 too: only the tensor-core path sees bf16 here,
+/// the others widen it first), and within the kernels' i32 indexing.
 fn check_operands(op: &'static str, ts: &[(&str, &Tensor)]) -> Result<()> {
     let first = ts[0].1;
-    require_float(op, first)?;
+    if first.dtype() != DType::BF16 {
+        require_float(op, first)?;
+    }
     for (name, t) in ts {
         same_device(op, first, t)?;
         if t.dtype() != first.dtype() {
@@ -517,31 +526,17 @@ fn gemm_suits(c_red: usize, c_out: usize) -> bool {
     c_red >= 8 && c_out >= 8
 }
 
-/// Whether `Auto` hands a pass to cubek's TF32 kernels. Measured on an H100
-/// (docs/benchmarks-model-ops.md): they beat the exact GEMM only for forward and
-/// backward-data with ≥ 96 channels on both sides, and are several times slower for the
-/// weight gradient and for 48 channels, so `Auto` uses them only there.
-fn cubek_candidate(p: &ConvProblem, t: &Tensor, spec_tf32: bool, weight_grad: bool) -> bool {
-    spec_tf32
-        && !weight_grad
-        && p.c_in.min(p.c_out) >= 96
-        && p.groups == 1
-        && t.dtype() == crate::DType::F32
-        && t.device().kind() == DeviceKind::Cuda
-        && p.pad_before == p.pad_after
-}
-
-/// Run the cubek path when asked for (its refusal is then the error) or when `Auto`
-/// chose it (a refusal falls back: `None`).
+/// Run the cubek path when asked for (its refusal is then the error). `Auto` never picks
+/// it: on an H200 (docs/model-ops-benchmarks.md) the tensor-core GEMM here was faster on
+/// most measured TF32 passes and cubek's weight gradient up to 8× slower; cubek wins only at
+/// 192 channels (weight gradient 0.95 vs 2.0 ms), where it can be asked for.
 fn try_cubek(
     op: &'static str,
     which: ConvImpl,
-    auto_candidate: bool,
     run: impl FnOnce() -> std::result::Result<Tensor, String>,
 ) -> Result<Option<Tensor>> {
     match which {
         ConvImpl::Cubek => run().map(Some).map_err(|e| Error::kernel(op, e)),
-        ConvImpl::Auto if auto_candidate => Ok(run().ok()),
         _ => Ok(None),
     }
 }
@@ -571,6 +566,115 @@ fn use_gemm(which: ConvImpl, c_red: usize, c_out: usize) -> bool {
     }
 }
 
+/// The one dtype of `operands`, if they share one.
+fn common_dtype(operands: &[&Tensor]) -> Option<DType> {
+    let d = operands[0].dtype();
+    operands.iter().all(|t| t.dtype() == d).then_some(d)
+}
+
+/// Whether the tensor-core kernels run this pass: when asked for (an error where they
+/// cannot), or under `Auto` for bf16 operands, or f32 operands with TF32 allowed. Both need a
+/// device with tensor cores and at least 16 channels per group on both sides (narrower
+/// problems leave most of each 16-wide fragment empty, and the weight-gradient kernel's
+/// address table assumes it).
+fn use_tensor_cores(
+    op: &'static str,
+    which: ConvImpl,
+    operands: &[&Tensor],
+    allow_tf32: bool,
+    c_red: usize,
+    c_out: usize,
+) -> Result<bool> {
+    let dtype = common_dtype(operands);
+    let device = operands[0].device();
+    let able = dtype.is_some_and(|d| device.has_tensor_cores(d));
+    let wide = c_red >= 16 && c_out >= 16;
+    match which {
+        ConvImpl::TensorCore if able && wide => Ok(true),
+        ConvImpl::TensorCore if able => Err(Error::arg(
+            op,
+            format!(
+                "the tensor-core kernels need at least 16 channels per group on both sides; this pass has {c_red} → {c_out}"
+            ),
+        )),
+        ConvImpl::TensorCore => {
+            let dtypes: Vec<String> = operands.iter().map(|t| t.dtype().to_string()).collect();
+            Err(Error::kernel(
+                op,
+                format!(
+                    "the tensor-core kernels need bf16 or f32 operands of one dtype on a device with tensor cores (CUDA, sm_80 or newer); got {} on {device}",
+                    dtypes.join(" and ")
+                ),
+            ))
+        }
+        ConvImpl::Auto => Ok(able && wide && (dtype == Some(DType::BF16) || allow_tf32)),
+        _ => Ok(false),
+    }
+}
+
+/// A view of `w` (`[C_out, C_in/groups, *kernel]`) whose memory has axis `reduced` (1 for
+/// forward, 0 for backward-data) fastest, so tensor-core weight tiles load coalesced.
+fn reduced_fastest(w: &Tensor, reduced: usize) -> Result<Tensor> {
+    let r = w.rank();
+    let perm: Vec<usize> = (0..r).filter(|&a| a != reduced).chain([reduced]).collect();
+    let mut inverse = vec![0; r];
+    for (i, &a) in perm.iter().enumerate() {
+        inverse[a] = i;
+    }
+    w.permute(&perm)?.contiguous()?.permute(&inverse)
+}
+
+/// `bias` checked against the problem (`[C_out]`, a floating dtype, the input's device) and
+/// made compact: the kernels index it from element 0.
+fn checked_bias(op: &'static str, b: &Tensor, p: &ConvProblem, weight: &Tensor) -> Result<Tensor> {
+    if b.shape() != [p.c_out] {
+        return Err(Error::shape(
+            op,
+            format!(
+                "bias {:?} must be [{}] (weight {:?})",
+                b.shape(),
+                p.c_out,
+                weight.shape()
+            ),
+        ));
+    }
+    b.compact()
+}
+
+/// Forward on the tensor cores (f32 result; a bf16 or f32 bias joins the accumulators).
+fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) -> Result<Tensor> {
+    let op = "conv";
+    check_operands(op, &[("input", x), ("weight", w)])?;
+    let bias = match bias {
+        None => None,
+        Some(b) => {
+            same_device(op, x, b)?;
+            if !matches!(b.dtype(), DType::F32 | DType::BF16) {
+                return Err(Error::dtype(
+                    op,
+                    format!("bias is {} but input is {}", b.dtype(), x.dtype()),
+                ));
+            }
+            Some(checked_bias(op, &b.to_dtype(DType::F32)?, p, w)?)
+        }
+    };
+    let wt = reduced_fastest(w, 1)?;
+    let out_shape = p.output_shape();
+    let geo = fwd_geo(p, x, &wt, strides_of_contiguous(&out_shape, p.layout));
+    let tile = tc::gemm_tile(p.c_out_g(), x.dtype());
+    let cl = p.layout == Layout::ChannelsLast;
+    Ok(tc::gemm(
+        x,
+        &wt,
+        bias.as_ref(),
+        &out_shape,
+        &geo,
+        cl,
+        false,
+        tile,
+    ))
+}
+
 impl Tensor {
     /// Convolution of `self` (`[N, C_in, *spatial]` or channels-last, see [`ConvSpec::layout`])
     /// with `weight` `[C_out, C_in/groups, *kernel]` and an optional `bias` `[C_out]`.
@@ -588,6 +692,19 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv";
+        if let Ok(p) = spec.resolve(op, self.shape(), weight.shape())
+            && use_tensor_cores(
+                op,
+                which,
+                &[self, weight],
+                spec.allow_tf32,
+                p.c_in_g(),
+                p.c_out_g(),
+            )?
+        {
+            let y = tc_forward(self, weight, bias, &p)?;
+            return Ok((y, ConvImpl::TensorCore));
+        }
         if any_bf16(&[Some(self), Some(weight), bias]) {
             let b = bias.map(|b| widened(op, b)).transpose()?;
             return widened(op, self)?.conv_with(&widened(op, weight)?, b.as_ref(), spec, which);
@@ -598,26 +715,10 @@ impl Tensor {
         }
         check_operands(op, &ops)?;
         let p = spec.resolve(op, self.shape(), weight.shape())?;
-        if let Some(b) = bias
-            && b.shape() != [p.c_out]
-        {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "bias {:?} must be [{}] (weight {:?})",
-                    b.shape(),
-                    p.c_out,
-                    weight.shape()
-                ),
-            ));
-        }
+        let bias = bias.map(|b| checked_bias(op, b, &p, weight)).transpose()?;
+        let bias = bias.as_ref();
         let out_shape = p.output_shape();
-        if let Some(y) = try_cubek(
-            op,
-            which,
-            cubek_candidate(&p, self, spec.allow_tf32, false),
-            || cubek_conv::forward(self, weight, bias, &p),
-        )? {
+        if let Some(y) = try_cubek(op, which, || cubek_conv::forward(self, weight, bias, &p))? {
             return Ok((y, ConvImpl::Cubek));
         }
         let geo = fwd_geo(
@@ -648,6 +749,25 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv_backward_input";
+        if let Ok(p) = spec.resolve(op, input_shape, weight.shape())
+            && dy.shape() == p.output_shape().as_slice()
+            && use_tensor_cores(
+                op,
+                which,
+                &[dy, weight],
+                spec.allow_tf32,
+                p.c_out_g(),
+                p.c_in_g(),
+            )?
+        {
+            check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
+            let wt = reduced_fastest(weight, 0)?;
+            let geo = bwd_geo(&p, dy, &wt, strides_of_contiguous(input_shape, p.layout));
+            let tile = tc::gemm_tile(p.c_in_g(), dy.dtype());
+            let cl = p.layout == Layout::ChannelsLast;
+            let dx = tc::gemm(dy, &wt, None, input_shape, &geo, cl, true, tile);
+            return Ok((dx, ConvImpl::TensorCore));
+        }
         if any_bf16(&[Some(dy), Some(weight)]) {
             let (dy, wt) = (widened(op, dy)?, widened(op, weight)?);
             return Tensor::conv_backward_input(&dy, &wt, input_shape, spec, which);
@@ -665,12 +785,7 @@ impl Tensor {
                 ),
             ));
         }
-        if let Some(dx) = try_cubek(
-            op,
-            which,
-            cubek_candidate(&p, dy, spec.allow_tf32, false),
-            || cubek_conv::backward_data(dy, weight, &p),
-        )? {
+        if let Some(dx) = try_cubek(op, which, || cubek_conv::backward_data(dy, weight, &p))? {
             return Ok((dx, ConvImpl::Cubek));
         }
         let geo = bwd_geo(&p, dy, weight, strides_of_contiguous(input_shape, p.layout));
@@ -695,6 +810,28 @@ impl Tensor {
         which: ConvImpl,
     ) -> Result<(Tensor, ConvImpl)> {
         let op = "conv_backward_weight";
+        if let Ok(p) = spec.resolve(op, x.shape(), weight_shape)
+            && dy.shape() == p.output_shape().as_slice()
+            && use_tensor_cores(
+                op,
+                which,
+                &[x, dy],
+                spec.allow_tf32,
+                p.c_in_g(),
+                p.c_out_g(),
+            )?
+        {
+            check_operands(op, &[("input", x), ("output gradient", dy)])?;
+            let geo = wgrad_geo(&p, x, dy);
+            let tile = tc::wgrad_tile(p.c_out_g(), x.dtype());
+            let parts = tc::wgrad(x, dy, &geo, p.layout == Layout::ChannelsLast, tile);
+            let dw = if parts.shape()[0] == 1 {
+                parts.reshape(weight_shape)?
+            } else {
+                parts.sum(&[0], false)?.reshape(weight_shape)?
+            };
+            return Ok((dw, ConvImpl::TensorCore));
+        }
         if any_bf16(&[Some(x), Some(dy)]) {
             let (x, dy) = (widened(op, x)?, widened(op, dy)?);
             return Tensor::conv_backward_weight(&x, &dy, weight_shape, spec, which);
@@ -712,12 +849,7 @@ impl Tensor {
                 ),
             ));
         }
-        if let Some(dw) = try_cubek(
-            op,
-            which,
-            cubek_candidate(&p, x, spec.allow_tf32, true),
-            || cubek_conv::backward_weight(x, dy, &p),
-        )? {
+        if let Some(dw) = try_cubek(op, which, || cubek_conv::backward_weight(x, dy, &p))? {
             return Ok((dw, ConvImpl::Cubek));
         }
         let geo = wgrad_geo(&p, x, dy);

@@ -1,6 +1,6 @@
 //! Convolutions against a host f64 reference: forward, input gradient and weight gradient,
-//! every kernel (direct, implicit GEMM, and cubek on devices with tensor cores), both
-//! layouts, strided views, f32 and f64.
+//! every kernel (direct, implicit GEMM, and on devices with tensor cores our tensor-core
+//! GEMM and cubek), both layouts, strided views, f32, f64 and bf16.
 
 use ssm_runtime::ops::conv::ConvProblem;
 use ssm_runtime::testing::{assert_close, device, rel_l2};
@@ -490,6 +490,16 @@ fn abs(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| x.abs()).collect()
 }
 
+/// The kernel a bf16 convolution with ≥ 16 channels per group runs when asked for `which`:
+/// `Auto` takes the tensor cores where the device has them.
+fn bf16_kernel(which: ConvImpl) -> ConvImpl {
+    if which == ConvImpl::Auto && device().has_tensor_cores(DType::BF16) {
+        ConvImpl::TensorCore
+    } else {
+        ConvImpl::Gemm
+    }
+}
+
 #[test]
 fn conv_bf16_matches_host_with_f32_accumulation() {
     let d = device();
@@ -545,7 +555,7 @@ fn conv_bf16_matches_host_with_f32_accumulation() {
                 for which in [ConvImpl::Auto, ConvImpl::Gemm] {
                     let what = format!("{input:?} {layout:?} bias {bias_dtype} {which:?}");
                     let (y, ran) = x.conv_with(&w, Some(&b), &spec, which).unwrap();
-                    assert_eq!(ran, ConvImpl::Gemm, "{what}");
+                    assert_eq!(ran, bf16_kernel(which), "{what}");
                     assert_eq!(y.shape(), p.output_shape().as_slice(), "{what}");
                     assert_f32_accumulated(&format!("{what} forward"), &y, &y_want, &y_mag);
                 }
@@ -556,12 +566,12 @@ fn conv_bf16_matches_host_with_f32_accumulation() {
                 let what = format!("{input:?} {layout:?} {which:?}");
                 let (dx, ran) =
                     Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, which).unwrap();
-                assert_eq!(ran, ConvImpl::Gemm, "{what}");
+                assert_eq!(ran, bf16_kernel(which), "{what}");
                 assert_eq!(dx.shape(), in_shape.as_slice(), "{what}");
                 assert_f32_accumulated(&format!("{what} input grad"), &dx, &dx_want, &dx_mag);
                 let (dw, ran) =
                     Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, which).unwrap();
-                assert_eq!(ran, ConvImpl::Gemm, "{what}");
+                assert_eq!(ran, bf16_kernel(which), "{what}");
                 assert_eq!(dw.shape(), w_shape.as_slice(), "{what}");
                 assert_f32_accumulated(&format!("{what} weight grad"), &dw, &dw_want, &dw_mag);
             }
@@ -614,4 +624,143 @@ fn conv_bf16_equals_f32_on_rounded_operands() {
     let b64 = Tensor::zeros(&[8], DType::F64, &d).unwrap();
     let e = x16.conv(&w16, Some(&b64), &spec).unwrap_err().to_string();
     assert!(e.contains("bias is f64"), "{e}");
+}
+
+/// TF32 keeps 10 of f32's 23 mantissa bits: each operand is off by up to 2⁻¹¹ relative, so
+/// each product by ~2⁻¹⁰, and a sum by at most ~2⁻¹⁰·Σ|terms| (4× margin below), while
+/// dropping a term or a tap would cost far more.
+fn assert_tf32_close(what: &str, got: &Tensor, want: &[f64], magnitude: &[f64]) {
+    assert_eq!(got.dtype(), DType::F32, "{what}: results are f32");
+    let g = got.to_f64_vec().unwrap();
+    assert_eq!(g.len(), want.len(), "{what}");
+    for (i, ((g, w), m)) in g.iter().zip(want).zip(magnitude).enumerate() {
+        assert!(
+            (g - w).abs() <= 4e-3 * m + 1e-30,
+            "{what}: element {i} is {g}, expected {w} (Σ|terms| {m})"
+        );
+    }
+    let e = rel_l2(&g, want);
+    assert!(e < 2e-3, "{what}: relative L2 error {e:e}");
+}
+
+#[test]
+fn conv_tensor_cores_match_host() {
+    let d = device();
+    let mut r = rng(108);
+    let dtypes: Vec<DType> = [DType::BF16, DType::F32]
+        .into_iter()
+        .filter(|&t| d.has_tensor_cores(t))
+        .collect();
+    if dtypes.is_empty() {
+        let x = upload(
+            &r.vec(2 * 16 * 6 * 5, -1.0, 1.0),
+            &[2, 16, 6, 5],
+            DType::F32,
+        );
+        let w = upload(&r.vec(16 * 16 * 9, -1.0, 1.0), &[16, 16, 3, 3], DType::F32);
+        let spec = ConvSpec::new().same().allow_tf32(true);
+        let e = x
+            .conv_with(&w, None, &spec, ConvImpl::TensorCore)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conv") && e.contains("tensor cores"), "{e}");
+        let (_, ran) = x.conv_with(&w, None, &spec, ConvImpl::Auto).unwrap();
+        assert_ne!(ran, ConvImpl::TensorCore);
+        crate::skip(
+            "conv_tensor_cores_match_host",
+            &format!("{d} has no tensor cores (the refusal was checked)"),
+        );
+        return;
+    }
+    // (channels-first input, C_out, kernel, spec): the model's 3×3×3 C→C block (several
+    // stages per tap, taps split across cubes), a strided 2-D case with C_in ≠ C_out and
+    // partial tiles, a grouped dilated one, a causal 1-D one with a channel count off the 16
+    // grid, and a pointwise one (one tap: no split, the bias added in the only pass).
+    let cases = [
+        (
+            vec![2usize, 48, 6, 7, 5],
+            48,
+            vec![3usize, 3, 3],
+            ConvSpec::new().same(),
+        ),
+        (
+            vec![1, 40, 9, 8],
+            24,
+            vec![3, 3],
+            ConvSpec::new().pad(&[1]).stride(&[2]),
+        ),
+        (
+            vec![2, 32, 10, 9],
+            32,
+            vec![3, 3],
+            ConvSpec::new().pad(&[2]).dilation(&[2]).groups(2),
+        ),
+        (vec![1, 20, 37], 72, vec![4], ConvSpec::new().causal()),
+        (vec![2, 16, 5, 6], 32, vec![1, 1], ConvSpec::new()),
+    ];
+    // Fewer than 16 channels per group: asked for, a clear refusal; `Auto` goes elsewhere.
+    let x8 = upload(&r.vec(2 * 8 * 6 * 5, -1.0, 1.0), &[2, 8, 6, 5], dtypes[0]);
+    let w8 = upload(&r.vec(8 * 8 * 9, -1.0, 1.0), &[8, 8, 3, 3], dtypes[0]);
+    let spec8 = ConvSpec::new().same().allow_tf32(true);
+    let e = x8
+        .conv_with(&w8, None, &spec8, ConvImpl::TensorCore)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 16 channels"), "{e}");
+    let (_, ran) = x8.conv_with(&w8, None, &spec8, ConvImpl::Auto).unwrap();
+    assert_ne!(ran, ConvImpl::TensorCore);
+    for dtype in dtypes {
+        for (input, c_out, kernel, spec) in &cases {
+            for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+                let spec = spec.clone().layout(layout).allow_tf32(true);
+                let in_shape = to_layout(input, layout);
+                let w_shape = [&[*c_out, input[1] / spec.groups][..], kernel].concat();
+                let p = spec.resolve("test", &in_shape, &w_shape).unwrap();
+                let xv = r.vec(in_shape.iter().product(), -1.0, 1.0);
+                let wv = r.vec(w_shape.iter().product(), -1.0, 1.0);
+                let bv = r.vec(*c_out, -1.0, 1.0);
+                let dyv = r.vec(p.output_shape().iter().product(), -1.0, 1.0);
+                let (xr, wr, dyr) = (
+                    rounded(&xv, dtype),
+                    rounded(&wv, dtype),
+                    rounded(&dyv, dtype),
+                );
+                let br = rounded(&bv, DType::F32);
+                let (y_want, dx_want, dw_want) = host(&p, &xr, &wr, Some(&br), &dyr);
+                let (y_mag, dx_mag, dw_mag) =
+                    host(&p, &abs(&xr), &abs(&wr), Some(&abs(&br)), &abs(&dyr));
+                let x = upload(&xv, &in_shape, dtype);
+                let w = upload(&wv, &w_shape, dtype);
+                let b = upload(&bv, &[*c_out], DType::F32);
+                let dy = upload(&dyv, &p.output_shape(), dtype);
+                let check = |what: &str, got: &Tensor, want: &[f64], mag: &[f64]| {
+                    let what = format!("{input:?} {layout:?} {dtype} {what}");
+                    if dtype == DType::BF16 {
+                        assert_f32_accumulated(&what, got, want, mag);
+                    } else {
+                        assert_tf32_close(&what, got, want, mag);
+                    }
+                };
+                let auto_takes_it = input[1] / spec.groups >= 16 && c_out / spec.groups >= 16;
+                for which in [ConvImpl::TensorCore, ConvImpl::Auto] {
+                    let want_ran = if which == ConvImpl::TensorCore || auto_takes_it {
+                        ConvImpl::TensorCore
+                    } else {
+                        ConvImpl::Gemm
+                    };
+                    let (y, ran) = x.conv_with(&w, Some(&b), &spec, which).unwrap();
+                    assert_eq!(ran, want_ran, "{input:?} {which:?} forward");
+                    check("forward", &y, &y_want, &y_mag);
+                    let (dx, ran) =
+                        Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, which).unwrap();
+                    assert_eq!(ran, want_ran, "{input:?} {which:?} input grad");
+                    check("input grad", &dx, &dx_want, &dx_mag);
+                    let (dw, ran) =
+                        Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, which).unwrap();
+                    assert_eq!(ran, want_ran, "{input:?} {which:?} weight grad");
+                    check("weight grad", &dw, &dw_want, &dw_mag);
+                }
+            }
+        }
+    }
 }
