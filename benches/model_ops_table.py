@@ -6,7 +6,8 @@
 The first file is the criterion output of `benches/benches/model_ops.rs` (median of the
 `time: [lo median hi]` line), the second the output of `benches/torch_model_ops.py`
 (`name  ms` lines). Our kernel `gemm` (exact f32) is compared with PyTorch's `fp32`
-(cuDNN with TF32 off); `tf32` and `bf16` with the same names. Ratio = ours / PyTorch
+(cuDNN with TF32 off); `tf32` and `bf16` with the same names, and `cubek` (cubek's
+TF32 kernels) with PyTorch's `tf32`. Ratio = ours / PyTorch
 (below 1 is faster than PyTorch).
 """
 import re
@@ -38,7 +39,7 @@ def torch(path):
 
 
 def torch_name(name):
-    return name.replace("/gemm_", "/fp32_")
+    return name.replace("/gemm_", "/fp32_").replace("/cubek_", "/tf32_")
 
 
 def main():

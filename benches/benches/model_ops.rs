@@ -3,10 +3,11 @@
 //!
 //! - `conv3d/<shape>/<kernel>_<layout>/<pass>`: 3×3×3 convolution C→C, "same" padding,
 //!   shapes `(N, C, H, W, D)` = (2, 48, 112, 112, 32), (2, 96, 56, 56, 16),
-//!   (2, 192, 28, 28, 8); kernels `gemm` (own implicit GEMM, exact f32), `tf32`
-//!   (cubek-convolution on tensor cores, channels-last) and `bf16` (bf16 x, w and dy
-//!   widened to f32 per call, then `Auto`'s exact f32 kernels: f32 accumulation, f32
-//!   results — PyTorch's `bf16` writes bf16 results); passes `fwd`,
+//!   (2, 192, 28, 28, 8); kernels `gemm` (own implicit GEMM, exact f32), `tf32` (own
+//!   tensor-core GEMM, TF32 fragments), `bf16` (bf16 x, w and dy under `Auto`: the
+//!   tensor-core GEMM with bf16 fragments where the device has them; f32 accumulation and
+//!   f32 results — PyTorch's `bf16` writes bf16 results) and `cubek` (cubek-convolution,
+//!   TF32, channels-last, for comparison); passes `fwd`,
 //!   `bwd_data`, `bwd_weight` (weight gradient including the sum over splits). Throughput
 //!   counts 2·N·C²·27·H·W·D FLOP as "elements".
 //! - `norm/<op>/<pass>` on (2, 48, 112, 112, 32): LayerNorm over channels with affine
@@ -161,6 +162,19 @@ fn conv3d_tf32(c: &mut Criterion) {
         c,
         ConvKernel {
             name: "tf32",
+            layouts: &[Layout::ChannelsLast, Layout::ChannelsFirst],
+            which: ConvImpl::TensorCore,
+            tf32: true,
+            dtype: DType::F32,
+        },
+    );
+}
+
+fn conv3d_cubek(c: &mut Criterion) {
+    conv_group(
+        c,
+        ConvKernel {
+            name: "cubek",
             layouts: &[Layout::ChannelsLast],
             which: ConvImpl::Cubek,
             tf32: true,
@@ -235,6 +249,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = norms, conv3d_gemm, conv3d_tf32, conv3d_bf16
+    targets = norms, conv3d_gemm, conv3d_tf32, conv3d_bf16, conv3d_cubek
 }
 criterion_main!(benches);
