@@ -865,7 +865,7 @@ fn frags_for(extent: usize, max_frags: usize) -> usize {
 fn spread(frags: usize, warps: usize) -> (usize, usize) {
     (1..=warps)
         .rev()
-        .find(|w| frags % w == 0 && warps % w == 0)
+        .find(|w| frags.is_multiple_of(*w) && warps.is_multiple_of(*w))
         .map(|w| (w, frags / w))
         .expect("1 always divides")
 }
