@@ -30,14 +30,11 @@ const FRAG: usize = 16;
 /// Shared-memory row padding in elements.
 const PAD: usize = 8;
 /// Reduction depth of one shared-memory stage (channels, or positions for the weight
-/// gradient): one `mma` step, 16 for bf16 and 8 for TF32. Deeper stages hold more loads in
-/// flight per thread but cost registers, and registers bound residency here: on an H100,
-/// 48 TF32 channels per stage took 182 registers per thread (one 8-warp cube per SM, warps
-/// stalled on dependencies, tensor pipe 8 % busy), 16 still 170; 16 bf16 channels take 113
-/// (two cubes per SM, and 1.8× the speed of TF32 at 16).
-fn stage_depth(dtype: DType) -> usize {
-    fragment(dtype).1
-}
+/// gradient). Deeper stages hold more loads in flight per thread but cost registers, and
+/// registers bound residency here: on an H100, 48 TF32 channels per stage took 182
+/// registers per thread (one 8-warp cube per SM, warps stalled on dependencies, tensor pipe
+/// 8 % busy); at 16 an H200 shows 170 for TF32 (still one cube) and 113 for bf16 (two).
+const BK: usize = 16;
 
 /// Address of the src row read by dst position (`base`, `od`, `oh`, `ow`) at `tap`, or −1
 /// where the tap falls outside the src (or the position outside the problem: `base < 0`).
@@ -871,8 +868,8 @@ fn spread(frags: usize, warps: usize) -> (usize, usize) {
 }
 
 /// Tile of the forward/backward-data kernel: 128 positions × up to 128 dst channels, 8
-/// warps, one `mma` step of reduced channels per stage for operands of `dtype`.
-pub(crate) fn gemm_tile(c_out: usize, dtype: DType) -> MmaTile {
+/// warps, [`BK`] reduced channels per stage.
+pub(crate) fn gemm_tile(c_out: usize) -> MmaTile {
     let nf = frags_for(c_out, 8);
     let (warps_n, frags_n) = spread(nf, 2);
     let warps_m = 8 / warps_n;
@@ -882,7 +879,7 @@ pub(crate) fn gemm_tile(c_out: usize, dtype: DType) -> MmaTile {
         warps_n,
         frags_m,
         frags_n,
-        bk: stage_depth(dtype),
+        bk: BK,
     }
 }
 
@@ -969,8 +966,8 @@ pub(crate) fn gemm(
 }
 
 /// Tile of the weight-gradient kernel: up to 96 dst channels × 128 (tap, channel) columns,
-/// 8 warps, one `mma` step of positions per stage for operands of `dtype`.
-pub(crate) fn wgrad_tile(c_out: usize, dtype: DType) -> MmaTile {
+/// 8 warps, [`BK`] positions per stage.
+pub(crate) fn wgrad_tile(c_out: usize) -> MmaTile {
     let mf = frags_for(c_out, 6);
     let (warps_m, frags_m) = spread(mf, 2);
     // 128 columns per tile.
@@ -981,7 +978,7 @@ pub(crate) fn wgrad_tile(c_out: usize, dtype: DType) -> MmaTile {
         warps_n,
         frags_m,
         frags_n,
-        bk: stage_depth(dtype),
+        bk: BK,
     }
 }
 
@@ -1044,8 +1041,7 @@ mod tests {
     #[test]
     fn tiles_cover_the_channels_with_eight_warps() {
         for c_out in [48, 96, 192, 16, 200] {
-            let t = gemm_tile(c_out, DType::F32);
-            assert_eq!(t.bk, 8);
+            let t = gemm_tile(c_out);
             assert_eq!(t.warps_m * t.warps_n, 8, "{t:?}");
             assert_eq!(t.bm(), 128, "{t:?}");
             assert!(t.bn() <= 128, "{t:?}");
@@ -1053,8 +1049,7 @@ mod tests {
             assert!(tiles * t.bn() - c_out < 16 * tiles, "{c_out}: {t:?}");
         }
         for (c_out, bm) in [(48, 48), (96, 96), (192, 96), (16, 16)] {
-            let t = wgrad_tile(c_out, DType::BF16);
-            assert_eq!(t.bk, 16);
+            let t = wgrad_tile(c_out);
             assert_eq!(
                 (t.warps_m * t.warps_n, t.bm(), t.bn()),
                 (8, bm, 128),

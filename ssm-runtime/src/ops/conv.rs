@@ -661,7 +661,7 @@ fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) ->
     let wt = reduced_fastest(w, 1)?;
     let out_shape = p.output_shape();
     let geo = fwd_geo(p, x, &wt, strides_of_contiguous(&out_shape, p.layout));
-    let tile = tc::gemm_tile(p.c_out_g(), x.dtype());
+    let tile = tc::gemm_tile(p.c_out_g());
     let cl = p.layout == Layout::ChannelsLast;
     Ok(tc::gemm(
         x,
@@ -763,7 +763,7 @@ impl Tensor {
             check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
             let wt = reduced_fastest(weight, 0)?;
             let geo = bwd_geo(&p, dy, &wt, strides_of_contiguous(input_shape, p.layout));
-            let tile = tc::gemm_tile(p.c_in_g(), dy.dtype());
+            let tile = tc::gemm_tile(p.c_in_g());
             let cl = p.layout == Layout::ChannelsLast;
             let dx = tc::gemm(dy, &wt, None, input_shape, &geo, cl, true, tile);
             return Ok((dx, ConvImpl::TensorCore));
@@ -823,7 +823,7 @@ impl Tensor {
         {
             check_operands(op, &[("input", x), ("output gradient", dy)])?;
             let geo = wgrad_geo(&p, x, dy);
-            let tile = tc::wgrad_tile(p.c_out_g(), x.dtype());
+            let tile = tc::wgrad_tile(p.c_out_g());
             let parts = tc::wgrad(x, dy, &geo, p.layout == Layout::ChannelsLast, tile);
             let dw = if parts.shape()[0] == 1 {
                 parts.reshape(weight_shape)?
