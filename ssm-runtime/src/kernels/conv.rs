@@ -144,7 +144,7 @@ impl Geo {
         )
     }
 
-    fn dst_positions(&self) -> usize {
+    pub(crate) fn dst_positions(&self) -> usize {
         (self.batch * self.dst[0] * self.dst[1] * self.dst[2]) as usize
     }
 }
@@ -998,6 +998,51 @@ pub(crate) struct TileCfg {
     pub bk: usize,
 }
 
+/// Tap splits (split-K) of a forward/backward-data GEMM with `cubes` output tiles: enough
+/// to reach about `target` cubes, at most 8, and every split covers at least one tap.
+pub(crate) fn tap_splits(cubes: usize, taps: usize, target: usize) -> usize {
+    let k_splits = target.div_ceil(cubes).clamp(1, taps.min(8));
+    let taps_per = taps.div_ceil(k_splits);
+    taps.div_ceil(taps_per)
+}
+
+/// (x, y) cube counts covering `m_tiles` position tiles within the device's x limit `max_x`.
+pub(crate) fn position_grid(m_tiles: usize, max_x: u32) -> (u32, u32) {
+    let max_x = max_x.clamp(1, 65_535) as usize;
+    if m_tiles <= max_x {
+        (m_tiles as u32, 1)
+    } else {
+        (max_x as u32, m_tiles.div_ceil(max_x) as u32)
+    }
+}
+
+/// The `k_splits` partial outputs of a split-K GEMM (`[k_splits · numel]`) summed into
+/// `dst_shape`.
+pub(crate) fn sum_tap_splits(out: SsmTensor, k_splits: usize, dst_shape: &[usize]) -> SsmTensor {
+    let shape = [&[k_splits][..], dst_shape].concat();
+    let out = out.reshape(&shape).expect("same numel");
+    if k_splits == 1 {
+        out.reshape(dst_shape).expect("same numel")
+    } else {
+        out.sum(&[0], false).expect("sum over splits")
+    }
+}
+
+/// Row splits of a weight-gradient GEMM with `tiles` output tiles: (splits, rows per split),
+/// enough splits to reach about `target` cubes but at least 64 stages of `bk` positions
+/// along w per split; every split covers at least one row.
+pub(crate) fn row_splits(geo: &Geo, bk: usize, tiles: usize, target: usize) -> (usize, usize) {
+    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
+    let stages_per_row = (geo.dst[2] as usize).div_ceil(bk);
+    let min_rows = 64usize.div_ceil(stages_per_row).max(1);
+    let splits = target
+        .div_ceil(tiles)
+        .clamp(1, rows.div_ceil(min_rows).max(1));
+    let rows_per_split = rows.div_ceil(splits);
+    let splits = rows.div_ceil(rows_per_split.max(1)).max(1);
+    (splits, rows_per_split)
+}
+
 /// Tile for the forward/backward-data GEMM: 128 positions × a channel tile fitted to the
 /// channel count (least padding, then widest).
 pub(crate) fn gemm_tile(c_out: usize) -> TileCfg {
@@ -1046,25 +1091,13 @@ pub(crate) fn gemm(
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
     // About two waves of resident cubes on a large GPU.
-    let k_splits = 1024usize.div_ceil(cubes).clamp(1, taps.min(8));
-    // Every split covers at least one tap.
-    let taps_per = taps.div_ceil(k_splits);
-    let k_splits = taps.div_ceil(taps_per);
+    let k_splits = tap_splits(cubes, taps, 1024);
     let out = SsmTensor::empty(&[k_splits * numel], src.dtype, &src.device);
     let dtype = src.dtype.storage();
     let bias_t = bias.unwrap_or(w);
     dispatch!(src.device, c => {
-        let max_x = c.properties().hardware.max_cube_count.0.clamp(1, 65_535) as usize;
-        let (gx, gy) = if m_tiles <= max_x {
-            (m_tiles, 1)
-        } else {
-            (max_x, m_tiles.div_ceil(max_x))
-        };
-        let count = CubeCount::Static(
-            gx as u32,
-            gy as u32,
-            (n_tiles * geo.groups as usize * k_splits) as u32,
-        );
+        let (gx, gy) = position_grid(m_tiles, c.properties().hardware.max_cube_count.0);
+        let count = CubeCount::Static(gx, gy, (n_tiles * geo.groups as usize * k_splits) as u32);
         let dim = CubeDim::new_1d((cfg.tx * cfg.ty) as u32);
         record_launch();
         unsafe {
@@ -1088,13 +1121,7 @@ pub(crate) fn gemm(
             )
         }
     });
-    let shape = [&[k_splits][..], dst_shape].concat();
-    let out = out.reshape(&shape).expect("same numel");
-    if k_splits == 1 {
-        out.reshape(dst_shape).expect("same numel")
-    } else {
-        out.sum(&[0], false).expect("sum over splits")
-    }
+    sum_tap_splits(out, k_splits, dst_shape)
 }
 
 /// Tile for the weight-gradient GEMM (rows = output channels, columns = (tap, channel)).
@@ -1137,14 +1164,9 @@ pub(crate) fn wgrad_gemm(
     let bn = cfg.tx * cfg.tn;
     let n_tiles = n_cols.div_ceil(bn);
     let m_tiles = (geo.c_out as usize).div_ceil(bm);
-    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
     let tiles = n_tiles * m_tiles * geo.groups as usize;
-    // Enough cubes to fill a large GPU, but at least a few rows (and stages) per split.
-    let stages_per_row = (geo.dst[2] as usize).div_ceil(cfg.bk);
-    let min_rows = 64usize.div_ceil(stages_per_row).max(1);
-    let splits = (2048usize.div_ceil(tiles)).clamp(1, rows.div_ceil(min_rows).max(1));
-    let rows_per_split = rows.div_ceil(splits);
-    let splits = rows.div_ceil(rows_per_split.max(1)).max(1);
+    // Enough cubes to fill a large GPU, but a few rows (and stages) per split.
+    let (splits, rows_per_split) = row_splits(geo, cfg.bk, tiles, 2048);
     let out = SsmTensor::empty(&[splits, co_total, n_cols], x.dtype, &x.device);
     let dtype = x.dtype.storage();
     dispatch!(x.device, c => {
@@ -1174,4 +1196,30 @@ pub(crate) fn wgrad_gemm(
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cover_the_work_without_empty_parts() {
+        // 4 tiles of a 3×3×3 kernel: 128 splits wanted, capped at 8, then 4 taps per split
+        // leave 7 non-empty splits; a full grid or one tap needs no split.
+        assert_eq!(tap_splits(4, 27, 512), 7);
+        assert_eq!(tap_splits(6272, 27, 512), 1);
+        assert_eq!(tap_splits(4, 1, 512), 1);
+        assert_eq!(position_grid(6272, u32::MAX), (6272, 1));
+        assert_eq!(position_grid(70_000, u32::MAX), (65_535, 2));
+        assert_eq!(position_grid(300, 256), (256, 2));
+        // 2·112 rows of 32 positions (2 stages of 16 each): at least 32 rows per split.
+        let geo = Geo {
+            batch: 2,
+            dst: [112, 1, 32],
+            ..Geo::default()
+        };
+        assert_eq!(row_splits(&geo, 16, 11, 1024), (7, 32));
+        let (splits, per) = row_splits(&geo, 16, 2048, 1024);
+        assert_eq!((splits, per), (1, 224));
+    }
 }

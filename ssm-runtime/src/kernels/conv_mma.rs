@@ -22,7 +22,9 @@ use cubecl::prelude::*;
 use crate::device::record_launch;
 use crate::dispatch;
 use crate::dtype::DType;
-use crate::kernels::conv::{ConvGeo, Geo, split_pos, src_coord};
+use crate::kernels::conv::{
+    ConvGeo, Geo, position_grid, row_splits, split_pos, src_coord, sum_tap_splits, tap_splits,
+};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Fragment edge along m and n.
@@ -905,7 +907,7 @@ pub(crate) fn gemm(
         "tensor-core conv: the kernel steps the weight by tap · sw_w, but its taps are not packed (strides {:?})",
         geo.sw
     );
-    let m_total = (geo.batch * geo.dst[0] * geo.dst[1] * geo.dst[2]) as usize;
+    let m_total = geo.dst_positions();
     let numel: usize = dst_shape.iter().product();
     if m_total == 0 || numel == 0 {
         return SsmTensor::empty(dst_shape, DType::F32, &src.device);
@@ -915,24 +917,13 @@ pub(crate) fn gemm(
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
     // About two waves of resident cubes on a large GPU.
-    let k_splits = 512usize.div_ceil(cubes).clamp(1, taps.min(8));
-    let taps_per = taps.div_ceil(k_splits);
-    let k_splits = taps.div_ceil(taps_per);
+    let k_splits = tap_splits(cubes, taps, 512);
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
     let (frag_ty, mk) = fragment(src.dtype);
     let bias_t = bias.unwrap_or(&out);
     dispatch!(src.device, c => {
-        let max_x = c.properties().hardware.max_cube_count.0.clamp(1, 65_535) as usize;
-        let (gx, gy) = if m_tiles <= max_x {
-            (m_tiles, 1)
-        } else {
-            (max_x, m_tiles.div_ceil(max_x))
-        };
-        let count = CubeCount::Static(
-            gx as u32,
-            gy as u32,
-            (n_tiles * geo.groups as usize * k_splits) as u32,
-        );
+        let (gx, gy) = position_grid(m_tiles, c.properties().hardware.max_cube_count.0);
+        let count = CubeCount::Static(gx, gy, (n_tiles * geo.groups as usize * k_splits) as u32);
         let dim = CubeDim::new_2d(32, (tile.warps_m * tile.warps_n) as u32);
         record_launch();
         unsafe {
@@ -956,13 +947,7 @@ pub(crate) fn gemm(
             )
         }
     });
-    let shape = [&[k_splits][..], dst_shape].concat();
-    let out = out.reshape(&shape).expect("same numel");
-    if k_splits == 1 {
-        out.reshape(dst_shape).expect("same numel")
-    } else {
-        out.sum(&[0], false).expect("sum over splits")
-    }
+    sum_tap_splits(out, k_splits, dst_shape)
 }
 
 /// Tile of the weight-gradient kernel: up to 96 dst channels × 128 (tap, channel) columns,
@@ -996,14 +981,9 @@ pub(crate) fn wgrad(
     let co_total = (geo.c_out * geo.groups) as usize;
     let n_tiles = n_cols.div_ceil(tile.bn());
     let m_tiles = (geo.c_out as usize).div_ceil(tile.bm());
-    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
     let tiles = n_tiles * m_tiles * geo.groups as usize;
     // Enough cubes to fill a large GPU, but at least 64 stages per split.
-    let stages_per_row = (geo.dst[2] as usize).div_ceil(tile.bk);
-    let min_rows = 64usize.div_ceil(stages_per_row).max(1);
-    let splits = (1024usize.div_ceil(tiles)).clamp(1, rows.div_ceil(min_rows).max(1));
-    let rows_per_split = rows.div_ceil(splits);
-    let splits = rows.div_ceil(rows_per_split.max(1)).max(1);
+    let (splits, rows_per_split) = row_splits(geo, tile.bk, tiles, 1024);
     let out = SsmTensor::empty(&[splits, co_total, n_cols], DType::F32, &x.device);
     let (frag_ty, mk) = fragment(x.dtype);
     dispatch!(x.device, c => {

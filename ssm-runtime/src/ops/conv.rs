@@ -641,6 +641,15 @@ fn checked_bias(op: &'static str, b: &Tensor, p: &ConvProblem, weight: &Tensor) 
     b.compact()
 }
 
+/// A weight gradient from per-split partial sums along `axis`, in `weight_shape`.
+fn summed_parts(parts: Tensor, axis: usize, weight_shape: &[usize]) -> Result<Tensor> {
+    if parts.shape()[axis] == 1 {
+        parts.reshape(weight_shape)
+    } else {
+        parts.sum(&[axis as isize], false)?.reshape(weight_shape)
+    }
+}
+
 /// Forward on the tensor cores (f32 result; a bf16 or f32 bias joins the accumulators).
 fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) -> Result<Tensor> {
     let op = "conv";
@@ -825,12 +834,7 @@ impl Tensor {
             let geo = wgrad_geo(&p, x, dy);
             let tile = tc::wgrad_tile(p.c_out_g());
             let parts = tc::wgrad(x, dy, &geo, p.layout == Layout::ChannelsLast, tile);
-            let dw = if parts.shape()[0] == 1 {
-                parts.reshape(weight_shape)?
-            } else {
-                parts.sum(&[0], false)?.reshape(weight_shape)?
-            };
-            return Ok((dw, ConvImpl::TensorCore));
+            return Ok((summed_parts(parts, 0, weight_shape)?, ConvImpl::TensorCore));
         }
         if any_bf16(&[Some(x), Some(dy)]) {
             let (x, dy) = (widened(op, x)?, widened(op, dy)?);
@@ -859,20 +863,10 @@ impl Tensor {
             let taps: usize = p.kernel.iter().product();
             let cfg = k::wgrad_tile(p.c_out_g(), taps * p.c_in_g(), geo.dst[2] as usize);
             let parts = k::wgrad_gemm(x, dy, &geo, cl, cl, cfg);
-            let dw = if parts.shape()[0] == 1 {
-                parts.reshape(weight_shape)?
-            } else {
-                parts.sum(&[0], false)?.reshape(weight_shape)?
-            };
-            Ok((dw, ConvImpl::Gemm))
+            Ok((summed_parts(parts, 0, weight_shape)?, ConvImpl::Gemm))
         } else {
             let parts = k::wgrad_direct(x, dy, &geo, n_weights);
-            let dw = if parts.shape()[1] == 1 {
-                parts.reshape(weight_shape)?
-            } else {
-                parts.sum(&[1], false)?.reshape(weight_shape)?
-            };
-            Ok((dw, ConvImpl::Direct))
+            Ok((summed_parts(parts, 1, weight_shape)?, ConvImpl::Direct))
         }
     }
 
