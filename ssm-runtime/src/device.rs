@@ -152,6 +152,18 @@ impl Device {
         }
     }
 
+    /// Whether the pipelined tensor-core kernels may run for operands of `dtype`: warp-level
+    /// `mma.sync` on registers (16×8×16 bf16, 16×8×8 TF32) fed by asynchronous global →
+    /// shared copies (`cp.async`), as CUDA has from sm_80.
+    pub fn has_pipelined_mma(&self, dtype: crate::dtype::DType) -> bool {
+        self.inner.caps.copy_async
+            && match dtype {
+                crate::dtype::DType::BF16 => self.inner.caps.mma_sync_bf16,
+                crate::dtype::DType::F32 => self.inner.caps.mma_sync_tf32,
+                _ => false,
+            }
+    }
+
     /// Most shared memory one cube may use, in bytes.
     pub fn max_shared_memory(&self) -> usize {
         self.inner.caps.max_shared
@@ -181,6 +193,9 @@ struct Capabilities {
     bf16: bool,
     mma_bf16: bool,
     mma_tf32: bool,
+    mma_sync_bf16: bool,
+    mma_sync_tf32: bool,
+    copy_async: bool,
 }
 
 fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> Capabilities {
@@ -194,16 +209,16 @@ fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> Capabilities {
             .contains(AtomicUsage::Add)
     };
     let float = |kind| StorageType::Scalar(ElemType::Float(kind));
-    let mma = |kind, k| {
-        props.features.matmul.cmma.contains(&MmaConfig {
-            a_type: float(kind),
-            b_type: float(kind),
-            cd_type: float(FloatKind::F32),
-            m: 16,
-            n: 16,
-            k,
-        })
+    let config = |kind, n, k| MmaConfig {
+        a_type: float(kind),
+        b_type: float(kind),
+        cd_type: float(FloatKind::F32),
+        m: 16,
+        n,
+        k,
     };
+    let mma = |kind, k| props.features.matmul.cmma.contains(&config(kind, 16, k));
+    let mma_sync = |kind, k| props.features.matmul.mma.contains(&config(kind, 8, k));
     Capabilities {
         atomic_add_f32: add(FloatKind::F32),
         atomic_add_f64: add(FloatKind::F64),
@@ -213,6 +228,9 @@ fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> Capabilities {
             .is_superset(TypeUsage::Conversion | TypeUsage::Buffer),
         mma_bf16: mma(FloatKind::BF16, 16),
         mma_tf32: mma(FloatKind::TF32, 8),
+        mma_sync_bf16: mma_sync(FloatKind::BF16, 16),
+        mma_sync_tf32: mma_sync(FloatKind::TF32, 8),
+        copy_async: props.features.copy_async,
     }
 }
 

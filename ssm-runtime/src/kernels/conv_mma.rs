@@ -907,6 +907,9 @@ pub(crate) fn gemm(
         "tensor-core conv: the kernel steps the weight by tap · sw_w, but its taps are not packed (strides {:?})",
         geo.sw
     );
+    if super::conv_pipe::fits(src, w, geo, channels_last) {
+        return super::conv_pipe::gemm(src, w, bias, dst_shape, geo, transposed);
+    }
     let m_total = geo.dst_positions();
     let numel: usize = dst_shape.iter().product();
     if m_total == 0 || numel == 0 {
@@ -976,6 +979,9 @@ pub(crate) fn wgrad(
     channels_last: bool,
     tile: MmaTile,
 ) -> SsmTensor {
+    if super::conv_pipe_wgrad::fits(x, dy, geo, channels_last) {
+        return super::conv_pipe_wgrad::wgrad(x, dy, geo);
+    }
     let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
     let n_cols = taps * geo.c_red as usize;
     let co_total = (geo.c_out * geo.groups) as usize;

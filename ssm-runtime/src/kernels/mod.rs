@@ -5,6 +5,8 @@ pub mod attention;
 pub(crate) mod cast;
 pub mod conv;
 pub(crate) mod conv_mma;
+pub(crate) mod conv_pipe;
+pub(crate) mod conv_pipe_wgrad;
 pub(crate) mod copy;
 pub mod elementwise;
 pub(crate) mod fill;

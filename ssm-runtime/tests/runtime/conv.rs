@@ -675,7 +675,8 @@ fn conv_tensor_cores_match_host() {
     // (channels-first input, C_out, kernel, spec): the model's 3×3×3 C→C block (several
     // stages per tap, taps split across cubes), a strided 2-D case with C_in ≠ C_out and
     // partial tiles, a grouped dilated one, a causal 1-D one with a channel count off the 16
-    // grid, and a pointwise one (one tap: no split, the bias added in the only pass).
+    // grid, a pointwise one (one tap: no split, the bias added in the only pass), and one
+    // with more dst channels than one tile holds and dst rows of partial 16-position segments.
     let cases = [
         (
             vec![2usize, 48, 6, 7, 5],
@@ -697,6 +698,7 @@ fn conv_tensor_cores_match_host() {
         ),
         (vec![1, 20, 37], 72, vec![4], ConvSpec::new().causal()),
         (vec![2, 16, 5, 6], 32, vec![1, 1], ConvSpec::new()),
+        (vec![1, 24, 5, 18], 112, vec![3, 3], ConvSpec::new().same()),
     ];
     // Fewer than 16 channels per group: asked for, a clear refusal; `Auto` goes elsewhere.
     let x8 = upload(&r.vec(2 * 8 * 6 * 5, -1.0, 1.0), &[2, 8, 6, 5], dtypes[0]);

@@ -1,0 +1,743 @@
+//! Pipelined tensor-core implicit GEMM for channels-last convolutions (CUDA, sm_80+).
+//!
+//! The forward / backward-data GEMM of [`super::conv_mma`] (`dst[m, col] = Σ_{tap, c}
+//! src[gather(m, tap), c] · w[col, c, tap]`), built the way fast Ampere/Hopper GEMMs are:
+//!
+//! - operand tiles go global → shared with `cp.async` (16 bytes per copy, zero-filled outside
+//!   the problem), `stages` deep: the copies of the next `stages − 1` stages are in flight
+//!   while the tensor cores work on the current one, and no operand passes through
+//!   registers on its way to shared memory;
+//! - one `mbarrier` per stage slot: every thread commits its copies to the slot's barrier and
+//!   waits there before reading the slot, which also proves that every warp is done with the
+//!   slot refilled next (it was read one stage earlier);
+//! - fragments come from shared memory with `ldmatrix` (bf16) or conflict-free 32-bit loads
+//!   (TF32, which `ldmatrix` cannot move), and multiply with warp-level `mma.sync`
+//!   (16×8×16 bf16, 16×8×8 TF32) into f32 registers;
+//! - results leave straight from the accumulator registers (two adjacent channels per lane).
+//!
+//! Tiles are 8 segments of 16 consecutive positions along w, each within one dst row. With
+//! a w stride of 1 the taps along w read the same src row shifted by whole positions, so a
+//! stage copies each segment's *halo* (16 + (k_w − 1)·dil_w src rows) once and every tap
+//! along w reads it at its shift: a 3-wide kernel moves about a third of the src bytes of a
+//! per-tap gather (the L2 → SM traffic that bounds a per-tap version; ncu showed L2 at
+//! ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded by 16 bytes, so
+//! the 8 rows one `ldmatrix` (or one fragment load) touches fall on distinct banks.
+//!
+//! Needs channels-last operands whose rows are 16-byte aligned (channels per group and all
+//! strides multiples of 8 bf16 or 4 f32 elements); [`fits`] says when, and
+//! [`super::conv_mma::gemm`] takes this path whenever it does.
+
+use cubecl::prelude::barrier::{Barrier, copy_async_checked};
+use cubecl::prelude::*;
+
+use crate::device::record_launch;
+use crate::dispatch;
+use crate::dtype::DType;
+use crate::kernels::conv::{ConvGeo, Geo, position_grid, src_coord, sum_tap_splits, tap_splits};
+use crate::tensor::Tensor as SsmTensor;
+
+/// Positions per segment: a run along w within one dst row, one 16-row MMA block.
+const SEG: usize = 16;
+/// Segments per tile.
+const SEGS: usize = 8;
+/// Tile rows (dst positions).
+const BM: usize = SEG * SEGS;
+/// Threads of one cube (4 warps).
+const THREADS: usize = 128;
+
+/// The src address (channel 0 of the group) of every halo row this thread copies, for the
+/// tap group starting at tap `tap0`: rows `tid + q·THREADS` of the tile's halo, whose
+/// (batch base, od, oh, w) were decoded once into `h_base` (−1: no row), `h_d`, `h_h`,
+/// `h_w`; −1 where the row falls outside the src. With `kw_inner` taps per group, the halo
+/// holds the src rows of tap `tw_addr` (the first along w that a position reads) and the
+/// others read it shifted by whole rows.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn halo_addrs(
+    g: &ConvGeo,
+    h_base: &Array<i32>,
+    h_d: &Array<i32>,
+    h_h: &Array<i32>,
+    h_w: &Array<i32>,
+    addrs: &mut Array<i32>,
+    tap0: i32,
+    #[comptime] qh: usize,
+    #[comptime] kw_inner: usize,
+    #[comptime] transposed: bool,
+) {
+    let tw0 = tap0 % g.k_w;
+    let th = (tap0 / g.k_w) % g.k_h;
+    let td = tap0 / (g.k_w * g.k_h);
+    let tw_addr = if transposed {
+        tw0 + i32::cast_from(kw_inner - 1)
+    } else {
+        tw0
+    };
+    #[unroll]
+    for q in 0..qh {
+        let sd = src_coord(h_d[q], td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
+        let sh = src_coord(h_h[q], th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
+        let sw = src_coord(
+            h_w[q], tw_addr, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed,
+        );
+        addrs[q] = select(
+            h_base[q] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
+            h_base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+            -1i32,
+        );
+    }
+}
+
+/// Issue the `cp.async` copies of one stage into slot `slot`: this thread's halo rows
+/// (addresses `addrs`, reduced channels `c0 .. c0 + bk`) and its share of the weight tile
+/// (`kw_inner` taps from `tap0` × dst channels `n0 .. n0 + bn`, tap-major). Chunks outside
+/// the problem are zero-filled.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn issue_stage<I: Float>(
+    src: &Array<I>,
+    w: &Array<I>,
+    a_s: &mut SharedMemory<I>,
+    b_s: &mut SharedMemory<I>,
+    g: &ConvGeo,
+    slot: usize,
+    tid: usize,
+    addrs: &Array<i32>,
+    tap0: i32,
+    c0: i32,
+    w_grp: i32,
+    n0: i32,
+    #[comptime] qh: usize,
+    #[comptime] halo: usize,
+    #[comptime] kw_inner: usize,
+    #[comptime] bn: usize,
+    #[comptime] bk: usize,
+    #[comptime] vec: usize,
+) {
+    let pitch = comptime!(bk + vec);
+    let chunks = comptime!(bk / vec);
+    let copy = comptime!(vec as u32);
+    let a_slot = slot * (SEGS * halo * pitch);
+    #[unroll]
+    for q in 0..qh {
+        let rho = tid + q * THREADS;
+        if rho < SEGS * halo {
+            let at = a_slot + rho * pitch;
+            #[unroll]
+            for ch in 0..chunks {
+                let c = c0 + i32::cast_from(ch * vec);
+                let ok = addrs[q] >= 0 && c < g.c_red;
+                let start = usize::cast_from(select(ok, addrs[q] + c, 0i32));
+                let len = select(ok, usize::cast_from(vec), 0usize);
+                let from = src.slice(start, start + len);
+                let mut to = a_s.slice_mut(at + ch * vec, at + ch * vec + vec);
+                copy_async_checked(&from, &mut to, copy);
+            }
+        }
+    }
+    let b_slot = slot * (kw_inner * bn * pitch);
+    let b_chunks = comptime!(kw_inner * bn * chunks);
+    #[unroll]
+    for r in 0..b_chunks.div_ceil(THREADS) {
+        let e = tid + r * THREADS;
+        if e < b_chunks {
+            let row = e / chunks;
+            let ch = e % chunks;
+            let u = row / bn;
+            let col = n0 + i32::cast_from(row % bn);
+            let c = c0 + i32::cast_from(ch * vec);
+            let ok = col < g.c_out && c < g.c_red;
+            let tap = tap0 + i32::cast_from(u);
+            let start = usize::cast_from(select(ok, w_grp + tap * g.sw_w + col * g.sw_o + c, 0i32));
+            let len = select(ok, usize::cast_from(vec), 0usize);
+            let from = w.slice(start, start + len);
+            let at = b_slot + row * pitch + ch * vec;
+            let mut to = b_s.slice_mut(at, at + vec);
+            copy_async_checked(&from, &mut to, copy);
+        }
+    }
+}
+
+/// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
+/// channels-last operands.
+///
+/// A tile is [`SEGS`] segments of [`SEG`] consecutive dst positions along w (one dst row
+/// each; `segs_per_row` per row, the last one partial) × `bn = warps_n·frags_n·8` dst
+/// channels. The reduction runs over tap groups of `kw_inner` taps along w (all of them
+/// when the w stride is 1, else one) and `bk` reduced channels per stage. A stage holds the
+/// src *halo* of each segment, `halo = 16 + (kw_inner − 1)·dil_w` rows, once for all taps of
+/// its group (tap `u` reads it shifted by `u·dil_w` rows), and the weights of those taps.
+/// Warp `(wm, wn)` owns segments `wm·frags_m ..` and `frags_n` 8-channel blocks. Grid: x·y =
+/// tiles, z = groups × channel tiles × tap-group splits (split `s` writes its partial sums
+/// at `s · dst_split`).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv_pipe<I: Float, M: Float>(
+    src: &Array<I>,
+    w: &Array<I>,
+    bias: &Array<f32>,
+    dst: &mut Array<f32>,
+    src_off: i32,
+    w_off: i32,
+    g: ConvGeo,
+    segs_per_row: i32,
+    n_tiles: u32,
+    k_splits: u32,
+    dst_split: i32,
+    #[comptime] warps_m: usize,
+    #[comptime] warps_n: usize,
+    #[comptime] frags_m: usize,
+    #[comptime] frags_n: usize,
+    #[comptime] bk: usize,
+    #[comptime] mk: usize,
+    #[comptime] vec: usize,
+    #[comptime] stages: usize,
+    #[comptime] kw_inner: usize,
+    #[comptime] halo: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] transposed: bool,
+    #[define(I, M)] _d: [StorageType; 2],
+) {
+    let bn = comptime!(warps_n * frags_n * 8);
+    let pitch = comptime!(bk + vec);
+    let a_stage = comptime!(SEGS * halo * pitch);
+    let b_stage = comptime!(kw_inner * bn * pitch);
+    let qh = comptime!((SEGS * halo).div_ceil(THREADS));
+
+    let tid = UNIT_POS as usize;
+    let lane = UNIT_POS_X;
+    let warp = UNIT_POS_Y as usize;
+    let wm = warp % warps_m;
+    let wn = warp / warps_m;
+    let m_tile = CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X;
+    let split = CUBE_POS_Z % k_splits;
+    let zr = CUBE_POS_Z / k_splits;
+    let grp = i32::cast_from(zr / n_tiles);
+    let n0 = i32::cast_from(zr % n_tiles) * i32::cast_from(bn);
+    let total_rows = g.batch * g.dst_d * g.dst_h;
+    let seg0 = i32::cast_from(m_tile) * i32::cast_from(SEGS);
+    let grp_base = src_off + grp * g.c_red * g.ss_c;
+
+    let mut a_s = SharedMemory::<I>::new_aligned(stages * a_stage, 16usize);
+    let mut b_s = SharedMemory::<I>::new_aligned(stages * b_stage, 16usize);
+    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+
+    // The halo rows this thread copies, decoded once.
+    let mut h_base = Array::<i32>::new(qh);
+    let mut h_d = Array::<i32>::new(qh);
+    let mut h_h = Array::<i32>::new(qh);
+    let mut h_w = Array::<i32>::new(qh);
+    #[unroll]
+    for q in 0..qh {
+        let rho = tid + q * THREADS;
+        let gs = seg0 + i32::cast_from(rho / halo);
+        let row = gs / segs_per_row;
+        h_base[q] = select(
+            rho < SEGS * halo && row < total_rows,
+            grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
+            -1i32,
+        );
+        h_d[q] = (row / g.dst_h) % g.dst_d;
+        h_h[q] = row % g.dst_h;
+        h_w[q] = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(rho % halo);
+    }
+    let mut addrs = Array::<i32>::new(qh);
+
+    let w_grp = w_off + grp * g.w_group;
+    let bki = i32::cast_from(bk);
+    let n_c = (g.c_red + bki - 1) / bki;
+    let kwi = i32::cast_from(kw_inner);
+    let groups = g.k_d * g.k_h * g.k_w / kwi;
+    let ks = i32::cast_from(k_splits);
+    let per_split = (groups + ks - 1) / ks;
+    let si = i32::cast_from(split);
+    let q0 = si * per_split;
+    let q1 = select(q0 + per_split < groups, q0 + per_split, groups);
+    let n_stages = select(q1 > q0, (q1 - q0) * n_c, 0i32);
+
+    // Fragment register layout of this lane.
+    let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, mk);
+    let size!(NA) = def.vector_size(cmma::MatrixIdent::A);
+    let size!(NB) = def.vector_size(cmma::MatrixIdent::B);
+    let size!(NC) = def.vector_size(cmma::MatrixIdent::Accumulator);
+    let va = def.vectors_per_lane(cmma::MatrixIdent::A);
+    let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
+    let vc = def.vectors_per_lane(cmma::MatrixIdent::Accumulator);
+    let sc = def.vector_size(cmma::MatrixIdent::Accumulator);
+    // TF32 fragments are read element by element: their offsets within a 16×k (A) or
+    // k×8 (B, stored n-major) block.
+    let mut a_off = Array::<usize>::new(va);
+    let mut b_off = Array::<usize>::new(vb);
+    if comptime!(mk == 8) {
+        #[unroll]
+        for e in 0..va {
+            let (r, c) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::A);
+            a_off[e] = r as usize * pitch + c as usize;
+        }
+        #[unroll]
+        for e in 0..vb {
+            let (k, n) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::B);
+            b_off[e] = n as usize * pitch + k as usize;
+        }
+    }
+    let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
+    #[unroll]
+    for _ in 0..frags_m * frags_n {
+        let mut a = Array::<Vector<f32, NC>>::new(vc);
+        #[unroll]
+        for h in 0..vc {
+            a[h] = Vector::new(0.0f32);
+        }
+        acc.push(a);
+    }
+
+    // Producer state: the next stage to issue (first tap of its group, first channel).
+    let mut p_tap = q0 * kwi;
+    let mut p_c0 = i32::new(0);
+    halo_addrs(
+        &g, &h_base, &h_d, &h_h, &h_w, &mut addrs, p_tap, qh, kw_inner, transposed,
+    );
+    #[unroll]
+    for j in 0..stages - 1 {
+        if i32::cast_from(j) < n_stages {
+            issue_stage::<I>(
+                src, w, &mut a_s, &mut b_s, &g, j, tid, &addrs, p_tap, p_c0, w_grp, n0, qh, halo,
+                kw_inner, bn, bk, vec,
+            );
+            if j == 0 {
+                bar0.commit_copy_async();
+            } else if j == 1 {
+                bar1.commit_copy_async();
+            } else if j == 2 {
+                bar2.commit_copy_async();
+            } else {
+                bar3.commit_copy_async();
+            }
+            let wrap = p_c0 + bki >= g.c_red;
+            p_c0 = select(wrap, 0i32, p_c0 + bki);
+            if wrap {
+                p_tap += kwi;
+                halo_addrs(
+                    &g, &h_base, &h_d, &h_h, &h_w, &mut addrs, p_tap, qh, kw_inner, transposed,
+                );
+            }
+        }
+    }
+
+    let warp_seg = wm * frags_m;
+    let warp_col = wn * frags_n * 8;
+    let mut k = i32::new(0);
+    while k < n_stages {
+        #[unroll]
+        for j in 0..stages {
+            let s = k + i32::cast_from(j);
+            if s < n_stages {
+                // Stage s sits in slot j; once every thread is here, the slot read at stage
+                // s − 1 is free for stage s + stages − 1.
+                if j == 0 {
+                    bar0.arrive_and_wait();
+                } else if j == 1 {
+                    bar1.arrive_and_wait();
+                } else if j == 2 {
+                    bar2.arrive_and_wait();
+                } else {
+                    bar3.arrive_and_wait();
+                }
+                let fill = comptime!((j + stages - 1) % stages);
+                if s + i32::cast_from(stages - 1) < n_stages {
+                    issue_stage::<I>(
+                        src, w, &mut a_s, &mut b_s, &g, fill, tid, &addrs, p_tap, p_c0, w_grp, n0,
+                        qh, halo, kw_inner, bn, bk, vec,
+                    );
+                    if fill == 0 {
+                        bar0.commit_copy_async();
+                    } else if fill == 1 {
+                        bar1.commit_copy_async();
+                    } else if fill == 2 {
+                        bar2.commit_copy_async();
+                    } else {
+                        bar3.commit_copy_async();
+                    }
+                    let wrap = p_c0 + bki >= g.c_red;
+                    p_c0 = select(wrap, 0i32, p_c0 + bki);
+                    if wrap {
+                        p_tap += kwi;
+                        halo_addrs(
+                            &g, &h_base, &h_d, &h_h, &h_w, &mut addrs, p_tap, qh, kw_inner,
+                            transposed,
+                        );
+                    }
+                }
+
+                #[unroll]
+                for u in 0..kw_inner {
+                    // Tap u of the group reads the halo shifted by this many rows.
+                    let shift = if transposed {
+                        usize::cast_from(g.dil_w) * (kw_inner - 1 - u)
+                    } else {
+                        usize::cast_from(g.dil_w) * u
+                    };
+                    let a_slot = j * a_stage + (warp_seg * halo + shift) * pitch;
+                    let b_slot = j * b_stage + (u * bn + warp_col) * pitch;
+                    #[unroll]
+                    for kk in 0..bk / mk {
+                        let k0 = kk * mk;
+                        let mut a_frags = Sequence::<Array<Vector<M, NA>>>::new();
+                        let mut b_frags = Sequence::<Array<Vector<M, NB>>>::new();
+                        if comptime!(mk == 16) {
+                            // ldmatrix.x4: lanes 0-15 give rows 0-15 at k0, lanes 16-31 at
+                            // k0 + 8.
+                            let lrow = (lane % 16) as usize;
+                            let lk = (lane / 16) as usize * 8;
+                            #[unroll]
+                            for i in 0..frags_m {
+                                let at = a_slot + (i * halo + lrow) * pitch + k0 + lk;
+                                let regs = def.load_matrix::<I, NA>(
+                                    &a_s.slice(at, at + 8),
+                                    cmma::MatrixIdent::A,
+                                    4usize,
+                                    false,
+                                );
+                                let mut f = Array::<Vector<M, NA>>::new(va);
+                                #[unroll]
+                                for e in 0..va {
+                                    f[e] = Vector::cast_from(regs[e]);
+                                }
+                                a_frags.push(f);
+                            }
+                            // ldmatrix.x4 over two 8-channel blocks: lanes 0-7 / 8-15 give
+                            // the first block at k0 / k0 + 8, lanes 16-23 / 24-31 the second.
+                            let nrow = (lane % 8 + (lane / 16) * 8) as usize;
+                            let nk = ((lane / 8) % 2) as usize * 8;
+                            #[unroll]
+                            for jp in 0..frags_n / 2 {
+                                let at = b_slot + (jp * 16 + nrow) * pitch + k0 + nk;
+                                let regs = def.load_matrix::<I, NB>(
+                                    &b_s.slice(at, at + 8),
+                                    cmma::MatrixIdent::B,
+                                    4usize,
+                                    false,
+                                );
+                                let mut lo = Array::<Vector<M, NB>>::new(vb);
+                                let mut hi = Array::<Vector<M, NB>>::new(vb);
+                                #[unroll]
+                                for e in 0..vb {
+                                    lo[e] = Vector::cast_from(regs[e]);
+                                    hi[e] = Vector::cast_from(regs[vb + e]);
+                                }
+                                b_frags.push(lo);
+                                b_frags.push(hi);
+                            }
+                            if comptime!(frags_n % 2 == 1) {
+                                let at = b_slot
+                                    + ((frags_n - 1) * 8 + (lane % 8) as usize) * pitch
+                                    + k0
+                                    + nk;
+                                let regs = def.load_matrix::<I, NB>(
+                                    &b_s.slice(at, at + 8),
+                                    cmma::MatrixIdent::B,
+                                    2usize,
+                                    false,
+                                );
+                                let mut f = Array::<Vector<M, NB>>::new(vb);
+                                #[unroll]
+                                for e in 0..vb {
+                                    f[e] = Vector::cast_from(regs[e]);
+                                }
+                                b_frags.push(f);
+                            }
+                        } else {
+                            #[unroll]
+                            for i in 0..frags_m {
+                                let base = a_slot + i * halo * pitch + k0;
+                                let mut f = Array::<Vector<M, NA>>::new(va);
+                                #[unroll]
+                                for e in 0..va {
+                                    let mut v = Vector::<M, NA>::empty();
+                                    v[0] = M::cast_from(a_s[base + a_off[e]]);
+                                    f[e] = v;
+                                }
+                                a_frags.push(f);
+                            }
+                            #[unroll]
+                            for jn in 0..frags_n {
+                                let base = b_slot + jn * 8 * pitch + k0;
+                                let mut f = Array::<Vector<M, NB>>::new(vb);
+                                #[unroll]
+                                for e in 0..vb {
+                                    let mut v = Vector::<M, NB>::empty();
+                                    v[0] = M::cast_from(b_s[base + b_off[e]]);
+                                    f[e] = v;
+                                }
+                                b_frags.push(f);
+                            }
+                        }
+                        #[unroll]
+                        for i in 0..frags_m {
+                            #[unroll]
+                            for jn in 0..frags_n {
+                                def.execute_inplace(
+                                    a_frags.index(i),
+                                    b_frags.index(jn),
+                                    acc.index_mut(i * frags_n + jn),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        k += i32::cast_from(stages);
+    }
+
+    // Epilogue: the dst address of tile row `tid` (segment tid / 16, −1 past the problem),
+    // then every lane writes its accumulator pairs (two adjacent channels of one position).
+    let mut rows = SharedMemory::<i32>::new(BM);
+    let gs = seg0 + i32::cast_from(tid / SEG);
+    let row = gs / segs_per_row;
+    let ow = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(tid % SEG);
+    rows[tid] = select(
+        row < total_rows && ow < g.dst_w,
+        si * dst_split
+            + (row / (g.dst_h * g.dst_d)) * g.sd_n
+            + ((row / g.dst_h) % g.dst_d) * g.sd_d
+            + (row % g.dst_h) * g.sd_h
+            + ow * g.sd_w,
+        -1i32,
+    );
+    sync_cube();
+    #[unroll]
+    for h in 0..vc {
+        let (r, c) = def.position_of_nth(lane, (h * sc) as u32, cmma::MatrixIdent::Accumulator);
+        #[unroll]
+        for i in 0..frags_m {
+            let at = rows[(warp_seg + i) * SEG + r as usize];
+            #[unroll]
+            for jn in 0..frags_n {
+                let v = acc.index(i * frags_n + jn)[h];
+                #[unroll]
+                for e in 0..sc {
+                    let col = n0 + i32::cast_from(warp_col + jn * 8 + c as usize + e);
+                    if at >= 0 && col < g.c_out {
+                        let ch = grp * g.c_out + col;
+                        let b = if has_bias {
+                            select(si == 0i32, bias[usize::cast_from(ch)], 0.0f32)
+                        } else {
+                            f32::new(0.0)
+                        };
+                        dst[usize::cast_from(at + ch * g.sd_c)] = v[e] + b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- launch helpers ------------------------------------------------------------------------
+
+/// Reduced channels per stage.
+const BK: usize = 16;
+
+/// Warp grid, accumulators per warp, tap grouping and pipeline depth of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PipeTile {
+    pub warps_m: usize,
+    pub warps_n: usize,
+    /// Segments (16-row accumulator blocks) per warp.
+    pub frags_m: usize,
+    /// 8-column accumulator blocks per warp.
+    pub frags_n: usize,
+    /// Taps along w that share one halo (the kernel width when the w stride is 1).
+    pub kw_inner: usize,
+    /// Halo rows per segment.
+    pub halo: usize,
+    /// Stage slots in shared memory.
+    pub stages: usize,
+}
+
+impl PipeTile {
+    fn bn(&self) -> usize {
+        self.warps_n * self.frags_n * 8
+    }
+
+    /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
+    fn stage_bytes(&self, elem: usize) -> usize {
+        (SEGS * self.halo + self.kw_inner * self.bn()) * (BK + 16 / elem) * elem
+    }
+}
+
+/// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
+/// and dilation `dil_w`: up to 64 dst channels in one column of 4 warps (2 segments × bn
+/// each), more in 2 × 2 warps of 4 segments × up to 48; four stage slots, three where
+/// a slot passes 24 KiB.
+pub(crate) fn pipe_tile(
+    c_out: usize,
+    k_w: usize,
+    st_w: usize,
+    dil_w: usize,
+    elem: usize,
+) -> PipeTile {
+    let n8 = c_out.div_ceil(8);
+    let (warps_m, warps_n, frags_m, frags_n) = if n8 <= 8 {
+        (4, 1, 2, n8)
+    } else {
+        let tiles = n8.div_ceil(12);
+        let per = n8.div_ceil(tiles);
+        (2, 2, 4, (per + per % 2) / 2)
+    };
+    let kw_inner = if st_w == 1 { k_w } else { 1 };
+    let mut tile = PipeTile {
+        warps_m,
+        warps_n,
+        frags_m,
+        frags_n,
+        kw_inner,
+        halo: SEG + (kw_inner - 1) * dil_w,
+        stages: 4,
+    };
+    if tile.stage_bytes(elem) > 24 * 1024 {
+        tile.stages = 3;
+    }
+    tile
+}
+
+fn tile_of(geo: &Geo, dtype: DType) -> PipeTile {
+    pipe_tile(
+        geo.c_out as usize,
+        geo.k[2] as usize,
+        geo.stride[2] as usize,
+        geo.dil[2] as usize,
+        dtype.size(),
+    )
+}
+
+/// Whether [`gemm`] can run this problem: a device with `mma.sync` and `cp.async` for the
+/// operand type, channels-last operands of one type whose channel runs and row starts are
+/// 16-byte aligned (the copy granule), and stage slots that fit in shared memory.
+///
+/// `SSM_CONV_PIPELINE=0` turns this path off (the `wmma` kernel of [`super::conv_mma`] runs
+/// instead), so benchmarks can compare the two in one process.
+pub(crate) fn fits(src: &SsmTensor, w: &SsmTensor, geo: &Geo, channels_last: bool) -> bool {
+    let dtype = src.dtype;
+    if !channels_last
+        || !pipeline_enabled()
+        || w.dtype != dtype
+        || !src.device.has_pipelined_mma(dtype)
+    {
+        return false;
+    }
+    let vec = (16 / dtype.size()) as i32;
+    let aligned = |v: i32| v % vec == 0;
+    let src_ok = geo.ss[1] == 1
+        && aligned(src.offset as i32)
+        && [0, 2, 3, 4].iter().all(|&i| aligned(geo.ss[i]));
+    let w_ok = geo.sw[1] == 1
+        && aligned(w.offset as i32)
+        && aligned(geo.w_group)
+        && [0, 2, 3, 4].iter().all(|&i| aligned(geo.sw[i]));
+    let tile = tile_of(geo, dtype);
+    src_ok
+        && w_ok
+        && aligned(geo.c_red)
+        && tile.stages * tile.stage_bytes(dtype.size()) + BM * 4 <= src.device.max_shared_memory()
+}
+
+/// False when `SSM_CONV_PIPELINE` is `0` (read once).
+pub(crate) fn pipeline_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("SSM_CONV_PIPELINE").map_or(true, |v| v != "0"))
+}
+
+/// Forward or backward-data into a fresh f32 tensor of `dst_shape` (channels-last strides
+/// `geo.sd`); the caller checked [`fits`], and `w` has its taps packed (tap `t` at
+/// `t · sw_w`). Tap groups split across cubes when the tiles alone cannot fill the device.
+pub(crate) fn gemm(
+    src: &SsmTensor,
+    w: &SsmTensor,
+    bias: Option<&SsmTensor>,
+    dst_shape: &[usize],
+    geo: &Geo,
+    transposed: bool,
+) -> SsmTensor {
+    let numel: usize = dst_shape.iter().product();
+    if geo.dst_positions() == 0 || numel == 0 {
+        return SsmTensor::empty(dst_shape, DType::F32, &src.device);
+    }
+    let tile = tile_of(geo, src.dtype);
+    let segs_per_row = (geo.dst[2] as usize).div_ceil(SEG);
+    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
+    let m_tiles = (rows * segs_per_row).div_ceil(SEGS);
+    let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
+    let cubes = m_tiles * n_tiles * geo.groups as usize;
+    let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
+    // 4-warp cubes, several resident per SM: aim at about two waves on a large GPU.
+    let k_splits = tap_splits(cubes, tap_groups, 1024);
+    let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
+    let (frag_ty, mk) = match src.dtype {
+        DType::BF16 => (src.dtype.storage(), 16),
+        _ => (
+            StorageType::Scalar(cubecl::ir::ElemType::Float(cubecl::ir::FloatKind::TF32)),
+            8,
+        ),
+    };
+    let vec = 16 / src.dtype.size();
+    let bias_t = bias.unwrap_or(&out);
+    dispatch!(src.device, c => {
+        let (gx, gy) = position_grid(m_tiles, c.properties().hardware.max_cube_count.0);
+        let count = CubeCount::Static(gx, gy, (n_tiles * geo.groups as usize * k_splits) as u32);
+        let dim = CubeDim::new_2d(32, (tile.warps_m * tile.warps_n) as u32);
+        record_launch();
+        unsafe {
+            conv_pipe::launch_unchecked(
+                c, count, dim,
+                src.array_arg(src.buffer_len()),
+                w.array_arg(w.buffer_len()),
+                bias_t.array_arg(bias_t.buffer_len()),
+                out.array_arg(out.numel()),
+                src.offset as i32,
+                w.offset as i32,
+                geo.launch(),
+                segs_per_row as i32,
+                n_tiles as u32,
+                k_splits as u32,
+                numel as i32,
+                tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, BK, mk, vec,
+                tile.stages, tile.kw_inner, tile.halo,
+                bias.is_some(),
+                transposed,
+                [src.dtype.storage(), frag_ty],
+            )
+        }
+    });
+    sum_tap_splits(out, k_splits, dst_shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_use_four_warps_and_cover_the_channels() {
+        for c_out in [8, 16, 24, 48, 64, 72, 96, 128, 192, 200] {
+            for elem in [2, 4] {
+                let t = pipe_tile(c_out, 3, 1, 1, elem);
+                assert_eq!(t.warps_m * t.warps_n, 4, "{t:?}");
+                assert_eq!(t.warps_m * t.frags_m, SEGS, "{t:?}");
+                let tiles = c_out.div_ceil(t.bn());
+                assert!(tiles * t.bn() >= c_out, "{c_out}: {t:?}");
+                assert!(tiles * t.bn() - c_out < 16 * tiles, "{c_out}: {t:?}");
+                assert!(t.bn() <= 96, "{t:?}");
+                assert!(t.stages * t.stage_bytes(elem) <= 110 * 1024, "{t:?}");
+            }
+        }
+        // Stride 1 along w: the taps along w share a halo of 16 + (k_w − 1)·dil rows.
+        let t = pipe_tile(48, 3, 1, 2, 2);
+        assert_eq!((t.kw_inner, t.halo), (3, 20));
+        // Any other stride: one tap per group, one row per position.
+        let t = pipe_tile(48, 7, 2, 1, 2);
+        assert_eq!((t.kw_inner, t.halo), (1, 16));
+    }
+}

@@ -1,0 +1,619 @@
+//! Pipelined tensor-core weight gradient for channels-last convolutions with a w stride of 1
+//! (CUDA, sm_80+): `dw[co, c, tap] = Σ_pos dy[pos, co] · x[gather(pos, tap), c]`.
+//!
+//! The same machinery as [`super::conv_pipe`] (`cp.async` stages behind one `mbarrier` per
+//! slot, `ldmatrix`/`mma.sync`, f32 accumulators in registers), on the weight-gradient GEMM:
+//! rows = dst channels (`co`), columns = the `k_w` taps along w of one (td, th) × a chunk of
+//! `cc` input channels, reduction over dst positions. A stage holds `ks` segments of 16
+//! positions along w of one dst row: their `dy` rows, and each segment's x *halo*
+//! (16 + (k_w − 1)·dil_w rows) once for all taps along w, which read it shifted by whole
+//! rows. Warp `(wm, u)` owns dst channels `wm·frags_m·16 ..` and tap `u`.
+//!
+//! Cubes split the dst rows into ranges and write partial sums
+//! `[splits, c_out·groups, taps, c_red]` (channel fastest, so stores coalesce); [`wgrad`]
+//! sums them and returns PyTorch's weight order.
+
+use cubecl::prelude::barrier::{Barrier, copy_async_checked};
+use cubecl::prelude::*;
+
+use crate::device::record_launch;
+use crate::dispatch;
+use crate::dtype::DType;
+use crate::kernels::conv::{ConvGeo, Geo, row_splits};
+use crate::tensor::Tensor as SsmTensor;
+
+/// Positions per segment (one 16-deep reduction block).
+const SEG: usize = 16;
+/// Shared-row padding in elements: 16 bytes for bf16 (conflict-free `ldmatrix`), 32 for
+/// f32 (conflict-free transposed fragment reads).
+const PAD: usize = 8;
+
+/// Where the producer is: dst row `row` (decoded into its dy and x row bases; `x_row` is −1
+/// when the tile's (td, th) tap falls outside x) and segment group `sg` within it.
+#[derive(CubeType)]
+struct RowState {
+    row: i32,
+    sg: i32,
+    dy_row: i32,
+    x_row: i32,
+}
+
+/// Move `st` to the start of dst row `row`, decoded for the tile's tap (`td`, `th`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn set_row(
+    st: &mut RowState,
+    g: &ConvGeo,
+    row: i32,
+    td: i32,
+    th: i32,
+    x_off: i32,
+    dy_off: i32,
+    grp: i32,
+) {
+    let oh = row % g.dst_h;
+    let od = (row / g.dst_h) % g.dst_d;
+    let n = row / (g.dst_h * g.dst_d);
+    let sd = od * g.st_d - g.pad_d + td * g.dil_d;
+    let sh = oh * g.st_h - g.pad_h + th * g.dil_h;
+    let ok = sd >= 0 && sd < g.src_d && sh >= 0 && sh < g.src_h;
+    st.row = row;
+    st.sg = 0i32;
+    st.dy_row = dy_off + n * g.sd_n + od * g.sd_d + oh * g.sd_h + grp * g.c_out * g.sd_c;
+    st.x_row = select(
+        ok,
+        x_off + n * g.ss_n + sd * g.ss_d + sh * g.ss_h + grp * g.c_red * g.ss_c,
+        -1i32,
+    );
+}
+
+/// Issue the `cp.async` copies of one stage into slot `slot`: `ks·16` dy rows (dst
+/// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`) of segment group
+/// `st.sg` of row `st.row`. Chunks outside the problem are zero-filled.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn issue_stage<I: Float>(
+    x: &Array<I>,
+    dy: &Array<I>,
+    a_s: &mut SharedMemory<I>,
+    b_s: &mut SharedMemory<I>,
+    g: &ConvGeo,
+    st: &RowState,
+    slot: usize,
+    tid: usize,
+    m0: i32,
+    c0: i32,
+    #[comptime] threads: usize,
+    #[comptime] bm: usize,
+    #[comptime] cc: usize,
+    #[comptime] ks: usize,
+    #[comptime] halo: usize,
+    #[comptime] vec: usize,
+) {
+    let copy = comptime!(vec as u32);
+    let a_pitch = comptime!(bm + PAD);
+    let b_pitch = comptime!(cc + PAD);
+    let ow0 = st.sg * i32::cast_from(ks * SEG);
+    // dy: position p of the stage, dst channels m0 + ch·vec ...
+    let a_chunks = comptime!(bm / vec);
+    let a_total = comptime!(ks * SEG * a_chunks);
+    #[unroll]
+    for r in 0..a_total.div_ceil(threads) {
+        let e = tid + r * threads;
+        if e < a_total {
+            let p = e / a_chunks;
+            let ch = e % a_chunks;
+            let ow = ow0 + i32::cast_from(p);
+            let co = m0 + i32::cast_from(ch * vec);
+            let ok = ow < g.dst_w && co < g.c_out;
+            let start = usize::cast_from(select(ok, st.dy_row + ow * g.sd_w + co * g.sd_c, 0i32));
+            let len = select(ok, usize::cast_from(vec), 0usize);
+            let from = dy.slice(start, start + len);
+            let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
+            let mut to = a_s.slice_mut(at, at + vec);
+            copy_async_checked(&from, &mut to, copy);
+        }
+    }
+    // x halos: row hr of segment s reads x at w = ow0 + s·16 − pad_w + hr.
+    let b_chunks = comptime!(cc / vec);
+    let b_total = comptime!(ks * halo * b_chunks);
+    #[unroll]
+    for r in 0..b_total.div_ceil(threads) {
+        let e = tid + r * threads;
+        if e < b_total {
+            let hrow = e / b_chunks;
+            let ch = e % b_chunks;
+            let s = hrow / halo;
+            let hr = hrow % halo;
+            let sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
+            let c = c0 + i32::cast_from(ch * vec);
+            let ok = st.x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
+            let start = usize::cast_from(select(ok, st.x_row + sw * g.ss_w + c * g.ss_c, 0i32));
+            let len = select(ok, usize::cast_from(vec), 0usize);
+            let from = x.slice(start, start + len);
+            let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
+            let mut to = b_s.slice_mut(at, at + vec);
+            copy_async_checked(&from, &mut to, copy);
+        }
+    }
+}
+
+/// Pipelined weight gradient (see the module docs). Grid: x = (td, th) taps × channel
+/// chunks, y = dst-channel tiles, z = row splits × groups.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn conv_wgrad_pipe<I: Float, M: Float>(
+    x: &Array<I>,
+    dy: &Array<I>,
+    out: &mut Array<f32>,
+    x_off: i32,
+    dy_off: i32,
+    g: ConvGeo,
+    c_tiles: i32,
+    splits: i32,
+    rows_per_split: i32,
+    #[comptime] warps_m: usize,
+    #[comptime] frags_m: usize,
+    #[comptime] kw: usize,
+    #[comptime] cc: usize,
+    #[comptime] ks: usize,
+    #[comptime] halo: usize,
+    #[comptime] mk: usize,
+    #[comptime] vec: usize,
+    #[comptime] stages: usize,
+    #[define(I, M)] _d: [StorageType; 2],
+) {
+    let threads = comptime!(32 * warps_m * kw);
+    let bm = comptime!(warps_m * frags_m * 16);
+    let frags_n = comptime!(cc / 8);
+    let a_pitch = comptime!(bm + PAD);
+    let b_pitch = comptime!(cc + PAD);
+    let a_stage = comptime!(ks * SEG * a_pitch);
+    let b_stage = comptime!(ks * halo * b_pitch);
+
+    let tid = UNIT_POS as usize;
+    let lane = UNIT_POS_X;
+    let warp = UNIT_POS_Y as usize;
+    let wm = warp % warps_m;
+    let u = warp / warps_m;
+    let xi = i32::cast_from(CUBE_POS_X);
+    let tap_dh = xi / c_tiles;
+    let c0 = (xi % c_tiles) * i32::cast_from(cc);
+    let td = tap_dh / g.k_h;
+    let th = tap_dh % g.k_h;
+    let m0 = i32::cast_from(CUBE_POS_Y) * i32::cast_from(bm);
+    let zi = i32::cast_from(CUBE_POS_Z);
+    let split = zi % splits;
+    let grp = zi / splits;
+    let rows = g.batch * g.dst_d * g.dst_h;
+    let row_start = split * rows_per_split;
+    let row_end = select(
+        row_start + rows_per_split < rows,
+        row_start + rows_per_split,
+        rows,
+    );
+    let spr = (g.dst_w + i32::cast_from(ks * SEG) - 1) / i32::cast_from(ks * SEG);
+    let n_stages = select(row_end > row_start, (row_end - row_start) * spr, 0i32);
+
+    let mut a_s = SharedMemory::<I>::new_aligned(stages * a_stage, 16usize);
+    let mut b_s = SharedMemory::<I>::new_aligned(stages * b_stage, 16usize);
+    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+
+    let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, mk);
+    let size!(NA) = def.vector_size(cmma::MatrixIdent::A);
+    let size!(NB) = def.vector_size(cmma::MatrixIdent::B);
+    let size!(NC) = def.vector_size(cmma::MatrixIdent::Accumulator);
+    let va = def.vectors_per_lane(cmma::MatrixIdent::A);
+    let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
+    let vc = def.vectors_per_lane(cmma::MatrixIdent::Accumulator);
+    let sc = def.vector_size(cmma::MatrixIdent::Accumulator);
+    // TF32 fragments are read element by element from the k-major tiles: A (co × pos) from
+    // dy rows (pos) of co, B (pos × c) from x rows (pos) of c.
+    let mut a_off = Array::<usize>::new(va);
+    let mut b_off = Array::<usize>::new(vb);
+    if comptime!(mk == 8) {
+        #[unroll]
+        for e in 0..va {
+            let (m, k) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::A);
+            a_off[e] = k as usize * a_pitch + m as usize;
+        }
+        #[unroll]
+        for e in 0..vb {
+            let (k, n) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::B);
+            b_off[e] = k as usize * b_pitch + n as usize;
+        }
+    }
+    let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
+    #[unroll]
+    for _ in 0..frags_m * frags_n {
+        let mut a = Array::<Vector<f32, NC>>::new(vc);
+        #[unroll]
+        for h in 0..vc {
+            a[h] = Vector::new(0.0f32);
+        }
+        acc.push(a);
+    }
+
+    let mut st = RowState {
+        row: 0i32,
+        sg: 0i32,
+        dy_row: 0i32,
+        x_row: 0i32,
+    };
+    set_row(&mut st, &g, row_start, td, th, x_off, dy_off, grp);
+    #[unroll]
+    for j in 0..stages - 1 {
+        if i32::cast_from(j) < n_stages {
+            issue_stage::<I>(
+                x, dy, &mut a_s, &mut b_s, &g, &st, j, tid, m0, c0, threads, bm, cc, ks, halo, vec,
+            );
+            if j == 0 {
+                bar0.commit_copy_async();
+            } else if j == 1 {
+                bar1.commit_copy_async();
+            } else if j == 2 {
+                bar2.commit_copy_async();
+            } else {
+                bar3.commit_copy_async();
+            }
+            st.sg += 1;
+            if st.sg == spr {
+                let next = st.row + 1;
+                set_row(&mut st, &g, next, td, th, x_off, dy_off, grp);
+            }
+        }
+    }
+
+    let m_warp = wm * frags_m * 16;
+    let shift = usize::cast_from(g.dil_w) * u;
+    let mut k = i32::new(0);
+    while k < n_stages {
+        #[unroll]
+        for j in 0..stages {
+            let s = k + i32::cast_from(j);
+            if s < n_stages {
+                if j == 0 {
+                    bar0.arrive_and_wait();
+                } else if j == 1 {
+                    bar1.arrive_and_wait();
+                } else if j == 2 {
+                    bar2.arrive_and_wait();
+                } else {
+                    bar3.arrive_and_wait();
+                }
+                let fill = comptime!((j + stages - 1) % stages);
+                if s + i32::cast_from(stages - 1) < n_stages {
+                    issue_stage::<I>(
+                        x, dy, &mut a_s, &mut b_s, &g, &st, fill, tid, m0, c0, threads, bm, cc, ks,
+                        halo, vec,
+                    );
+                    if fill == 0 {
+                        bar0.commit_copy_async();
+                    } else if fill == 1 {
+                        bar1.commit_copy_async();
+                    } else if fill == 2 {
+                        bar2.commit_copy_async();
+                    } else {
+                        bar3.commit_copy_async();
+                    }
+                    st.sg += 1;
+                    if st.sg == spr {
+                        let next = st.row + 1;
+                        set_row(&mut st, &g, next, td, th, x_off, dy_off, grp);
+                    }
+                }
+
+                #[unroll]
+                for sg in 0..ks {
+                    #[unroll]
+                    for kk in 0..SEG / mk {
+                        // Positions sg·16 + kk·mk .. of the stage; x rows shifted by tap u.
+                        let a_k = j * a_stage + (sg * SEG + kk * mk) * a_pitch + m_warp;
+                        let b_k = j * b_stage + (sg * halo + kk * mk + shift) * b_pitch;
+                        let mut a_frags = Sequence::<Array<Vector<M, NA>>>::new();
+                        let mut b_frags = Sequence::<Array<Vector<M, NB>>>::new();
+                        if comptime!(mk == 16) {
+                            // ldmatrix.x4.trans on k-major tiles: lanes give k rows
+                            // (l % 8 + 8·(l / 16) for A, l % 8 + 8·((l / 8) % 2) for B) at
+                            // column offsets 8·((l / 8) % 2) (A) and 8·(l / 16) (B).
+                            let ka = (lane % 8 + (lane / 16) * 8) as usize;
+                            let ma = ((lane / 8) % 2) as usize * 8;
+                            #[unroll]
+                            for i in 0..frags_m {
+                                let at = a_k + ka * a_pitch + i * 16 + ma;
+                                let regs = def.load_matrix::<I, NA>(
+                                    &a_s.slice(at, at + 8),
+                                    cmma::MatrixIdent::A,
+                                    4usize,
+                                    true,
+                                );
+                                let mut f = Array::<Vector<M, NA>>::new(va);
+                                #[unroll]
+                                for e in 0..va {
+                                    f[e] = Vector::cast_from(regs[e]);
+                                }
+                                a_frags.push(f);
+                            }
+                            let kb = (lane % 8 + ((lane / 8) % 2) * 8) as usize;
+                            let nb = (lane / 16) as usize * 8;
+                            #[unroll]
+                            for jp in 0..frags_n / 2 {
+                                let at = b_k + kb * b_pitch + jp * 16 + nb;
+                                let regs = def.load_matrix::<I, NB>(
+                                    &b_s.slice(at, at + 8),
+                                    cmma::MatrixIdent::B,
+                                    4usize,
+                                    true,
+                                );
+                                let mut lo = Array::<Vector<M, NB>>::new(vb);
+                                let mut hi = Array::<Vector<M, NB>>::new(vb);
+                                #[unroll]
+                                for e in 0..vb {
+                                    lo[e] = Vector::cast_from(regs[e]);
+                                    hi[e] = Vector::cast_from(regs[vb + e]);
+                                }
+                                b_frags.push(lo);
+                                b_frags.push(hi);
+                            }
+                        } else {
+                            #[unroll]
+                            for i in 0..frags_m {
+                                let mut f = Array::<Vector<M, NA>>::new(va);
+                                #[unroll]
+                                for e in 0..va {
+                                    let mut v = Vector::<M, NA>::empty();
+                                    v[0] = M::cast_from(a_s[a_k + i * 16 + a_off[e]]);
+                                    f[e] = v;
+                                }
+                                a_frags.push(f);
+                            }
+                            #[unroll]
+                            for jn in 0..frags_n {
+                                let mut f = Array::<Vector<M, NB>>::new(vb);
+                                #[unroll]
+                                for e in 0..vb {
+                                    let mut v = Vector::<M, NB>::empty();
+                                    v[0] = M::cast_from(b_s[b_k + jn * 8 + b_off[e]]);
+                                    f[e] = v;
+                                }
+                                b_frags.push(f);
+                            }
+                        }
+                        #[unroll]
+                        for i in 0..frags_m {
+                            #[unroll]
+                            for jn in 0..frags_n {
+                                def.execute_inplace(
+                                    a_frags.index(i),
+                                    b_frags.index(jn),
+                                    acc.index_mut(i * frags_n + jn),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        k += i32::cast_from(stages);
+    }
+
+    // out[split, grp·c_out + co, tap, c]: two adjacent channels per lane and accumulator row.
+    let taps = g.k_d * g.k_h * g.k_w;
+    let tap = tap_dh * g.k_w + i32::cast_from(u);
+    let co_total = g.c_out * g.groups;
+    #[unroll]
+    for h in 0..vc {
+        let (r, c) = def.position_of_nth(lane, (h * sc) as u32, cmma::MatrixIdent::Accumulator);
+        #[unroll]
+        for i in 0..frags_m {
+            let co = m0 + i32::cast_from(m_warp + i * 16 + r as usize);
+            let row_base = ((split * co_total + grp * g.c_out + co) * taps + tap) * g.c_red;
+            #[unroll]
+            for jn in 0..frags_n {
+                let v = acc.index(i * frags_n + jn)[h];
+                #[unroll]
+                for e in 0..sc {
+                    let ch = c0 + i32::cast_from(jn * 8 + c as usize + e);
+                    if co < g.c_out && ch < g.c_red {
+                        out[usize::cast_from(row_base + ch)] = v[e];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- launch helpers ------------------------------------------------------------------------
+
+/// Warps, accumulators, channel chunk, stage shape and pipeline depth of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WgradTile {
+    /// Warps along the dst channels (each `frags_m` 16-row blocks); one warp per tap along w.
+    pub warps_m: usize,
+    pub frags_m: usize,
+    /// Taps along w (warps along the columns).
+    pub kw: usize,
+    /// Input channels per tile (16·k, 8-column accumulator blocks `cc / 8` per warp).
+    pub cc: usize,
+    /// Segments of 16 positions per stage.
+    pub ks: usize,
+    /// x rows per segment halo.
+    pub halo: usize,
+    pub stages: usize,
+}
+
+impl WgradTile {
+    fn bm(&self) -> usize {
+        self.warps_m * self.frags_m * 16
+    }
+
+    /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
+    fn stage_bytes(&self, elem: usize) -> usize {
+        (self.ks * SEG * (self.bm() + PAD) + self.ks * self.halo * (self.cc + PAD)) * elem
+    }
+}
+
+/// Tile for `c_out` dst and `c_red` input channels per group, a kernel `k_w` wide with
+/// dilation `dil_w`, dst rows `dst_w` long: up to 96 dst channels (48 per warp), up to 64
+/// input channels per chunk, two segments per stage (one for dst rows of ≤ 16).
+pub(crate) fn wgrad_tile(
+    c_out: usize,
+    c_red: usize,
+    k_w: usize,
+    dil_w: usize,
+    dst_w: usize,
+    elem: usize,
+) -> WgradTile {
+    let mf = c_out.div_ceil(16);
+    let per = mf.div_ceil(mf.div_ceil(6));
+    let (warps_m, frags_m) = if per <= 3 {
+        (1, per)
+    } else {
+        (2, per.div_ceil(2))
+    };
+    let cf = c_red.div_ceil(16);
+    let cc = 16 * cf.div_ceil(cf.div_ceil(4));
+    let mut tile = WgradTile {
+        warps_m,
+        frags_m,
+        kw: k_w,
+        cc,
+        ks: dst_w.div_ceil(SEG).min(2),
+        halo: SEG + (k_w - 1) * dil_w,
+        stages: 4,
+    };
+    if tile.stage_bytes(elem) > 24 * 1024 {
+        tile.stages = 3;
+    }
+    tile
+}
+
+fn tile_of(geo: &Geo, dtype: DType) -> WgradTile {
+    wgrad_tile(
+        geo.c_out as usize,
+        geo.c_red as usize,
+        geo.k[2] as usize,
+        geo.dil[2] as usize,
+        geo.dst[2] as usize,
+        dtype.size(),
+    )
+}
+
+/// Whether [`wgrad`] can run this problem: [`super::conv_pipe::fits`]'s device and
+/// alignment rules for x and dy (dy rows are copied in 16-byte chunks of dst channels too),
+/// a w stride of 1 (the halo), at most 32 warps, and slots that fit in shared memory.
+pub(crate) fn fits(x: &SsmTensor, dy: &SsmTensor, geo: &Geo, channels_last: bool) -> bool {
+    let dtype = x.dtype;
+    if !channels_last
+        || !super::conv_pipe::pipeline_enabled()
+        || dy.dtype != dtype
+        || !x.device.has_pipelined_mma(dtype)
+        || geo.stride[2] != 1
+    {
+        return false;
+    }
+    let vec = (16 / dtype.size()) as i32;
+    let aligned = |v: i32| v % vec == 0;
+    let tile = tile_of(geo, dtype);
+    geo.ss[1] == 1
+        && geo.sd[1] == 1
+        && aligned(x.offset as i32)
+        && aligned(dy.offset as i32)
+        && [0, 2, 3, 4]
+            .iter()
+            .all(|&i| aligned(geo.ss[i]) && aligned(geo.sd[i]))
+        && aligned(geo.c_red)
+        && aligned(geo.c_out)
+        && tile.warps_m * tile.kw <= 32
+        && tile.stages * tile.stage_bytes(dtype.size()) <= x.device.max_shared_memory()
+}
+
+/// Weight gradient `[1, c_out·groups, c_red·taps]` (PyTorch weight order); the caller
+/// checked [`fits`].
+pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
+    let tile = tile_of(geo, x.dtype);
+    let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
+    let c_red = geo.c_red as usize;
+    let co_total = (geo.c_out * geo.groups) as usize;
+    let c_tiles = c_red.div_ceil(tile.cc);
+    let x_tiles = (geo.k[0] * geo.k[1]) as usize * c_tiles;
+    let m_tiles = (geo.c_out as usize).div_ceil(tile.bm());
+    let tiles = x_tiles * m_tiles * geo.groups as usize;
+    let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, 1024);
+    let parts = SsmTensor::empty(&[splits, co_total, taps, c_red], DType::F32, &x.device);
+    let (frag_ty, mk) = match x.dtype {
+        DType::BF16 => (x.dtype.storage(), 16),
+        _ => (
+            StorageType::Scalar(cubecl::ir::ElemType::Float(cubecl::ir::FloatKind::TF32)),
+            8,
+        ),
+    };
+    let vec = 16 / x.dtype.size();
+    dispatch!(x.device, c => {
+        let count = CubeCount::Static(
+            x_tiles as u32,
+            m_tiles as u32,
+            (splits * geo.groups as usize) as u32,
+        );
+        let dim = CubeDim::new_2d(32, (tile.warps_m * tile.kw) as u32);
+        record_launch();
+        unsafe {
+            conv_wgrad_pipe::launch_unchecked(
+                c, count, dim,
+                x.array_arg(x.buffer_len()),
+                dy.array_arg(dy.buffer_len()),
+                parts.array_arg(parts.numel()),
+                x.offset as i32,
+                dy.offset as i32,
+                geo.launch(),
+                c_tiles as i32,
+                splits as i32,
+                rows_per_split as i32,
+                tile.warps_m, tile.frags_m, tile.kw, tile.cc, tile.ks, tile.halo, mk, vec,
+                tile.stages,
+                [x.dtype.storage(), frag_ty],
+            )
+        }
+    });
+    let summed = if splits == 1 {
+        parts.reshape(&[co_total, taps, c_red])
+    } else {
+        parts.sum(&[0], false)
+    }
+    .expect("same numel");
+    summed
+        .permute(&[0, 2, 1])
+        .and_then(|t| t.compact())
+        .and_then(|t| t.reshape(&[1, co_total, c_red * taps]))
+        .expect("a weight-gradient permute")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wgrad_tiles_cover_the_channels() {
+        for c_out in [16, 24, 48, 96, 112, 192] {
+            for c_red in [16, 24, 48, 96, 192] {
+                for elem in [2, 4] {
+                    let t = wgrad_tile(c_out, c_red, 3, 1, 112, elem);
+                    assert!(t.frags_m <= 3 && t.warps_m <= 2, "{t:?}");
+                    let m_tiles = c_out.div_ceil(t.bm());
+                    assert!(m_tiles * t.bm() - c_out < 16 * m_tiles, "{c_out}: {t:?}");
+                    let c_tiles = c_red.div_ceil(t.cc);
+                    assert!(t.cc <= 64 && t.cc.is_multiple_of(16), "{t:?}");
+                    assert!(c_tiles * t.cc - c_red < 16 * c_tiles, "{c_red}: {t:?}");
+                    assert!(t.stages * t.stage_bytes(elem) <= 100 * 1024, "{t:?}");
+                }
+            }
+        }
+        assert_eq!(wgrad_tile(48, 48, 3, 1, 112, 2).cc, 48);
+        assert_eq!(wgrad_tile(192, 192, 3, 1, 28, 2).cc, 64);
+        assert_eq!(wgrad_tile(48, 48, 3, 2, 8, 2).halo, 20);
+        assert_eq!(wgrad_tile(48, 48, 3, 2, 8, 2).ks, 1);
+    }
+}
