@@ -42,11 +42,9 @@ const SEG: usize = 16;
 const SEGS: usize = 8;
 /// Tile rows (dst positions).
 const BM: usize = SEG * SEGS;
-/// Threads of one cube (4 warps).
-const THREADS: usize = 128;
 
 /// The src address (channel 0 of the group) of every halo row this thread copies, for the
-/// tap group starting at tap `tap0`: rows `tid + q·THREADS` of the tile's halo, whose
+/// tap group starting at tap `tap0`: rows `tid + q·threads` of the tile's halo, whose
 /// (batch base, od, oh, w) were decoded once into `h_base` (−1: no row), `h_d`, `h_h`,
 /// `h_w`; −1 where the row falls outside the src. With `kw_inner` taps per group, the halo
 /// holds the src rows of tap `tw_addr` (the first along w that a position reads) and the
@@ -107,6 +105,7 @@ fn issue_stage<I: Float>(
     c0: i32,
     w_grp: i32,
     n0: i32,
+    #[comptime] threads: usize,
     #[comptime] qh: usize,
     #[comptime] halo: usize,
     #[comptime] kw_inner: usize,
@@ -120,7 +119,7 @@ fn issue_stage<I: Float>(
     let a_slot = slot * (SEGS * halo * pitch);
     #[unroll]
     for q in 0..qh {
-        let rho = tid + q * THREADS;
+        let rho = tid + q * threads;
         if rho < SEGS * halo {
             let at = a_slot + rho * pitch;
             #[unroll]
@@ -138,8 +137,8 @@ fn issue_stage<I: Float>(
     let b_slot = slot * (kw_inner * bn * pitch);
     let b_chunks = comptime!(kw_inner * bn * chunks);
     #[unroll]
-    for r in 0..b_chunks.div_ceil(THREADS) {
-        let e = tid + r * THREADS;
+    for r in 0..b_chunks.div_ceil(threads) {
+        let e = tid + r * threads;
         if e < b_chunks {
             let row = e / chunks;
             let ch = e % chunks;
@@ -198,11 +197,12 @@ fn conv_pipe<I: Float, M: Float>(
     #[comptime] transposed: bool,
     #[define(I, M)] _d: [StorageType; 2],
 ) {
+    let threads = comptime!(warps_m * warps_n * 32);
     let bn = comptime!(warps_n * frags_n * 8);
     let pitch = comptime!(bk + vec);
     let a_stage = comptime!(SEGS * halo * pitch);
     let b_stage = comptime!(kw_inner * bn * pitch);
-    let qh = comptime!((SEGS * halo).div_ceil(THREADS));
+    let qh = comptime!((SEGS * halo).div_ceil(threads));
 
     let tid = UNIT_POS as usize;
     let lane = UNIT_POS_X;
@@ -232,7 +232,7 @@ fn conv_pipe<I: Float, M: Float>(
     let mut h_w = Array::<i32>::new(qh);
     #[unroll]
     for q in 0..qh {
-        let rho = tid + q * THREADS;
+        let rho = tid + q * threads;
         let gs = seg0 + i32::cast_from(rho / halo);
         let row = gs / segs_per_row;
         h_base[q] = select(
@@ -304,8 +304,8 @@ fn conv_pipe<I: Float, M: Float>(
     for j in 0..stages - 1 {
         if i32::cast_from(j) < n_stages {
             issue_stage::<I>(
-                src, w, &mut a_s, &mut b_s, &g, j, tid, &addrs, p_tap, p_c0, w_grp, n0, qh, halo,
-                kw_inner, bn, bk, vec,
+                src, w, &mut a_s, &mut b_s, &g, j, tid, &addrs, p_tap, p_c0, w_grp, n0, threads,
+                qh, halo, kw_inner, bn, bk, vec,
             );
             if j == 0 {
                 bar0.commit_copy_async();
@@ -350,7 +350,7 @@ fn conv_pipe<I: Float, M: Float>(
                 if s + i32::cast_from(stages - 1) < n_stages {
                     issue_stage::<I>(
                         src, w, &mut a_s, &mut b_s, &g, fill, tid, &addrs, p_tap, p_c0, w_grp, n0,
-                        qh, halo, kw_inner, bn, bk, vec,
+                        threads, qh, halo, kw_inner, bn, bk, vec,
                     );
                     if fill == 0 {
                         bar0.commit_copy_async();
@@ -496,18 +496,20 @@ fn conv_pipe<I: Float, M: Float>(
     // Epilogue: the dst address of tile row `tid` (segment tid / 16, −1 past the problem),
     // then every lane writes its accumulator pairs (two adjacent channels of one position).
     let mut rows = SharedMemory::<i32>::new(BM);
-    let gs = seg0 + i32::cast_from(tid / SEG);
-    let row = gs / segs_per_row;
-    let ow = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(tid % SEG);
-    rows[tid] = select(
-        row < total_rows && ow < g.dst_w,
-        si * dst_split
-            + (row / (g.dst_h * g.dst_d)) * g.sd_n
-            + ((row / g.dst_h) % g.dst_d) * g.sd_d
-            + (row % g.dst_h) * g.sd_h
-            + ow * g.sd_w,
-        -1i32,
-    );
+    if tid < BM {
+        let gs = seg0 + i32::cast_from(tid / SEG);
+        let row = gs / segs_per_row;
+        let ow = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(tid % SEG);
+        rows[tid] = select(
+            row < total_rows && ow < g.dst_w,
+            si * dst_split
+                + (row / (g.dst_h * g.dst_d)) * g.sd_n
+                + ((row / g.dst_h) % g.dst_d) * g.sd_d
+                + (row % g.dst_h) * g.sd_h
+                + ow * g.sd_w,
+            -1i32,
+        );
+    }
     sync_cube();
     #[unroll]
     for h in 0..vc {
@@ -570,9 +572,10 @@ impl PipeTile {
 }
 
 /// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
-/// and dilation `dil_w`: up to 64 dst channels in one column of 4 warps (2 segments × bn
-/// each), more in 2 × 2 warps of 4 segments × up to 48; four stage slots, three where
-/// a slot passes 24 KiB.
+/// and dilation `dil_w`: 4 warps along the segments (2 each) × 1 warp for up to 64 dst
+/// channels, 2 warps of up to 48 for more (8 warps: the same per-warp work and registers as
+/// the narrow tile, so two cubes stay resident per SM); four stage slots, three where a
+/// slot passes 24 KiB.
 pub(crate) fn pipe_tile(
     c_out: usize,
     k_w: usize,
@@ -581,13 +584,14 @@ pub(crate) fn pipe_tile(
     elem: usize,
 ) -> PipeTile {
     let n8 = c_out.div_ceil(8);
-    let (warps_m, warps_n, frags_m, frags_n) = if n8 <= 8 {
-        (4, 1, 2, n8)
+    let (warps_n, frags_n) = if n8 <= 8 {
+        (1, n8)
     } else {
         let tiles = n8.div_ceil(12);
         let per = n8.div_ceil(tiles);
-        (2, 2, 4, (per + per % 2) / 2)
+        (2, (per + per % 2) / 2)
     };
+    let (warps_m, frags_m) = (4, 2);
     let kw_inner = if st_w == 1 { k_w } else { 1 };
     let mut tile = PipeTile {
         warps_m,
@@ -673,8 +677,8 @@ pub(crate) fn gemm(
     let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
-    // 4-warp cubes, several resident per SM: aim at about two waves on a large GPU.
-    let k_splits = tap_splits(cubes, tap_groups, 1024);
+    // Split the taps only when the tiles alone leave a large GPU short of cubes.
+    let k_splits = tap_splits(cubes, tap_groups, 512);
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
     let (frag_ty, mk) = match src.dtype {
         DType::BF16 => (src.dtype.storage(), 16),
@@ -720,11 +724,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiles_use_four_warps_and_cover_the_channels() {
+    fn tiles_cover_the_segments_and_the_channels() {
         for c_out in [8, 16, 24, 48, 64, 72, 96, 128, 192, 200] {
             for elem in [2, 4] {
                 let t = pipe_tile(c_out, 3, 1, 1, elem);
-                assert_eq!(t.warps_m * t.warps_n, 4, "{t:?}");
+                assert_eq!(t.warps_n, if c_out <= 64 { 1 } else { 2 }, "{t:?}");
                 assert_eq!(t.warps_m * t.frags_m, SEGS, "{t:?}");
                 let tiles = c_out.div_ceil(t.bn());
                 assert!(tiles * t.bn() >= c_out, "{c_out}: {t:?}");
