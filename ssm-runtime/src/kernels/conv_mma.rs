@@ -844,7 +844,7 @@ impl MmaTile {
 }
 
 /// Fragment element type and `k` depth of one `mma` for operands of `dtype`.
-fn fragment(dtype: DType) -> (StorageType, usize) {
+pub(crate) fn fragment(dtype: DType) -> (StorageType, usize) {
     use cubecl::ir::{ElemType, FloatKind};
     match dtype {
         DType::BF16 => (dtype.storage(), 16),

@@ -34,6 +34,7 @@ use crate::device::record_launch;
 use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, position_grid, src_coord, sum_tap_splits, tap_splits};
+use crate::kernels::conv_mma::fragment;
 use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment: a run along w within one dst row, one 16-row MMA block.
@@ -626,31 +627,42 @@ fn tile_of(geo: &Geo, dtype: DType) -> PipeTile {
 /// instead), so benchmarks can compare the two in one process.
 pub(crate) fn fits(src: &SsmTensor, w: &SsmTensor, geo: &Geo, channels_last: bool) -> bool {
     let dtype = src.dtype;
-    if !channels_last
-        || !pipeline_enabled()
-        || w.dtype != dtype
-        || !src.device.has_pipelined_mma(dtype)
-    {
+    if !usable(src, w, channels_last) {
         return false;
     }
-    let vec = (16 / dtype.size()) as i32;
-    let aligned = |v: i32| v % vec == 0;
-    let src_ok = geo.ss[1] == 1
-        && aligned(src.offset as i32)
-        && [0, 2, 3, 4].iter().all(|&i| aligned(geo.ss[i]));
-    let w_ok = geo.sw[1] == 1
-        && aligned(w.offset as i32)
-        && aligned(geo.w_group)
-        && [0, 2, 3, 4].iter().all(|&i| aligned(geo.sw[i]));
+    let granule = copy_granule(dtype) as i32;
     let tile = tile_of(geo, dtype);
-    src_ok
-        && w_ok
-        && aligned(geo.c_red)
+    rows_aligned(src.offset, &geo.ss, dtype)
+        && rows_aligned(w.offset, &geo.sw, dtype)
+        && geo.w_group % granule == 0
+        && geo.c_red % granule == 0
         && tile.stages * tile.stage_bytes(dtype.size()) + BM * 4 <= src.device.max_shared_memory()
 }
 
+/// Whether the pipelined kernels may take operands `a` and `b` at all: the path is on,
+/// both are channels-last and of one type, and the device has `mma.sync` and `cp.async`
+/// for it.
+pub(crate) fn usable(a: &SsmTensor, b: &SsmTensor, channels_last: bool) -> bool {
+    channels_last && pipeline_enabled() && a.dtype == b.dtype && a.device.has_pipelined_mma(a.dtype)
+}
+
+/// Elements of `dtype` in one 16-byte `cp.async` copy.
+pub(crate) fn copy_granule(dtype: DType) -> usize {
+    16 / dtype.size()
+}
+
+/// Whether an operand at `offset` with `strides` (`[n, c, d, h, w]`, PyTorch order) can be
+/// copied in 16-byte chunks of channels: channel stride 1, every other stride and the
+/// offset multiples of [`copy_granule`].
+pub(crate) fn rows_aligned(offset: usize, strides: &[i32; 5], dtype: DType) -> bool {
+    let granule = copy_granule(dtype) as i32;
+    strides[1] == 1
+        && offset as i32 % granule == 0
+        && [0, 2, 3, 4].iter().all(|&i| strides[i] % granule == 0)
+}
+
 /// False when `SSM_CONV_PIPELINE` is `0` (read once).
-pub(crate) fn pipeline_enabled() -> bool {
+fn pipeline_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("SSM_CONV_PIPELINE").map_or(true, |v| v != "0"))
 }
@@ -680,14 +692,8 @@ pub(crate) fn gemm(
     // Split the taps only when the tiles alone leave a large GPU short of cubes.
     let k_splits = tap_splits(cubes, tap_groups, 512);
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
-    let (frag_ty, mk) = match src.dtype {
-        DType::BF16 => (src.dtype.storage(), 16),
-        _ => (
-            StorageType::Scalar(cubecl::ir::ElemType::Float(cubecl::ir::FloatKind::TF32)),
-            8,
-        ),
-    };
-    let vec = 16 / src.dtype.size();
+    let (frag_ty, mk) = fragment(src.dtype);
+    let vec = copy_granule(src.dtype);
     let bias_t = bias.unwrap_or(&out);
     dispatch!(src.device, c => {
         let (gx, gy) = position_grid(m_tiles, c.properties().hardware.max_cube_count.0);

@@ -20,6 +20,8 @@ use crate::device::record_launch;
 use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
+use crate::kernels::conv_mma::fragment;
+use crate::kernels::conv_pipe::{copy_granule, rows_aligned, usable};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment (one 16-deep reduction block).
@@ -502,31 +504,21 @@ fn tile_of(geo: &Geo, dtype: DType) -> WgradTile {
     )
 }
 
-/// Whether [`wgrad`] can run this problem: [`super::conv_pipe::fits`]'s device and
-/// alignment rules for x and dy (dy rows are copied in 16-byte chunks of dst channels too),
-/// a w stride of 1 (the halo), at most 32 warps, and slots that fit in shared memory.
+/// Whether [`wgrad`] can run this problem: the device and alignment rules of
+/// [`super::conv_pipe::fits`] ([`usable`], [`rows_aligned`]) for x and dy (dy rows are
+/// copied in 16-byte chunks of dst channels too), a w stride of 1 (the halo), at most 32
+/// warps, and slots that fit in shared memory.
 pub(crate) fn fits(x: &SsmTensor, dy: &SsmTensor, geo: &Geo, channels_last: bool) -> bool {
     let dtype = x.dtype;
-    if !channels_last
-        || !super::conv_pipe::pipeline_enabled()
-        || dy.dtype != dtype
-        || !x.device.has_pipelined_mma(dtype)
-        || geo.stride[2] != 1
-    {
+    if !usable(x, dy, channels_last) || geo.stride[2] != 1 {
         return false;
     }
-    let vec = (16 / dtype.size()) as i32;
-    let aligned = |v: i32| v % vec == 0;
+    let granule = copy_granule(dtype) as i32;
     let tile = tile_of(geo, dtype);
-    geo.ss[1] == 1
-        && geo.sd[1] == 1
-        && aligned(x.offset as i32)
-        && aligned(dy.offset as i32)
-        && [0, 2, 3, 4]
-            .iter()
-            .all(|&i| aligned(geo.ss[i]) && aligned(geo.sd[i]))
-        && aligned(geo.c_red)
-        && aligned(geo.c_out)
+    rows_aligned(x.offset, &geo.ss, dtype)
+        && rows_aligned(dy.offset, &geo.sd, dtype)
+        && geo.c_red % granule == 0
+        && geo.c_out % granule == 0
         && tile.warps_m * tile.kw <= 32
         && tile.stages * tile.stage_bytes(dtype.size()) <= x.device.max_shared_memory()
 }
@@ -544,14 +536,8 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
     let tiles = x_tiles * m_tiles * geo.groups as usize;
     let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, 1024);
     let parts = SsmTensor::empty(&[splits, co_total, taps, c_red], DType::F32, &x.device);
-    let (frag_ty, mk) = match x.dtype {
-        DType::BF16 => (x.dtype.storage(), 16),
-        _ => (
-            StorageType::Scalar(cubecl::ir::ElemType::Float(cubecl::ir::FloatKind::TF32)),
-            8,
-        ),
-    };
-    let vec = 16 / x.dtype.size();
+    let (frag_ty, mk) = fragment(x.dtype);
+    let vec = copy_granule(x.dtype);
     dispatch!(x.device, c => {
         let count = CubeCount::Static(
             x_tiles as u32,
