@@ -10,18 +10,21 @@
 //! - one `mbarrier` per stage slot: every thread commits its copies to the slot's barrier and
 //!   waits there before reading the slot, which also proves that every warp is done with the
 //!   slot refilled next (it was read one stage earlier);
-//! - fragments come from shared memory with `ldmatrix` (bf16) or conflict-free 32-bit loads
-//!   (TF32, which `ldmatrix` cannot move), and multiply with warp-level `mma.sync`
+//! - fragments come from shared memory with `ldmatrix` (bf16) or conflict-free 64-bit loads
+//!   of two reduced indices each (TF32, which `ldmatrix` cannot move; the reduction order
+//!   within a block is free, so a lane's two indices are stored side by side), and
+//!   multiply with warp-level `mma.sync`
 //!   (16×8×16 bf16, 16×8×8 TF32) into f32 registers;
 //! - results leave straight from the accumulator registers (two adjacent channels per lane).
 //!
-//! Tiles are 8 segments of 16 consecutive positions along w, each within one dst row. With
-//! a w stride of 1 the taps along w read the same src row shifted by whole positions, so a
-//! stage copies each segment's *halo* (16 + (k_w − 1)·dil_w src rows) once and every tap
-//! along w reads it at its shift: a 3-wide kernel moves about a third of the src bytes of a
-//! per-tap gather (the L2 → SM traffic that bounds a per-tap version; ncu showed L2 at
-//! ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded by 16 bytes, so
-//! the 8 rows one `ldmatrix` (or one fragment load) touches fall on distinct banks.
+//! Tiles are 8 or 16 segments of 16 consecutive positions along w, each within one dst
+//! row. With a w stride of 1 the taps along w read the same src row shifted by whole
+//! positions, so a stage copies each segment's *halo* (16 + (k_w − 1)·dil_w src rows) once
+//! and every tap along w reads it at its shift: a 3-wide kernel moves about a third of the
+//! src bytes of a per-tap gather (the L2 → SM traffic that bounds a per-tap version; ncu
+//! showed L2 at ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded
+//! by 8 elements, so the 8 rows one `ldmatrix` (or one fragment load) touches fall on
+//! distinct banks.
 //!
 //! Needs channels-last operands whose rows are 16-byte aligned (channels per group and all
 //! strides multiples of 8 bf16 or 4 f32 elements); [`fits`] says when, and
@@ -39,10 +42,9 @@ use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment: a run along w within one dst row, one 16-row MMA block.
 const SEG: usize = 16;
-/// Segments per tile.
-const SEGS: usize = 8;
-/// Tile rows (dst positions).
-const BM: usize = SEG * SEGS;
+/// Padding of a shared row, in elements: 16 bytes for bf16 (the 8 rows of one `ldmatrix`
+/// fall on distinct banks), 32 for f32 (the 8 rows of one 64-bit TF32 fragment load do).
+const PAD: usize = 8;
 
 /// The src address (channel 0 of the group) of every halo row this thread copies, for the
 /// tap group starting at tap `tap0`: rows `tid + q·threads` of the tile's halo, whose
@@ -108,20 +110,21 @@ fn issue_stage<I: Float>(
     n0: i32,
     #[comptime] threads: usize,
     #[comptime] qh: usize,
+    #[comptime] segs: usize,
     #[comptime] halo: usize,
     #[comptime] kw_inner: usize,
     #[comptime] bn: usize,
     #[comptime] bk: usize,
     #[comptime] vec: usize,
 ) {
-    let pitch = comptime!(bk + vec);
+    let pitch = comptime!(bk + PAD);
     let chunks = comptime!(bk / vec);
     let copy = comptime!(vec as u32);
-    let a_slot = slot * (SEGS * halo * pitch);
+    let a_slot = slot * (segs * halo * pitch);
     #[unroll]
     for q in 0..qh {
         let rho = tid + q * threads;
-        if rho < SEGS * halo {
+        if rho < segs * halo {
             let at = a_slot + rho * pitch;
             #[unroll]
             for ch in 0..chunks {
@@ -158,10 +161,23 @@ fn issue_stage<I: Float>(
     }
 }
 
+/// Two adjacent f32 values of shared memory at `at` (even) in one 64-bit load, as TF32
+/// fragment elements. The bits pass unconverted: the tensor cores read the top 19 bits of
+/// each, which truncates the mantissa (a `cvt.rna` per element would cost as many
+/// instructions as the loads themselves).
+#[cube]
+fn tf32_pair<I: Float, M: Float>(s: &SharedMemory<I>, at: usize) -> Vector<M, Const<2>> {
+    let v = s
+        .slice(at, at + 2)
+        .into_vectorized()
+        .with_vector_size::<Const<2>>()[0];
+    Vector::<M, Const<2>>::reinterpret(v)
+}
+
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
 /// channels-last operands.
 ///
-/// A tile is [`SEGS`] segments of [`SEG`] consecutive dst positions along w (one dst row
+/// A tile is `warps_m·frags_m` segments of [`SEG`] consecutive dst positions along w (one dst row
 /// each; `segs_per_row` per row, the last one partial) × `bn = warps_n·frags_n·8` dst
 /// channels. The reduction runs over tap groups of `kw_inner` taps along w (all of them
 /// when the w stride is 1, else one) and `bk` reduced channels per stage. A stage holds the
@@ -199,11 +215,13 @@ fn conv_pipe<I: Float, M: Float>(
     #[define(I, M)] _d: [StorageType; 2],
 ) {
     let threads = comptime!(warps_m * warps_n * 32);
+    let segs = comptime!(warps_m * frags_m);
+    let bm = comptime!(segs * SEG);
     let bn = comptime!(warps_n * frags_n * 8);
-    let pitch = comptime!(bk + vec);
-    let a_stage = comptime!(SEGS * halo * pitch);
+    let pitch = comptime!(bk + PAD);
+    let a_stage = comptime!(segs * halo * pitch);
     let b_stage = comptime!(kw_inner * bn * pitch);
-    let qh = comptime!((SEGS * halo).div_ceil(threads));
+    let qh = comptime!((segs * halo).div_ceil(threads));
 
     let tid = UNIT_POS as usize;
     let lane = UNIT_POS_X;
@@ -216,7 +234,7 @@ fn conv_pipe<I: Float, M: Float>(
     let grp = i32::cast_from(zr / n_tiles);
     let n0 = i32::cast_from(zr % n_tiles) * i32::cast_from(bn);
     let total_rows = g.batch * g.dst_d * g.dst_h;
-    let seg0 = i32::cast_from(m_tile) * i32::cast_from(SEGS);
+    let seg0 = i32::cast_from(m_tile) * i32::cast_from(segs);
     let grp_base = src_off + grp * g.c_red * g.ss_c;
 
     let mut a_s = SharedMemory::<I>::new_aligned(stages * a_stage, 16usize);
@@ -237,7 +255,7 @@ fn conv_pipe<I: Float, M: Float>(
         let gs = seg0 + i32::cast_from(rho / halo);
         let row = gs / segs_per_row;
         h_base[q] = select(
-            rho < SEGS * halo && row < total_rows,
+            rho < segs * halo && row < total_rows,
             grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
             -1i32,
         );
@@ -268,22 +286,11 @@ fn conv_pipe<I: Float, M: Float>(
     let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
     let vc = def.vectors_per_lane(cmma::MatrixIdent::Accumulator);
     let sc = def.vector_size(cmma::MatrixIdent::Accumulator);
-    // TF32 fragments are read element by element: their offsets within a 16×k (A) or
-    // k×8 (B, stored n-major) block.
-    let mut a_off = Array::<usize>::new(va);
-    let mut b_off = Array::<usize>::new(vb);
-    if comptime!(mk == 8) {
-        #[unroll]
-        for e in 0..va {
-            let (r, c) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::A);
-            a_off[e] = r as usize * pitch + c as usize;
-        }
-        #[unroll]
-        for e in 0..vb {
-            let (k, n) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::B);
-            b_off[e] = n as usize * pitch + k as usize;
-        }
-    }
+    // TF32 (16×8×8): lane (g = lane / 4, t = lane % 4) holds A at rows g, g + 8 × reduced
+    // indices t, t + 4 and B at t, t + 4 × column g. The products of a block may pair the
+    // reduced indices in any order, so logical index k reads shared column
+    // 2·(k % 4) + k / 4: each lane's pair (t, t + 4) is then one 64-bit load at 2t.
+    let pair_row = (lane / 4) as usize * pitch + (lane % 4) as usize * 2;
     let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
     for _ in 0..frags_m * frags_n {
@@ -306,7 +313,7 @@ fn conv_pipe<I: Float, M: Float>(
         if i32::cast_from(j) < n_stages {
             issue_stage::<I>(
                 src, w, &mut a_s, &mut b_s, &g, j, tid, &addrs, p_tap, p_c0, w_grp, n0, threads,
-                qh, halo, kw_inner, bn, bk, vec,
+                qh, segs, halo, kw_inner, bn, bk, vec,
             );
             if j == 0 {
                 bar0.commit_copy_async();
@@ -351,7 +358,7 @@ fn conv_pipe<I: Float, M: Float>(
                 if s + i32::cast_from(stages - 1) < n_stages {
                     issue_stage::<I>(
                         src, w, &mut a_s, &mut b_s, &g, fill, tid, &addrs, p_tap, p_c0, w_grp, n0,
-                        threads, qh, halo, kw_inner, bn, bk, vec,
+                        threads, qh, segs, halo, kw_inner, bn, bk, vec,
                     );
                     if fill == 0 {
                         bar0.commit_copy_async();
@@ -451,28 +458,27 @@ fn conv_pipe<I: Float, M: Float>(
                                 b_frags.push(f);
                             }
                         } else {
+                            // Registers a0..a3 = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
                             #[unroll]
                             for i in 0..frags_m {
-                                let base = a_slot + i * halo * pitch + k0;
+                                let at = a_slot + i * halo * pitch + k0 + pair_row;
+                                let top = tf32_pair::<I, M>(&a_s, at);
+                                let low = tf32_pair::<I, M>(&a_s, at + 8 * pitch);
                                 let mut f = Array::<Vector<M, NA>>::new(va);
-                                #[unroll]
-                                for e in 0..va {
-                                    let mut v = Vector::<M, NA>::empty();
-                                    v[0] = M::cast_from(a_s[base + a_off[e]]);
-                                    f[e] = v;
-                                }
+                                f[0] = Vector::new(top[0]);
+                                f[1] = Vector::new(low[0]);
+                                f[2] = Vector::new(top[1]);
+                                f[3] = Vector::new(low[1]);
                                 a_frags.push(f);
                             }
+                            // b0, b1 = (t, g), (t + 4, g); B is stored n-major.
                             #[unroll]
                             for jn in 0..frags_n {
-                                let base = b_slot + jn * 8 * pitch + k0;
+                                let at = b_slot + jn * 8 * pitch + k0 + pair_row;
+                                let v = tf32_pair::<I, M>(&b_s, at);
                                 let mut f = Array::<Vector<M, NB>>::new(vb);
-                                #[unroll]
-                                for e in 0..vb {
-                                    let mut v = Vector::<M, NB>::empty();
-                                    v[0] = M::cast_from(b_s[base + b_off[e]]);
-                                    f[e] = v;
-                                }
+                                f[0] = Vector::new(v[0]);
+                                f[1] = Vector::new(v[1]);
                                 b_frags.push(f);
                             }
                         }
@@ -496,20 +502,24 @@ fn conv_pipe<I: Float, M: Float>(
 
     // Epilogue: the dst address of tile row `tid` (segment tid / 16, −1 past the problem),
     // then every lane writes its accumulator pairs (two adjacent channels of one position).
-    let mut rows = SharedMemory::<i32>::new(BM);
-    if tid < BM {
-        let gs = seg0 + i32::cast_from(tid / SEG);
-        let row = gs / segs_per_row;
-        let ow = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(tid % SEG);
-        rows[tid] = select(
-            row < total_rows && ow < g.dst_w,
-            si * dst_split
-                + (row / (g.dst_h * g.dst_d)) * g.sd_n
-                + ((row / g.dst_h) % g.dst_d) * g.sd_d
-                + (row % g.dst_h) * g.sd_h
-                + ow * g.sd_w,
-            -1i32,
-        );
+    let mut rows = SharedMemory::<i32>::new(bm);
+    #[unroll]
+    for q in 0..bm.div_ceil(threads) {
+        let t = tid + q * threads;
+        if t < bm {
+            let gs = seg0 + i32::cast_from(t / SEG);
+            let row = gs / segs_per_row;
+            let ow = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(t % SEG);
+            rows[t] = select(
+                row < total_rows && ow < g.dst_w,
+                si * dst_split
+                    + (row / (g.dst_h * g.dst_d)) * g.sd_n
+                    + ((row / g.dst_h) % g.dst_d) * g.sd_d
+                    + (row % g.dst_h) * g.sd_h
+                    + ow * g.sd_w,
+                -1i32,
+            );
+        }
     }
     sync_cube();
     #[unroll]
@@ -562,27 +572,32 @@ pub(crate) struct PipeTile {
 }
 
 impl PipeTile {
+    /// Segments (of [`SEG`] positions) per tile.
+    fn segs(&self) -> usize {
+        self.warps_m * self.frags_m
+    }
+
     fn bn(&self) -> usize {
         self.warps_n * self.frags_n * 8
     }
 
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
-        (SEGS * self.halo + self.kw_inner * self.bn()) * (BK + 16 / elem) * elem
+        (self.segs() * self.halo + self.kw_inner * self.bn()) * (BK + PAD) * elem
     }
 }
 
 /// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
-/// and dilation `dil_w`: 4 warps along the segments (2 each) × 1 warp for up to 64 dst
-/// channels, 2 warps of up to 48 for more (8 warps: the same per-warp work and registers as
-/// the narrow tile, so two cubes stay resident per SM); four stage slots, three where a
-/// slot passes 24 KiB.
+/// and dilation `dil_w`, with `warps_m` warps along the segments (2 segments each): 1 warp
+/// for up to 64 dst channels, 2 warps of up to 48 for more (the same per-warp work and
+/// registers as the narrow tile); four stage slots, three where a slot passes 24 KiB.
 pub(crate) fn pipe_tile(
     c_out: usize,
     k_w: usize,
     st_w: usize,
     dil_w: usize,
     elem: usize,
+    warps_m: usize,
 ) -> PipeTile {
     let n8 = c_out.div_ceil(8);
     let (warps_n, frags_n) = if n8 <= 8 {
@@ -592,7 +607,7 @@ pub(crate) fn pipe_tile(
         let per = n8.div_ceil(tiles);
         (2, (per + per % 2) / 2)
     };
-    let (warps_m, frags_m) = (4, 2);
+    let frags_m = 2;
     let kw_inner = if st_w == 1 { k_w } else { 1 };
     let mut tile = PipeTile {
         warps_m,
@@ -609,14 +624,35 @@ pub(crate) fn pipe_tile(
     tile
 }
 
-fn tile_of(geo: &Geo, dtype: DType) -> PipeTile {
-    pipe_tile(
-        geo.c_out as usize,
-        geo.k[2] as usize,
-        geo.stride[2] as usize,
-        geo.dil[2] as usize,
-        dtype.size(),
-    )
+impl PipeTile {
+    /// Shared memory of one cube: the stage slots and the epilogue's row table.
+    fn shared_bytes(&self, elem: usize) -> usize {
+        self.stages * self.stage_bytes(elem) + self.segs() * SEG * 4
+    }
+}
+
+/// The tile for `geo` on a device with `max_shared` bytes of shared memory per cube: up to
+/// 64 dst channels, 8 warps along the segments (256 positions: the weights of a stage serve
+/// twice the positions of a 4-warp tile, which cuts the L2 traffic that bounds these
+/// kernels) where two such cubes still share one SM, else 4 (on an H200, one 8-warp TF32
+/// cube per SM ran slower than two 4-warp ones); wider tiles keep 4 × 2 warps.
+fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> PipeTile {
+    let tile = |warps_m| {
+        pipe_tile(
+            geo.c_out as usize,
+            geo.k[2] as usize,
+            geo.stride[2] as usize,
+            geo.dil[2] as usize,
+            dtype.size(),
+            warps_m,
+        )
+    };
+    let eight = tile(8);
+    if eight.warps_n == 1 && 2 * eight.shared_bytes(dtype.size()) <= max_shared {
+        eight
+    } else {
+        tile(4)
+    }
 }
 
 /// Whether [`gemm`] can run this problem: a device with `mma.sync` and `cp.async` for the
@@ -631,12 +667,13 @@ pub(crate) fn fits(src: &SsmTensor, w: &SsmTensor, geo: &Geo, channels_last: boo
         return false;
     }
     let granule = copy_granule(dtype) as i32;
-    let tile = tile_of(geo, dtype);
+    let max_shared = src.device.max_shared_memory();
+    let tile = tile_of(geo, dtype, max_shared);
     rows_aligned(src.offset, &geo.ss, dtype)
         && rows_aligned(w.offset, &geo.sw, dtype)
         && geo.w_group % granule == 0
         && geo.c_red % granule == 0
-        && tile.stages * tile.stage_bytes(dtype.size()) + BM * 4 <= src.device.max_shared_memory()
+        && tile.shared_bytes(dtype.size()) <= max_shared
 }
 
 /// Whether the pipelined kernels may take operands `a` and `b` at all: the path is on,
@@ -682,10 +719,10 @@ pub(crate) fn gemm(
     if geo.dst_positions() == 0 || numel == 0 {
         return SsmTensor::empty(dst_shape, DType::F32, &src.device);
     }
-    let tile = tile_of(geo, src.dtype);
+    let tile = tile_of(geo, src.dtype, src.device.max_shared_memory());
     let segs_per_row = (geo.dst[2] as usize).div_ceil(SEG);
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
-    let m_tiles = (rows * segs_per_row).div_ceil(SEGS);
+    let m_tiles = (rows * segs_per_row).div_ceil(tile.segs());
     let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
@@ -733,21 +770,24 @@ mod tests {
     fn tiles_cover_the_segments_and_the_channels() {
         for c_out in [8, 16, 24, 48, 64, 72, 96, 128, 192, 200] {
             for elem in [2, 4] {
-                let t = pipe_tile(c_out, 3, 1, 1, elem);
-                assert_eq!(t.warps_n, if c_out <= 64 { 1 } else { 2 }, "{t:?}");
-                assert_eq!(t.warps_m * t.frags_m, SEGS, "{t:?}");
-                let tiles = c_out.div_ceil(t.bn());
-                assert!(tiles * t.bn() >= c_out, "{c_out}: {t:?}");
-                assert!(tiles * t.bn() - c_out < 16 * tiles, "{c_out}: {t:?}");
-                assert!(t.bn() <= 96, "{t:?}");
-                assert!(t.stages * t.stage_bytes(elem) <= 110 * 1024, "{t:?}");
+                for warps_m in [4, 8] {
+                    let t = pipe_tile(c_out, 3, 1, 1, elem, warps_m);
+                    assert_eq!(t.warps_n, if c_out <= 64 { 1 } else { 2 }, "{t:?}");
+                    assert_eq!(t.segs(), 2 * warps_m, "{t:?}");
+                    let tiles = c_out.div_ceil(t.bn());
+                    assert!(tiles * t.bn() >= c_out, "{c_out}: {t:?}");
+                    assert!(tiles * t.bn() - c_out < 16 * tiles, "{c_out}: {t:?}");
+                    assert!(t.bn() <= 96, "{t:?}");
+                    // Fits the 227 KiB of a Hopper cube.
+                    assert!(t.shared_bytes(elem) <= 227 * 1024, "{t:?}");
+                }
             }
         }
         // Stride 1 along w: the taps along w share a halo of 16 + (k_w − 1)·dil rows.
-        let t = pipe_tile(48, 3, 1, 2, 2);
+        let t = pipe_tile(48, 3, 1, 2, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (3, 20));
         // Any other stride: one tap per group, one row per position.
-        let t = pipe_tile(48, 7, 2, 1, 2);
+        let t = pipe_tile(48, 7, 2, 1, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (1, 16));
     }
 }

@@ -213,7 +213,8 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let vc = def.vectors_per_lane(cmma::MatrixIdent::Accumulator);
     let sc = def.vector_size(cmma::MatrixIdent::Accumulator);
     // TF32 fragments are read element by element from the k-major tiles: A (co × pos) from
-    // dy rows (pos) of co, B (pos × c) from x rows (pos) of c.
+    // dy rows (pos) of co, B (pos × c) from x rows (pos) of c. Their f32 bits pass
+    // unconverted, as in `conv_pipe` (the tensor cores truncate them to TF32).
     let mut a_off = Array::<usize>::new(va);
     let mut b_off = Array::<usize>::new(vb);
     if comptime!(mk == 8) {
@@ -367,7 +368,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                 #[unroll]
                                 for e in 0..va {
                                     let mut v = Vector::<M, NA>::empty();
-                                    v[0] = M::cast_from(a_s[a_k + i * 16 + a_off[e]]);
+                                    v[0] = M::reinterpret(a_s[a_k + i * 16 + a_off[e]]);
                                     f[e] = v;
                                 }
                                 a_frags.push(f);
@@ -378,7 +379,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                 #[unroll]
                                 for e in 0..vb {
                                     let mut v = Vector::<M, NB>::empty();
-                                    v[0] = M::cast_from(b_s[b_k + jn * 8 + b_off[e]]);
+                                    v[0] = M::reinterpret(b_s[b_k + jn * 8 + b_off[e]]);
                                     f[e] = v;
                                 }
                                 b_frags.push(f);

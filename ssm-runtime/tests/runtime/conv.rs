@@ -626,9 +626,11 @@ fn conv_bf16_equals_f32_on_rounded_operands() {
     assert!(e.contains("bias is f64"), "{e}");
 }
 
-/// TF32 keeps 10 of f32's 23 mantissa bits: each operand is off by up to 2⁻¹¹ relative, so
-/// each product by ~2⁻¹⁰, and a sum by at most ~2⁻¹⁰·Σ|terms| (4× margin below), while
-/// dropping a term or a tap would cost far more.
+/// TF32 keeps 10 of f32's 23 mantissa bits: each operand is off by up to 2⁻¹¹ relative when
+/// rounded, 2⁻¹⁰ when truncated (the pipelined kernels hand f32 bits to the tensor cores
+/// unconverted), so each product by up to ~2⁻⁹ and a sum by at most ~2⁻⁹·Σ|terms| (2×
+/// margin below), while dropping a term or a tap would cost far more; the relative L2
+/// error of random data stays far smaller, the products' signs being random.
 fn assert_tf32_close(what: &str, got: &Tensor, want: &[f64], magnitude: &[f64]) {
     assert_eq!(got.dtype(), DType::F32, "{what}: results are f32");
     let g = got.to_f64_vec().unwrap();
