@@ -46,46 +46,152 @@ const SEG: usize = 16;
 /// fall on distinct banks), 32 for f32 (the 8 rows of one 64-bit TF32 fragment load do).
 const PAD: usize = 8;
 
-/// The src address (channel 0 of the group) of every halo row this thread copies, for the
-/// tap group starting at tap `tap0`: rows `tid + q·threads` of the tile's halo, whose
-/// (batch base, od, oh, w) were decoded once into `h_base` (−1: no row), `h_d`, `h_h`,
-/// `h_w`; −1 where the row falls outside the src. With `kw_inner` taps per group, the halo
-/// holds the src rows of tap `tw_addr` (the first along w that a position reads) and the
-/// others read it shifted by whole rows.
+/// The producer's place in the reduction: the first tap (`td`, `th`, `tw`) of the next
+/// stage's tap group and the stage's first reduced channel, stepped without divisions.
+#[derive(CubeType)]
+struct TapCursor {
+    td: i32,
+    th: i32,
+    tw: i32,
+    c0: i32,
+}
+
+#[cube]
+impl TapCursor {
+    /// At the first channel of tap `tap`.
+    fn at(g: &ConvGeo, tap: i32) -> TapCursor {
+        TapCursor {
+            td: tap / (g.k_w * g.k_h),
+            th: (tap / g.k_w) % g.k_h,
+            tw: tap % g.k_w,
+            c0: 0i32,
+        }
+    }
+
+    /// The flat tap index (the weights' tap order).
+    fn tap(&self, g: &ConvGeo) -> i32 {
+        (self.td * g.k_h + self.th) * g.k_w + self.tw
+    }
+
+    /// Step past one stage of `bk` channels; true when that ended the tap group (the
+    /// cursor then stands at the next group of `kw` taps along w).
+    fn advance(&mut self, g: &ConvGeo, bk: i32, kw: i32) -> bool {
+        let wrap = self.c0 + bk >= g.c_red;
+        self.c0 = select(wrap, 0i32, self.c0 + bk);
+        if wrap {
+            self.tw += kw;
+            if self.tw >= g.k_w {
+                self.tw = 0i32;
+                self.th += 1i32;
+                if self.th >= g.k_h {
+                    self.th = 0i32;
+                    self.td += 1i32;
+                }
+            }
+        }
+        wrap
+    }
+}
+
+/// The dst row and w coordinate of place `off` in sub-run `sub` of segment `gs`: a
+/// segment is `rows_per_seg` whole dst rows when those are short, else a run of up to
+/// [`SEG`] positions of one row (`segs_per_row` per row).
+#[cube]
+fn seg_place(
+    gs: i32,
+    sub: i32,
+    off: i32,
+    segs_per_row: i32,
+    #[comptime] rows_per_seg: usize,
+) -> (i32, i32) {
+    let mut row = gs * i32::cast_from(rows_per_seg) + sub;
+    let mut w = off;
+    if comptime!(rows_per_seg == 1) {
+        row = gs / segs_per_row;
+        w = (gs % segs_per_row) * i32::cast_from(SEG) + off;
+    }
+    (row, w)
+}
+
+/// The halo row that holds row `r` (0..16) of a segment at tap shift 0: sub-run `r / run`
+/// starts at `sub_halo · (r / run)`. Rows past the segment's positions read row 0 (their
+/// results are dropped).
+#[cube]
+fn seg_row(
+    r: usize,
+    #[comptime] run: usize,
+    #[comptime] rows_per_seg: usize,
+    #[comptime] sub_halo: usize,
+) -> usize {
+    select(
+        r < rows_per_seg * run,
+        (r / run) * sub_halo + r % run,
+        0usize,
+    )
+}
+
+/// The src address (channel 0 of the group) of every halo row this thread copies for the
+/// tap group at `cur`, −1 where the row falls outside the src: rows `tid + q·threads` of
+/// the tile's halo, with src base `base` (batch and group; −1: no row) and dst coordinates
+/// `o_d`, `o_h`, `o_w` (times the stride in the forward pass) decoded once. With
+/// `kw_inner` taps per group, the halo holds the src rows of the first tap along w that a
+/// position reads; the others read it shifted by whole rows.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn halo_addrs(
     g: &ConvGeo,
-    h_base: &Array<i32>,
-    h_d: &Array<i32>,
-    h_h: &Array<i32>,
-    h_w: &Array<i32>,
+    base: &Array<i32>,
+    o_d: &Array<i32>,
+    o_h: &Array<i32>,
+    o_w: &Array<i32>,
     addrs: &mut Array<i32>,
-    tap0: i32,
+    cur: &TapCursor,
     #[comptime] qh: usize,
     #[comptime] kw_inner: usize,
     #[comptime] transposed: bool,
+    #[comptime] unit_stride: bool,
 ) {
-    let tw0 = tap0 % g.k_w;
-    let th = (tap0 / g.k_w) % g.k_h;
-    let td = tap0 / (g.k_w * g.k_h);
-    let tw_addr = if transposed {
-        tw0 + i32::cast_from(kw_inner - 1)
+    let tw = if transposed {
+        cur.tw + i32::cast_from(kw_inner - 1)
     } else {
-        tw0
+        cur.tw
     };
-    #[unroll]
-    for q in 0..qh {
-        let sd = src_coord(h_d[q], td, g.st_d, g.pad_d, g.dil_d, g.src_d, transposed);
-        let sh = src_coord(h_h[q], th, g.st_h, g.pad_h, g.dil_h, g.src_h, transposed);
-        let sw = src_coord(
-            h_w[q], tw_addr, g.st_w, g.pad_w, g.dil_w, g.src_w, transposed,
-        );
-        addrs[q] = select(
-            h_base[q] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
-            h_base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
-            -1i32,
-        );
+    if comptime!(transposed && !unit_stride) {
+        #[unroll]
+        for q in 0..qh {
+            let sd = src_coord(o_d[q], cur.td, g.st_d, g.pad_d, g.dil_d, g.src_d, true);
+            let sh = src_coord(o_h[q], cur.th, g.st_h, g.pad_h, g.dil_h, g.src_h, true);
+            let sw = src_coord(o_w[q], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, true);
+            addrs[q] = select(
+                base[q] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
+                base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+                -1i32,
+            );
+        }
+    } else {
+        // src = dst·stride − pad + tap·dil (forward) or dst + pad − tap·dil (transposed,
+        // stride 1): one add per coordinate.
+        let mut off_d = cur.td * g.dil_d - g.pad_d;
+        let mut off_h = cur.th * g.dil_h - g.pad_h;
+        let mut off_w = tw * g.dil_w - g.pad_w;
+        if transposed {
+            off_d = -off_d;
+            off_h = -off_h;
+            off_w = -off_w;
+        }
+        #[unroll]
+        for q in 0..qh {
+            let sd = o_d[q] + off_d;
+            let sh = o_h[q] + off_h;
+            let sw = o_w[q] + off_w;
+            let inside =
+                sd >= 0 && sd < g.src_d && sh >= 0 && sh < g.src_h && sw >= 0 && sw < g.src_w;
+            addrs[q] = select(
+                base[q] >= 0 && inside,
+                base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+                -1i32,
+            );
+        }
     }
 }
 
@@ -177,15 +283,18 @@ fn tf32_pair<I: Float, M: Float>(s: &SharedMemory<I>, at: usize) -> Vector<M, Co
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
 /// channels-last operands.
 ///
-/// A tile is `warps_m·frags_m` segments of [`SEG`] consecutive dst positions along w (one dst row
-/// each; `segs_per_row` per row, the last one partial) × `bn = warps_n·frags_n·8` dst
-/// channels. The reduction runs over tap groups of `kw_inner` taps along w (all of them
-/// when the w stride is 1, else one) and `bk` reduced channels per stage. A stage holds the
-/// src *halo* of each segment, `halo = 16 + (kw_inner − 1)·dil_w` rows, once for all taps of
-/// its group (tap `u` reads it shifted by `u·dil_w` rows), and the weights of those taps.
-/// Warp `(wm, wn)` owns segments `wm·frags_m ..` and `frags_n` 8-channel blocks. Grid: x·y =
-/// tiles, z = groups × channel tiles × tap-group splits (split `s` writes its partial sums
-/// at `s · dst_split`).
+/// A tile is `warps_m·frags_m` segments of [`SEG`] dst positions × `bn =
+/// warps_n·frags_n·8` dst channels. A segment is a run of `run` = 16 consecutive positions
+/// along w of one dst row (`segs_per_row` per row, the last one partial), or, for rows of
+/// at most 8 positions, `rows_per_seg` whole rows (`run` = the row length). The reduction
+/// runs over tap groups of `kw_inner` taps along w (all of them when the w stride is 1,
+/// else one) and `bk` reduced channels per stage. A stage holds the src *halo* of each
+/// segment, `run + (kw_inner − 1)·dil_w` rows per row it covers (`halo` in all), once for
+/// all taps of its group (tap `u` reads it shifted by `u·dil_w` rows), and the weights of
+/// those taps. Warp `(wm, wn)` owns segments `wm·frags_m ..` and `frags_n` 8-channel
+/// blocks. Grid: x·y = tiles, z = groups × channel tiles × tap-group splits (split `s`
+/// writes its partial sums at `s · dst_split`). `unit_stride` (all strides 1) spares the
+/// backward-data gather its divisions.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn conv_pipe<I: Float, M: Float>(
@@ -210,8 +319,11 @@ fn conv_pipe<I: Float, M: Float>(
     #[comptime] stages: usize,
     #[comptime] kw_inner: usize,
     #[comptime] halo: usize,
+    #[comptime] run: usize,
+    #[comptime] rows_per_seg: usize,
     #[comptime] has_bias: bool,
     #[comptime] transposed: bool,
+    #[comptime] unit_stride: bool,
     #[define(I, M)] _d: [StorageType; 2],
 ) {
     let threads = comptime!(warps_m * warps_n * 32);
@@ -222,6 +334,7 @@ fn conv_pipe<I: Float, M: Float>(
     let a_stage = comptime!(segs * halo * pitch);
     let b_stage = comptime!(kw_inner * bn * pitch);
     let qh = comptime!((segs * halo).div_ceil(threads));
+    let sub_halo = comptime!(halo / rows_per_seg);
 
     let tid = UNIT_POS as usize;
     let lane = UNIT_POS_X;
@@ -245,23 +358,37 @@ fn conv_pipe<I: Float, M: Float>(
     let bar3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
 
     // The halo rows this thread copies, decoded once.
-    let mut h_base = Array::<i32>::new(qh);
-    let mut h_d = Array::<i32>::new(qh);
-    let mut h_h = Array::<i32>::new(qh);
-    let mut h_w = Array::<i32>::new(qh);
+    let mut base = Array::<i32>::new(qh);
+    let mut o_d = Array::<i32>::new(qh);
+    let mut o_h = Array::<i32>::new(qh);
+    let mut o_w = Array::<i32>::new(qh);
     #[unroll]
     for q in 0..qh {
         let rho = tid + q * threads;
-        let gs = seg0 + i32::cast_from(rho / halo);
-        let row = gs / segs_per_row;
-        h_base[q] = select(
+        let hr = rho % halo;
+        let (row, ow) = seg_place(
+            seg0 + i32::cast_from(rho / halo),
+            i32::cast_from(hr / sub_halo),
+            i32::cast_from(hr % sub_halo),
+            segs_per_row,
+            rows_per_seg,
+        );
+        base[q] = select(
             rho < segs * halo && row < total_rows,
             grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
             -1i32,
         );
-        h_d[q] = (row / g.dst_h) % g.dst_d;
-        h_h[q] = row % g.dst_h;
-        h_w[q] = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(rho % halo);
+        let od = (row / g.dst_h) % g.dst_d;
+        let oh = row % g.dst_h;
+        if transposed {
+            o_d[q] = od;
+            o_h[q] = oh;
+            o_w[q] = ow;
+        } else {
+            o_d[q] = od * g.st_d;
+            o_h[q] = oh * g.st_h;
+            o_w[q] = ow * g.st_w;
+        }
     }
     let mut addrs = Array::<i32>::new(qh);
 
@@ -286,11 +413,18 @@ fn conv_pipe<I: Float, M: Float>(
     let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
     let vc = def.vectors_per_lane(cmma::MatrixIdent::Accumulator);
     let sc = def.vector_size(cmma::MatrixIdent::Accumulator);
+    // Shared offsets of this lane's A rows within a segment's halo (bf16: the row it points
+    // `ldmatrix` at; TF32: rows g and g + 8) and its B pair.
     // TF32 (16×8×8): lane (g = lane / 4, t = lane % 4) holds A at rows g, g + 8 × reduced
     // indices t, t + 4 and B at t, t + 4 × column g. The products of a block may pair the
     // reduced indices in any order, so logical index k reads shared column
     // 2·(k % 4) + k / 4: each lane's pair (t, t + 4) is then one 64-bit load at 2t.
-    let pair_row = (lane / 4) as usize * pitch + (lane % 4) as usize * 2;
+    let pair = (lane % 4) as usize * 2;
+    let pair_row = (lane / 4) as usize * pitch + pair;
+    let a_lane = seg_row((lane % 16) as usize, run, rows_per_seg, sub_halo) * pitch
+        + (lane / 16) as usize * 8;
+    let a_top = seg_row((lane / 4) as usize, run, rows_per_seg, sub_halo) * pitch + pair;
+    let a_low = seg_row((lane / 4 + 8) as usize, run, rows_per_seg, sub_halo) * pitch + pair;
     let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
     for _ in 0..frags_m * frags_n {
@@ -302,18 +436,45 @@ fn conv_pipe<I: Float, M: Float>(
         acc.push(a);
     }
 
-    // Producer state: the next stage to issue (first tap of its group, first channel).
-    let mut p_tap = q0 * kwi;
-    let mut p_c0 = i32::new(0);
+    // Producer state: the next stage to issue.
+    let mut cur = TapCursor::at(&g, q0 * kwi);
     halo_addrs(
-        &g, &h_base, &h_d, &h_h, &h_w, &mut addrs, p_tap, qh, kw_inner, transposed,
+        &g,
+        &base,
+        &o_d,
+        &o_h,
+        &o_w,
+        &mut addrs,
+        &cur,
+        qh,
+        kw_inner,
+        transposed,
+        unit_stride,
     );
     #[unroll]
     for j in 0..stages - 1 {
         if i32::cast_from(j) < n_stages {
             issue_stage::<I>(
-                src, w, &mut a_s, &mut b_s, &g, j, tid, &addrs, p_tap, p_c0, w_grp, n0, threads,
-                qh, segs, halo, kw_inner, bn, bk, vec,
+                src,
+                w,
+                &mut a_s,
+                &mut b_s,
+                &g,
+                j,
+                tid,
+                &addrs,
+                cur.tap(&g),
+                cur.c0,
+                w_grp,
+                n0,
+                threads,
+                qh,
+                segs,
+                halo,
+                kw_inner,
+                bn,
+                bk,
+                vec,
             );
             if j == 0 {
                 bar0.commit_copy_async();
@@ -324,12 +485,19 @@ fn conv_pipe<I: Float, M: Float>(
             } else {
                 bar3.commit_copy_async();
             }
-            let wrap = p_c0 + bki >= g.c_red;
-            p_c0 = select(wrap, 0i32, p_c0 + bki);
-            if wrap {
-                p_tap += kwi;
+            if cur.advance(&g, bki, kwi) {
                 halo_addrs(
-                    &g, &h_base, &h_d, &h_h, &h_w, &mut addrs, p_tap, qh, kw_inner, transposed,
+                    &g,
+                    &base,
+                    &o_d,
+                    &o_h,
+                    &o_w,
+                    &mut addrs,
+                    &cur,
+                    qh,
+                    kw_inner,
+                    transposed,
+                    unit_stride,
                 );
             }
         }
@@ -357,8 +525,26 @@ fn conv_pipe<I: Float, M: Float>(
                 let fill = comptime!((j + stages - 1) % stages);
                 if s + i32::cast_from(stages - 1) < n_stages {
                     issue_stage::<I>(
-                        src, w, &mut a_s, &mut b_s, &g, fill, tid, &addrs, p_tap, p_c0, w_grp, n0,
-                        threads, qh, segs, halo, kw_inner, bn, bk, vec,
+                        src,
+                        w,
+                        &mut a_s,
+                        &mut b_s,
+                        &g,
+                        fill,
+                        tid,
+                        &addrs,
+                        cur.tap(&g),
+                        cur.c0,
+                        w_grp,
+                        n0,
+                        threads,
+                        qh,
+                        segs,
+                        halo,
+                        kw_inner,
+                        bn,
+                        bk,
+                        vec,
                     );
                     if fill == 0 {
                         bar0.commit_copy_async();
@@ -369,13 +555,19 @@ fn conv_pipe<I: Float, M: Float>(
                     } else {
                         bar3.commit_copy_async();
                     }
-                    let wrap = p_c0 + bki >= g.c_red;
-                    p_c0 = select(wrap, 0i32, p_c0 + bki);
-                    if wrap {
-                        p_tap += kwi;
+                    if cur.advance(&g, bki, kwi) {
                         halo_addrs(
-                            &g, &h_base, &h_d, &h_h, &h_w, &mut addrs, p_tap, qh, kw_inner,
+                            &g,
+                            &base,
+                            &o_d,
+                            &o_h,
+                            &o_w,
+                            &mut addrs,
+                            &cur,
+                            qh,
+                            kw_inner,
                             transposed,
+                            unit_stride,
                         );
                     }
                 }
@@ -398,11 +590,9 @@ fn conv_pipe<I: Float, M: Float>(
                         if comptime!(mk == 16) {
                             // ldmatrix.x4: lanes 0-15 give rows 0-15 at k0, lanes 16-31 at
                             // k0 + 8.
-                            let lrow = (lane % 16) as usize;
-                            let lk = (lane / 16) as usize * 8;
                             #[unroll]
                             for i in 0..frags_m {
-                                let at = a_slot + (i * halo + lrow) * pitch + k0 + lk;
+                                let at = a_slot + i * halo * pitch + a_lane + k0;
                                 let regs = def.load_matrix::<I, NA>(
                                     &a_s.slice(at, at + 8),
                                     cmma::MatrixIdent::A,
@@ -461,9 +651,9 @@ fn conv_pipe<I: Float, M: Float>(
                             // Registers a0..a3 = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
                             #[unroll]
                             for i in 0..frags_m {
-                                let at = a_slot + i * halo * pitch + k0 + pair_row;
-                                let top = tf32_pair::<I, M>(&a_s, at);
-                                let low = tf32_pair::<I, M>(&a_s, at + 8 * pitch);
+                                let at = a_slot + i * halo * pitch + k0;
+                                let top = tf32_pair::<I, M>(&a_s, at + a_top);
+                                let low = tf32_pair::<I, M>(&a_s, at + a_low);
                                 let mut f = Array::<Vector<M, NA>>::new(va);
                                 f[0] = Vector::new(top[0]);
                                 f[1] = Vector::new(low[0]);
@@ -507,11 +697,16 @@ fn conv_pipe<I: Float, M: Float>(
     for q in 0..bm.div_ceil(threads) {
         let t = tid + q * threads;
         if t < bm {
-            let gs = seg0 + i32::cast_from(t / SEG);
-            let row = gs / segs_per_row;
-            let ow = (gs % segs_per_row) * i32::cast_from(SEG) + i32::cast_from(t % SEG);
+            let r = t % SEG;
+            let (row, ow) = seg_place(
+                seg0 + i32::cast_from(t / SEG),
+                i32::cast_from(r / run),
+                i32::cast_from(r % run),
+                segs_per_row,
+                rows_per_seg,
+            );
             rows[t] = select(
-                row < total_rows && ow < g.dst_w,
+                r < rows_per_seg * run && row < total_rows && ow < g.dst_w,
                 si * dst_split
                     + (row / (g.dst_h * g.dst_d)) * g.sd_n
                     + ((row / g.dst_h) % g.dst_d) * g.sd_d
@@ -567,6 +762,11 @@ pub(crate) struct PipeTile {
     pub kw_inner: usize,
     /// Halo rows per segment.
     pub halo: usize,
+    /// Positions per dst row within a segment: [`SEG`], or the whole row when a segment
+    /// holds several.
+    pub run: usize,
+    /// Whole dst rows per segment (1: a segment is a run along one row).
+    pub rows_per_seg: usize,
     /// Stage slots in shared memory.
     pub stages: usize,
 }
@@ -575,6 +775,15 @@ impl PipeTile {
     /// Segments (of [`SEG`] positions) per tile.
     fn segs(&self) -> usize {
         self.warps_m * self.frags_m
+    }
+
+    /// Segments covering `rows` dst rows of `dst_w` positions.
+    fn segments(&self, rows: usize, dst_w: usize) -> usize {
+        if self.rows_per_seg > 1 {
+            rows.div_ceil(self.rows_per_seg)
+        } else {
+            rows * dst_w.div_ceil(SEG)
+        }
     }
 
     fn bn(&self) -> usize {
@@ -588,14 +797,17 @@ impl PipeTile {
 }
 
 /// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
-/// and dilation `dil_w`, with `warps_m` warps along the segments (2 segments each): 1 warp
-/// for up to 64 dst channels, 2 warps of up to 48 for more (the same per-warp work and
-/// registers as the narrow tile); four stage slots, three where a slot passes 24 KiB.
+/// and dilation `dil_w` over dst rows of `dst_w` positions, with `warps_m` warps along the
+/// segments (2 segments each): 1 warp for up to 64 dst channels, 2 warps of up to 48 for
+/// more (the same per-warp work and registers as the narrow tile); four stage slots, three
+/// where a slot passes 24 KiB. Rows of at most 8 positions share a segment (two of 8, three
+/// of 5, ...), so short rows do not leave most of each 16-row MMA block empty.
 pub(crate) fn pipe_tile(
     c_out: usize,
     k_w: usize,
     st_w: usize,
     dil_w: usize,
+    dst_w: usize,
     elem: usize,
     warps_m: usize,
 ) -> PipeTile {
@@ -609,13 +821,20 @@ pub(crate) fn pipe_tile(
     };
     let frags_m = 2;
     let kw_inner = if st_w == 1 { k_w } else { 1 };
+    let (run, rows_per_seg) = if (1..=SEG / 2).contains(&dst_w) {
+        (dst_w, SEG / dst_w)
+    } else {
+        (SEG, 1)
+    };
     let mut tile = PipeTile {
         warps_m,
         warps_n,
         frags_m,
         frags_n,
         kw_inner,
-        halo: SEG + (kw_inner - 1) * dil_w,
+        halo: rows_per_seg * (run + (kw_inner - 1) * dil_w),
+        run,
+        rows_per_seg,
         stages: 4,
     };
     if tile.stage_bytes(elem) > 24 * 1024 {
@@ -643,6 +862,7 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> PipeTile {
             geo.k[2] as usize,
             geo.stride[2] as usize,
             geo.dil[2] as usize,
+            geo.dst[2] as usize,
             dtype.size(),
             warps_m,
         )
@@ -720,9 +940,14 @@ pub(crate) fn gemm(
         return SsmTensor::empty(dst_shape, DType::F32, &src.device);
     }
     let tile = tile_of(geo, src.dtype, src.device.max_shared_memory());
-    let segs_per_row = (geo.dst[2] as usize).div_ceil(SEG);
+    let dst_w = geo.dst[2] as usize;
+    let segs_per_row = if tile.rows_per_seg > 1 {
+        1
+    } else {
+        dst_w.div_ceil(SEG)
+    };
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
-    let m_tiles = (rows * segs_per_row).div_ceil(tile.segs());
+    let m_tiles = tile.segments(rows, dst_w).div_ceil(tile.segs());
     let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
@@ -752,9 +977,10 @@ pub(crate) fn gemm(
                 k_splits as u32,
                 numel as i32,
                 tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, BK, mk, vec,
-                tile.stages, tile.kw_inner, tile.halo,
+                tile.stages, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg,
                 bias.is_some(),
                 transposed,
+                geo.stride == [1, 1, 1],
                 [src.dtype.storage(), frag_ty],
             )
         }
@@ -771,7 +997,7 @@ mod tests {
         for c_out in [8, 16, 24, 48, 64, 72, 96, 128, 192, 200] {
             for elem in [2, 4] {
                 for warps_m in [4, 8] {
-                    let t = pipe_tile(c_out, 3, 1, 1, elem, warps_m);
+                    let t = pipe_tile(c_out, 3, 1, 1, 32, elem, warps_m);
                     assert_eq!(t.warps_n, if c_out <= 64 { 1 } else { 2 }, "{t:?}");
                     assert_eq!(t.segs(), 2 * warps_m, "{t:?}");
                     let tiles = c_out.div_ceil(t.bn());
@@ -784,10 +1010,32 @@ mod tests {
             }
         }
         // Stride 1 along w: the taps along w share a halo of 16 + (k_w − 1)·dil rows.
-        let t = pipe_tile(48, 3, 1, 2, 2, 4);
+        let t = pipe_tile(48, 3, 1, 2, 32, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (3, 20));
         // Any other stride: one tap per group, one row per position.
-        let t = pipe_tile(48, 7, 2, 1, 2, 4);
+        let t = pipe_tile(48, 7, 2, 1, 32, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (1, 16));
+    }
+
+    #[test]
+    fn short_rows_share_a_segment() {
+        // (dst_w, run, rows per segment, halo rows of a 3-wide kernel, segments of 10 rows)
+        for (dst_w, run, rows, halo, segments) in [
+            (1, 1, 16, 48, 1),
+            (5, 5, 3, 21, 4),
+            (8, 8, 2, 20, 5),
+            (9, 16, 1, 18, 10),
+            (16, 16, 1, 18, 10),
+            (28, 16, 1, 18, 20),
+        ] {
+            let t = pipe_tile(48, 3, 1, 1, dst_w, 2, 4);
+            assert_eq!(
+                (t.run, t.rows_per_seg, t.halo),
+                (run, rows, halo),
+                "w {dst_w}"
+            );
+            assert!(t.run * t.rows_per_seg <= SEG);
+            assert_eq!(t.segments(10, dst_w), segments, "w {dst_w}");
+        }
     }
 }
