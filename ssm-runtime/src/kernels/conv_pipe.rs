@@ -777,13 +777,18 @@ impl PipeTile {
         self.warps_m * self.frags_m
     }
 
+    /// Segments along one dst row of `dst_w` positions (1 when a segment holds whole rows).
+    fn segs_per_row(&self, dst_w: usize) -> usize {
+        if self.rows_per_seg > 1 {
+            1
+        } else {
+            dst_w.div_ceil(SEG)
+        }
+    }
+
     /// Segments covering `rows` dst rows of `dst_w` positions.
     fn segments(&self, rows: usize, dst_w: usize) -> usize {
-        if self.rows_per_seg > 1 {
-            rows.div_ceil(self.rows_per_seg)
-        } else {
-            rows * dst_w.div_ceil(SEG)
-        }
+        rows.div_ceil(self.rows_per_seg) * self.segs_per_row(dst_w)
     }
 
     fn bn(&self) -> usize {
@@ -793,6 +798,11 @@ impl PipeTile {
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
         (self.segs() * self.halo + self.kw_inner * self.bn()) * (BK + PAD) * elem
+    }
+
+    /// Shared memory of one cube: the stage slots and the epilogue's row table.
+    fn shared_bytes(&self, elem: usize) -> usize {
+        self.stages * self.stage_bytes(elem) + self.segs() * SEG * 4
     }
 }
 
@@ -841,13 +851,6 @@ pub(crate) fn pipe_tile(
         tile.stages = 3;
     }
     tile
-}
-
-impl PipeTile {
-    /// Shared memory of one cube: the stage slots and the epilogue's row table.
-    fn shared_bytes(&self, elem: usize) -> usize {
-        self.stages * self.stage_bytes(elem) + self.segs() * SEG * 4
-    }
 }
 
 /// The tile for `geo` on a device with `max_shared` bytes of shared memory per cube: up to
@@ -941,11 +944,7 @@ pub(crate) fn gemm(
     }
     let tile = tile_of(geo, src.dtype, src.device.max_shared_memory());
     let dst_w = geo.dst[2] as usize;
-    let segs_per_row = if tile.rows_per_seg > 1 {
-        1
-    } else {
-        dst_w.div_ceil(SEG)
-    };
+    let segs_per_row = tile.segs_per_row(dst_w);
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
     let m_tiles = tile.segments(rows, dst_w).div_ceil(tile.segs());
     let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
