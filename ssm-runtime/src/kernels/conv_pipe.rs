@@ -117,7 +117,7 @@ fn seg_place(
 /// starts at `sub_halo · (r / run)`. Rows past the segment's positions read row 0 (their
 /// results are dropped).
 #[cube]
-fn seg_row(
+pub(crate) fn seg_row(
     r: usize,
     #[comptime] run: usize,
     #[comptime] rows_per_seg: usize,
@@ -831,11 +831,7 @@ pub(crate) fn pipe_tile(
     };
     let frags_m = 2;
     let kw_inner = if st_w == 1 { k_w } else { 1 };
-    let (run, rows_per_seg) = if (1..=SEG / 2).contains(&dst_w) {
-        (dst_w, SEG / dst_w)
-    } else {
-        (SEG, 1)
-    };
+    let (run, rows_per_seg) = segment_rows(dst_w);
     let mut tile = PipeTile {
         warps_m,
         warps_n,
@@ -851,6 +847,16 @@ pub(crate) fn pipe_tile(
         tile.stages = 3;
     }
     tile
+}
+
+/// (positions per row, rows) of a 16-position segment over dst rows of `dst_w`: whole rows
+/// when at most 8 positions long (two of 8, three of 5, ...), else one run of 16.
+pub(crate) fn segment_rows(dst_w: usize) -> (usize, usize) {
+    if (1..=SEG / 2).contains(&dst_w) {
+        (dst_w, SEG / dst_w)
+    } else {
+        (SEG, 1)
+    }
 }
 
 /// The tile for `geo` on a device with `max_shared` bytes of shared memory per cube: up to

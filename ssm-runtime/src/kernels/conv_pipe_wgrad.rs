@@ -5,8 +5,9 @@
 //! slot, `ldmatrix`/`mma.sync`, f32 accumulators in registers), on the weight-gradient GEMM:
 //! rows = dst channels (`co`), columns = the `k_w` taps along w of one (td, th) × a chunk of
 //! `cc` input channels, reduction over dst positions. A stage holds `ks` segments of 16
-//! positions along w of one dst row: their `dy` rows, and each segment's x *halo*
-//! (16 + (k_w − 1)·dil_w rows) once for all taps along w, which read it shifted by whole
+//! positions along w of one dst row (or one segment of several whole rows of at most 8
+//! positions): their `dy` rows, and each segment's x *halo* (16 + (k_w − 1)·dil_w rows,
+//! or that per row it holds) once for all taps along w, which read it shifted by whole
 //! rows. Warp `(wm, u)` owns dst channels `wm·frags_m·16 ..` and tap `u`.
 //!
 //! Cubes split the dst rows into ranges and write partial sums
@@ -21,7 +22,7 @@ use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
-use crate::kernels::conv_pipe::{copy_granule, rows_aligned, usable};
+use crate::kernels::conv_pipe::{copy_granule, rows_aligned, seg_row, segment_rows, usable};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment (one 16-deep reduction block).
@@ -30,48 +31,99 @@ const SEG: usize = 16;
 /// f32 (conflict-free transposed fragment reads).
 const PAD: usize = 8;
 
-/// Where the producer is: dst row `row` (decoded into its dy and x row bases; `x_row` is −1
-/// when the tile's (td, th) tap falls outside x) and segment group `sg` within it.
+/// What a cube's rows share: its tap (`td`, `th`), operand offsets, group and the end of
+/// its row range.
 #[derive(CubeType)]
-struct RowState {
-    row: i32,
-    sg: i32,
-    dy_row: i32,
-    x_row: i32,
-}
-
-/// Move `st` to the start of dst row `row`, decoded for the tile's tap (`td`, `th`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn set_row(
-    st: &mut RowState,
-    g: &ConvGeo,
-    row: i32,
+struct TileRows {
     td: i32,
     th: i32,
     x_off: i32,
     dy_off: i32,
     grp: i32,
-) {
-    let oh = row % g.dst_h;
-    let od = (row / g.dst_h) % g.dst_d;
-    let n = row / (g.dst_h * g.dst_d);
-    let sd = od * g.st_d - g.pad_d + td * g.dil_d;
-    let sh = oh * g.st_h - g.pad_h + th * g.dil_h;
+    row_end: i32,
+}
+
+/// Where the producer is: the stage's first dst row `row` (decoded into `n`, `od`, `oh`),
+/// its segment group `sg` within the row, and that row's dy and x bases (`x_row` −1 when
+/// the tile's (td, th) tap falls outside x).
+#[derive(CubeType)]
+struct RowState {
+    row: i32,
+    sg: i32,
+    n: i32,
+    od: i32,
+    oh: i32,
+    dy_row: i32,
+    x_row: i32,
+}
+
+/// dy base (channel 0 of the group) of dst row (n, od, oh).
+#[cube]
+fn dy_base(g: &ConvGeo, t: &TileRows, n: i32, od: i32, oh: i32) -> i32 {
+    t.dy_off + n * g.sd_n + od * g.sd_d + oh * g.sd_h + t.grp * g.c_out * g.sd_c
+}
+
+/// x base (w = 0, channel 0 of the group) that dst row (n, od, oh) reads at the tile's
+/// tap, −1 outside x.
+#[cube]
+fn x_base(g: &ConvGeo, t: &TileRows, n: i32, od: i32, oh: i32) -> i32 {
+    let sd = od * g.st_d - g.pad_d + t.td * g.dil_d;
+    let sh = oh * g.st_h - g.pad_h + t.th * g.dil_h;
     let ok = sd >= 0 && sd < g.src_d && sh >= 0 && sh < g.src_h;
+    select(
+        ok,
+        t.x_off + n * g.ss_n + sd * g.ss_d + sh * g.ss_h + t.grp * g.c_red * g.ss_c,
+        -1i32,
+    )
+}
+
+/// (n, od, oh) of the dst row `k ≥ 0` rows past (n, od, oh), without divisions.
+#[cube]
+fn rows_on(g: &ConvGeo, n: i32, od: i32, oh: i32, k: i32) -> (i32, i32, i32) {
+    let mut rn = n;
+    let mut rd = od;
+    let mut rh = oh + k;
+    while rh >= g.dst_h {
+        rh -= g.dst_h;
+        rd += 1i32;
+        if rd >= g.dst_d {
+            rd = 0i32;
+            rn += 1i32;
+        }
+    }
+    (rn, rd, rh)
+}
+
+/// Move `st` to the start of dst row `row` (decoded with divisions: once per cube).
+#[cube]
+fn set_row(st: &mut RowState, g: &ConvGeo, t: &TileRows, row: i32) {
     st.row = row;
     st.sg = 0i32;
-    st.dy_row = dy_off + n * g.sd_n + od * g.sd_d + oh * g.sd_h + grp * g.c_out * g.sd_c;
-    st.x_row = select(
-        ok,
-        x_off + n * g.ss_n + sd * g.ss_d + sh * g.ss_h + grp * g.c_red * g.ss_c,
-        -1i32,
-    );
+    st.n = row / (g.dst_h * g.dst_d);
+    st.od = (row / g.dst_h) % g.dst_d;
+    st.oh = row % g.dst_h;
+    st.dy_row = dy_base(g, t, st.n, st.od, st.oh);
+    st.x_row = x_base(g, t, st.n, st.od, st.oh);
+}
+
+/// Move `st` `k` rows on, to the start of that row.
+#[cube]
+fn next_rows(st: &mut RowState, g: &ConvGeo, t: &TileRows, k: i32) {
+    let (n, od, oh) = rows_on(g, st.n, st.od, st.oh, k);
+    st.row += k;
+    st.sg = 0i32;
+    st.n = n;
+    st.od = od;
+    st.oh = oh;
+    st.dy_row = dy_base(g, t, n, od, oh);
+    st.x_row = x_base(g, t, n, od, oh);
 }
 
 /// Issue the `cp.async` copies of one stage into slot `slot`: `ks·16` dy rows (dst
 /// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`) of segment group
-/// `st.sg` of row `st.row`. Chunks outside the problem are zero-filled.
+/// `st.sg` of row `st.row`, or, with `rows_per_seg` > 1, of the one segment that holds rows
+/// `st.row ..` whole (sub-row `sub` at positions `sub·run ..` and halo rows
+/// `sub·(halo / rows_per_seg) ..`). Chunks outside the problem are zero-filled.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn issue_stage<I: Float>(
@@ -80,6 +132,7 @@ fn issue_stage<I: Float>(
     a_s: &mut SharedMemory<I>,
     b_s: &mut SharedMemory<I>,
     g: &ConvGeo,
+    t: &TileRows,
     st: &RowState,
     slot: usize,
     tid: usize,
@@ -90,11 +143,14 @@ fn issue_stage<I: Float>(
     #[comptime] cc: usize,
     #[comptime] ks: usize,
     #[comptime] halo: usize,
+    #[comptime] run: usize,
+    #[comptime] rows_per_seg: usize,
     #[comptime] vec: usize,
 ) {
     let copy = comptime!(vec as u32);
     let a_pitch = comptime!(bm + PAD);
     let b_pitch = comptime!(cc + PAD);
+    let sub_halo = comptime!(halo / rows_per_seg);
     let ow0 = st.sg * i32::cast_from(ks * SEG);
     // dy: position p of the stage, dst channels m0 + ch·vec ...
     let a_chunks = comptime!(bm / vec);
@@ -105,10 +161,19 @@ fn issue_stage<I: Float>(
         if e < a_total {
             let p = e / a_chunks;
             let ch = e % a_chunks;
-            let ow = ow0 + i32::cast_from(p);
             let co = m0 + i32::cast_from(ch * vec);
-            let ok = ow < g.dst_w && co < g.c_out;
-            let start = usize::cast_from(select(ok, st.dy_row + ow * g.sd_w + co * g.sd_c, 0i32));
+            let mut ow = ow0 + i32::cast_from(p);
+            let mut row_ok = true;
+            let mut dy_row = st.dy_row;
+            if comptime!(rows_per_seg > 1) {
+                let sub = i32::cast_from(p / run);
+                let (n, od, oh) = rows_on(g, st.n, st.od, st.oh, sub);
+                ow = i32::cast_from(p % run);
+                row_ok = p < rows_per_seg * run && st.row + sub < t.row_end;
+                dy_row = dy_base(g, t, n, od, oh);
+            }
+            let ok = row_ok && ow < g.dst_w && co < g.c_out;
+            let start = usize::cast_from(select(ok, dy_row + ow * g.sd_w + co * g.sd_c, 0i32));
             let len = select(ok, usize::cast_from(vec), 0usize);
             let from = dy.slice(start, start + len);
             let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
@@ -127,10 +192,17 @@ fn issue_stage<I: Float>(
             let ch = e % b_chunks;
             let s = hrow / halo;
             let hr = hrow % halo;
-            let sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
+            let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
+            let mut x_row = st.x_row;
+            if comptime!(rows_per_seg > 1) {
+                let sub = i32::cast_from(hr / sub_halo);
+                let (n, od, oh) = rows_on(g, st.n, st.od, st.oh, sub);
+                sw = i32::cast_from(hr % sub_halo) - g.pad_w;
+                x_row = select(st.row + sub < t.row_end, x_base(g, t, n, od, oh), -1i32);
+            }
             let c = c0 + i32::cast_from(ch * vec);
-            let ok = st.x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
-            let start = usize::cast_from(select(ok, st.x_row + sw * g.ss_w + c * g.ss_c, 0i32));
+            let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
+            let start = usize::cast_from(select(ok, x_row + sw * g.ss_w + c * g.ss_c, 0i32));
             let len = select(ok, usize::cast_from(vec), 0usize);
             let from = x.slice(start, start + len);
             let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
@@ -160,6 +232,8 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     #[comptime] cc: usize,
     #[comptime] ks: usize,
     #[comptime] halo: usize,
+    #[comptime] run: usize,
+    #[comptime] rows_per_seg: usize,
     #[comptime] mk: usize,
     #[comptime] vec: usize,
     #[comptime] stages: usize,
@@ -194,8 +268,22 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         row_start + rows_per_split,
         rows,
     );
+    // Segment groups per row (1 when a segment holds whole rows), rows per stage.
     let spr = (g.dst_w + i32::cast_from(ks * SEG) - 1) / i32::cast_from(ks * SEG);
-    let n_stages = select(row_end > row_start, (row_end - row_start) * spr, 0i32);
+    let rps = i32::cast_from(rows_per_seg);
+    let n_stages = select(
+        row_end > row_start,
+        (row_end - row_start + rps - 1) / rps * spr,
+        0i32,
+    );
+    let tr = TileRows {
+        td,
+        th,
+        x_off,
+        dy_off,
+        grp,
+        row_end,
+    };
 
     let mut a_s = SharedMemory::<I>::new_aligned(stages * a_stage, 16usize);
     let mut b_s = SharedMemory::<I>::new_aligned(stages * b_stage, 16usize);
@@ -215,8 +303,12 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     // TF32 fragments are read element by element from the k-major tiles: A (co × pos) from
     // dy rows (pos) of co, B (pos × c) from x rows (pos) of c. Their f32 bits pass
     // unconverted, as in `conv_pipe` (the tensor cores truncate them to TF32).
+    // x rows are read through `seg_row`: position k of a segment sits at halo row
+    // seg_row(k) (k itself unless the segment holds several dst rows).
+    let sub_halo = comptime!(halo / rows_per_seg);
     let mut a_off = Array::<usize>::new(va);
-    let mut b_off = Array::<usize>::new(vb);
+    let blocks = comptime!(SEG / mk);
+    let mut b_off = Array::<usize>::new(comptime!(vb * blocks));
     if comptime!(mk == 8) {
         #[unroll]
         for e in 0..va {
@@ -224,11 +316,23 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
             a_off[e] = k as usize * a_pitch + m as usize;
         }
         #[unroll]
-        for e in 0..vb {
-            let (k, n) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::B);
-            b_off[e] = k as usize * b_pitch + n as usize;
+        for kk in 0..blocks {
+            #[unroll]
+            for e in 0..vb {
+                let (k, n) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::B);
+                let hr = seg_row(kk * mk + k as usize, run, rows_per_seg, sub_halo);
+                b_off[kk * vb + e] = hr * b_pitch + n as usize;
+            }
         }
     }
+    // bf16 (one 16-deep block per segment): the x row this lane points `ldmatrix` at.
+    let b_lane = seg_row(
+        (lane % 8 + ((lane / 8) % 2) * 8) as usize,
+        run,
+        rows_per_seg,
+        sub_halo,
+    ) * b_pitch
+        + (lane / 16) as usize * 8;
     let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
     for _ in 0..frags_m * frags_n {
@@ -243,15 +347,36 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let mut st = RowState {
         row: 0i32,
         sg: 0i32,
+        n: 0i32,
+        od: 0i32,
+        oh: 0i32,
         dy_row: 0i32,
         x_row: 0i32,
     };
-    set_row(&mut st, &g, row_start, td, th, x_off, dy_off, grp);
+    set_row(&mut st, &g, &tr, row_start);
     #[unroll]
     for j in 0..stages - 1 {
         if i32::cast_from(j) < n_stages {
             issue_stage::<I>(
-                x, dy, &mut a_s, &mut b_s, &g, &st, j, tid, m0, c0, threads, bm, cc, ks, halo, vec,
+                x,
+                dy,
+                &mut a_s,
+                &mut b_s,
+                &g,
+                &tr,
+                &st,
+                j,
+                tid,
+                m0,
+                c0,
+                threads,
+                bm,
+                cc,
+                ks,
+                halo,
+                run,
+                rows_per_seg,
+                vec,
             );
             if j == 0 {
                 bar0.commit_copy_async();
@@ -264,8 +389,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
             }
             st.sg += 1;
             if st.sg == spr {
-                let next = st.row + 1;
-                set_row(&mut st, &g, next, td, th, x_off, dy_off, grp);
+                next_rows(&mut st, &g, &tr, rps);
             }
         }
     }
@@ -290,8 +414,25 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                 let fill = comptime!((j + stages - 1) % stages);
                 if s + i32::cast_from(stages - 1) < n_stages {
                     issue_stage::<I>(
-                        x, dy, &mut a_s, &mut b_s, &g, &st, fill, tid, m0, c0, threads, bm, cc, ks,
-                        halo, vec,
+                        x,
+                        dy,
+                        &mut a_s,
+                        &mut b_s,
+                        &g,
+                        &tr,
+                        &st,
+                        fill,
+                        tid,
+                        m0,
+                        c0,
+                        threads,
+                        bm,
+                        cc,
+                        ks,
+                        halo,
+                        run,
+                        rows_per_seg,
+                        vec,
                     );
                     if fill == 0 {
                         bar0.commit_copy_async();
@@ -304,8 +445,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                     }
                     st.sg += 1;
                     if st.sg == spr {
-                        let next = st.row + 1;
-                        set_row(&mut st, &g, next, td, th, x_off, dy_off, grp);
+                        next_rows(&mut st, &g, &tr, rps);
                     }
                 }
 
@@ -315,7 +455,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                     for kk in 0..SEG / mk {
                         // Positions sg·16 + kk·mk .. of the stage; x rows shifted by tap u.
                         let a_k = j * a_stage + (sg * SEG + kk * mk) * a_pitch + m_warp;
-                        let b_k = j * b_stage + (sg * halo + kk * mk + shift) * b_pitch;
+                        let b_k = j * b_stage + (sg * halo + shift) * b_pitch;
                         let mut a_frags = Sequence::<Array<Vector<M, NA>>>::new();
                         let mut b_frags = Sequence::<Array<Vector<M, NB>>>::new();
                         if comptime!(mk == 16) {
@@ -340,11 +480,9 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                 }
                                 a_frags.push(f);
                             }
-                            let kb = (lane % 8 + ((lane / 8) % 2) * 8) as usize;
-                            let nb = (lane / 16) as usize * 8;
                             #[unroll]
                             for jp in 0..frags_n / 2 {
-                                let at = b_k + kb * b_pitch + jp * 16 + nb;
+                                let at = b_k + b_lane + jp * 16;
                                 let regs = def.load_matrix::<I, NB>(
                                     &b_s.slice(at, at + 8),
                                     cmma::MatrixIdent::B,
@@ -379,7 +517,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                 #[unroll]
                                 for e in 0..vb {
                                     let mut v = Vector::<M, NB>::empty();
-                                    v[0] = M::reinterpret(b_s[b_k + jn * 8 + b_off[e]]);
+                                    v[0] = M::reinterpret(b_s[b_k + jn * 8 + b_off[kk * vb + e]]);
                                     f[e] = v;
                                 }
                                 b_frags.push(f);
@@ -445,6 +583,10 @@ pub(crate) struct WgradTile {
     pub ks: usize,
     /// x rows per segment halo.
     pub halo: usize,
+    /// Positions per dst row within a segment (16, or the row length when a segment holds
+    /// `rows_per_seg` > 1 whole rows; then `ks` is 1).
+    pub run: usize,
+    pub rows_per_seg: usize,
     pub stages: usize,
 }
 
@@ -461,7 +603,8 @@ impl WgradTile {
 
 /// Tile for `c_out` dst and `c_red` input channels per group, a kernel `k_w` wide with
 /// dilation `dil_w`, dst rows `dst_w` long: up to 96 dst channels (48 per warp), up to 64
-/// input channels per chunk, two segments per stage (one for dst rows of ≤ 16).
+/// input channels per chunk, two segments per stage (one for dst rows of ≤ 16; rows of
+/// ≤ 8 share it, as in [`super::conv_pipe`]).
 pub(crate) fn wgrad_tile(
     c_out: usize,
     c_red: usize,
@@ -479,13 +622,16 @@ pub(crate) fn wgrad_tile(
     };
     let cf = c_red.div_ceil(16);
     let cc = 16 * cf.div_ceil(cf.div_ceil(4));
+    let (run, rows_per_seg) = segment_rows(dst_w);
     let mut tile = WgradTile {
         warps_m,
         frags_m,
         kw: k_w,
         cc,
         ks: dst_w.div_ceil(SEG).min(2),
-        halo: SEG + (k_w - 1) * dil_w,
+        halo: rows_per_seg * (run + (k_w - 1) * dil_w),
+        run,
+        rows_per_seg,
         stages: 4,
     };
     if tile.stage_bytes(elem) > 24 * 1024 {
@@ -536,6 +682,10 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
     let m_tiles = (geo.c_out as usize).div_ceil(tile.bm());
     let tiles = x_tiles * m_tiles * geo.groups as usize;
     let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, 1024);
+    // Splits start at segment boundaries (the last segment's rows past the end are masked).
+    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
+    let rows_per_split = rows_per_split.next_multiple_of(tile.rows_per_seg);
+    let splits = splits.min(rows.div_ceil(rows_per_split)).max(1);
     let parts = SsmTensor::empty(&[splits, co_total, taps, c_red], DType::F32, &x.device);
     let (frag_ty, mk) = fragment(x.dtype);
     let vec = copy_granule(x.dtype);
@@ -559,7 +709,8 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
                 c_tiles as i32,
                 splits as i32,
                 rows_per_split as i32,
-                tile.warps_m, tile.frags_m, tile.kw, tile.cc, tile.ks, tile.halo, mk, vec,
+                tile.warps_m, tile.frags_m, tile.kw, tile.cc, tile.ks, tile.halo, tile.run,
+                tile.rows_per_seg, mk, vec,
                 tile.stages,
                 [x.dtype.storage(), frag_ty],
             )
@@ -600,7 +751,10 @@ mod tests {
         }
         assert_eq!(wgrad_tile(48, 48, 3, 1, 112, 2).cc, 48);
         assert_eq!(wgrad_tile(192, 192, 3, 1, 28, 2).cc, 64);
-        assert_eq!(wgrad_tile(48, 48, 3, 2, 8, 2).halo, 20);
-        assert_eq!(wgrad_tile(48, 48, 3, 2, 8, 2).ks, 1);
+        // Rows of 8 share a segment: two sub-halos of 8 + 2·2 rows.
+        let t = wgrad_tile(48, 48, 3, 2, 8, 2);
+        assert_eq!((t.run, t.rows_per_seg, t.halo, t.ks), (8, 2, 24, 1));
+        let t = wgrad_tile(48, 48, 3, 1, 28, 2);
+        assert_eq!((t.run, t.rows_per_seg, t.halo, t.ks), (16, 1, 18, 2));
     }
 }
