@@ -93,6 +93,66 @@ impl TapCursor {
     }
 }
 
+/// One `mbarrier` per stage slot (up to four): a slot's copies commit to it, and every
+/// thread waits on it before reading the slot.
+#[derive(CubeType)]
+pub(crate) struct SlotBarriers {
+    b0: Shared<Barrier>,
+    b1: Shared<Barrier>,
+    b2: Shared<Barrier>,
+    b3: Shared<Barrier>,
+}
+
+#[cube]
+impl SlotBarriers {
+    pub(crate) fn new() -> SlotBarriers {
+        SlotBarriers {
+            b0: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
+            b1: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
+            b2: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
+            b3: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
+        }
+    }
+
+    /// Tie this thread's pending copies to slot `slot`'s barrier.
+    pub(crate) fn commit(&self, #[comptime] slot: usize) {
+        if comptime!(slot == 0) {
+            self.b0.commit_copy_async();
+        } else if comptime!(slot == 1) {
+            self.b1.commit_copy_async();
+        } else if comptime!(slot == 2) {
+            self.b2.commit_copy_async();
+        } else {
+            self.b3.commit_copy_async();
+        }
+    }
+
+    /// Wait until every thread's copies into slot `slot` have landed.
+    pub(crate) fn wait(&self, #[comptime] slot: usize) {
+        if comptime!(slot == 0) {
+            self.b0.arrive_and_wait();
+        } else if comptime!(slot == 1) {
+            self.b1.arrive_and_wait();
+        } else if comptime!(slot == 2) {
+            self.b2.arrive_and_wait();
+        } else {
+            self.b3.arrive_and_wait();
+        }
+    }
+}
+
+/// The halo rows this thread copies: src base `base` (batch and group; −1: no row) and dst
+/// coordinates `o_d`, `o_h`, `o_w` (times the stride in the forward pass), decoded once,
+/// and `addrs`, their src addresses for the current tap group.
+#[derive(CubeType)]
+struct HaloRows {
+    base: Array<i32>,
+    o_d: Array<i32>,
+    o_h: Array<i32>,
+    o_w: Array<i32>,
+    addrs: Array<i32>,
+}
+
 /// The dst row and w coordinate of place `off` in sub-run `sub` of segment `gs`: a
 /// segment is `rows_per_seg` whole dst rows when those are short, else a run of up to
 /// [`SEG`] positions of one row (`segs_per_row` per row).
@@ -130,21 +190,16 @@ pub(crate) fn seg_row(
     )
 }
 
-/// The src address (channel 0 of the group) of every halo row this thread copies for the
-/// tap group at `cur`, −1 where the row falls outside the src: rows `tid + q·threads` of
-/// the tile's halo, with src base `base` (batch and group; −1: no row) and dst coordinates
-/// `o_d`, `o_h`, `o_w` (times the stride in the forward pass) decoded once. With
+/// The src address (channel 0 of the group) of every halo row this thread copies (rows
+/// `tid + q·threads` of the tile's halo) for the tap group at `cur` into `rows.addrs`, −1
+/// where the row falls outside the src. With
 /// `kw_inner` taps per group, the halo holds the src rows of the first tap along w that a
 /// position reads; the others read it shifted by whole rows.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn halo_addrs(
     g: &ConvGeo,
-    base: &Array<i32>,
-    o_d: &Array<i32>,
-    o_h: &Array<i32>,
-    o_w: &Array<i32>,
-    addrs: &mut Array<i32>,
+    rows: &mut HaloRows,
     cur: &TapCursor,
     #[comptime] qh: usize,
     #[comptime] kw_inner: usize,
@@ -159,12 +214,12 @@ fn halo_addrs(
     if comptime!(transposed && !unit_stride) {
         #[unroll]
         for q in 0..qh {
-            let sd = src_coord(o_d[q], cur.td, g.st_d, g.pad_d, g.dil_d, g.src_d, true);
-            let sh = src_coord(o_h[q], cur.th, g.st_h, g.pad_h, g.dil_h, g.src_h, true);
-            let sw = src_coord(o_w[q], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, true);
-            addrs[q] = select(
-                base[q] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
-                base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+            let sd = src_coord(rows.o_d[q], cur.td, g.st_d, g.pad_d, g.dil_d, g.src_d, true);
+            let sh = src_coord(rows.o_h[q], cur.th, g.st_h, g.pad_h, g.dil_h, g.src_h, true);
+            let sw = src_coord(rows.o_w[q], tw, g.st_w, g.pad_w, g.dil_w, g.src_w, true);
+            rows.addrs[q] = select(
+                rows.base[q] >= 0 && sd >= 0 && sh >= 0 && sw >= 0,
+                rows.base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
                 -1i32,
             );
         }
@@ -181,14 +236,14 @@ fn halo_addrs(
         }
         #[unroll]
         for q in 0..qh {
-            let sd = o_d[q] + off_d;
-            let sh = o_h[q] + off_h;
-            let sw = o_w[q] + off_w;
+            let sd = rows.o_d[q] + off_d;
+            let sh = rows.o_h[q] + off_h;
+            let sw = rows.o_w[q] + off_w;
             let inside =
                 sd >= 0 && sd < g.src_d && sh >= 0 && sh < g.src_h && sw >= 0 && sw < g.src_w;
-            addrs[q] = select(
-                base[q] >= 0 && inside,
-                base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
+            rows.addrs[q] = select(
+                rows.base[q] >= 0 && inside,
+                rows.base[q] + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w,
                 -1i32,
             );
         }
@@ -264,6 +319,63 @@ fn issue_stage<I: Float>(
             let mut to = b_s.slice_mut(at, at + vec);
             copy_async_checked(&from, &mut to, copy);
         }
+    }
+}
+
+/// Issue the copies of the stage at `cur` into slot `slot`, commit them to the slot's
+/// barrier and step `cur` past the stage (re-gathering the halo addresses when that enters
+/// the next tap group).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn produce<I: Float>(
+    src: &Array<I>,
+    w: &Array<I>,
+    a_s: &mut SharedMemory<I>,
+    b_s: &mut SharedMemory<I>,
+    g: &ConvGeo,
+    bars: &SlotBarriers,
+    rows: &mut HaloRows,
+    cur: &mut TapCursor,
+    tid: usize,
+    w_grp: i32,
+    n0: i32,
+    #[comptime] slot: usize,
+    #[comptime] threads: usize,
+    #[comptime] qh: usize,
+    #[comptime] segs: usize,
+    #[comptime] halo: usize,
+    #[comptime] kw_inner: usize,
+    #[comptime] bn: usize,
+    #[comptime] bk: usize,
+    #[comptime] vec: usize,
+    #[comptime] transposed: bool,
+    #[comptime] unit_stride: bool,
+) {
+    issue_stage::<I>(
+        src,
+        w,
+        a_s,
+        b_s,
+        g,
+        slot,
+        tid,
+        &rows.addrs,
+        cur.tap(g),
+        cur.c0,
+        w_grp,
+        n0,
+        threads,
+        qh,
+        segs,
+        halo,
+        kw_inner,
+        bn,
+        bk,
+        vec,
+    );
+    bars.commit(slot);
+    if cur.advance(g, i32::cast_from(bk), i32::cast_from(kw_inner)) {
+        halo_addrs(g, rows, cur, qh, kw_inner, transposed, unit_stride);
     }
 }
 
@@ -352,16 +464,16 @@ fn conv_pipe<I: Float, M: Float>(
 
     let mut a_s = SharedMemory::<I>::new_aligned(stages * a_stage, 16usize);
     let mut b_s = SharedMemory::<I>::new_aligned(stages * b_stage, 16usize);
-    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bars = SlotBarriers::new();
 
     // The halo rows this thread copies, decoded once.
-    let mut base = Array::<i32>::new(qh);
-    let mut o_d = Array::<i32>::new(qh);
-    let mut o_h = Array::<i32>::new(qh);
-    let mut o_w = Array::<i32>::new(qh);
+    let mut hrows = HaloRows {
+        base: Array::<i32>::new(qh),
+        o_d: Array::<i32>::new(qh),
+        o_h: Array::<i32>::new(qh),
+        o_w: Array::<i32>::new(qh),
+        addrs: Array::<i32>::new(qh),
+    };
     #[unroll]
     for q in 0..qh {
         let rho = tid + q * threads;
@@ -373,7 +485,7 @@ fn conv_pipe<I: Float, M: Float>(
             segs_per_row,
             rows_per_seg,
         );
-        base[q] = select(
+        hrows.base[q] = select(
             rho < segs * halo && row < total_rows,
             grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
             -1i32,
@@ -381,16 +493,15 @@ fn conv_pipe<I: Float, M: Float>(
         let od = (row / g.dst_h) % g.dst_d;
         let oh = row % g.dst_h;
         if transposed {
-            o_d[q] = od;
-            o_h[q] = oh;
-            o_w[q] = ow;
+            hrows.o_d[q] = od;
+            hrows.o_h[q] = oh;
+            hrows.o_w[q] = ow;
         } else {
-            o_d[q] = od * g.st_d;
-            o_h[q] = oh * g.st_h;
-            o_w[q] = ow * g.st_w;
+            hrows.o_d[q] = od * g.st_d;
+            hrows.o_h[q] = oh * g.st_h;
+            hrows.o_w[q] = ow * g.st_w;
         }
     }
-    let mut addrs = Array::<i32>::new(qh);
 
     let w_grp = w_off + grp * g.w_group;
     let bki = i32::cast_from(bk);
@@ -438,35 +549,23 @@ fn conv_pipe<I: Float, M: Float>(
 
     // Producer state: the next stage to issue.
     let mut cur = TapCursor::at(&g, q0 * kwi);
-    halo_addrs(
-        &g,
-        &base,
-        &o_d,
-        &o_h,
-        &o_w,
-        &mut addrs,
-        &cur,
-        qh,
-        kw_inner,
-        transposed,
-        unit_stride,
-    );
+    halo_addrs(&g, &mut hrows, &cur, qh, kw_inner, transposed, unit_stride);
     #[unroll]
     for j in 0..stages - 1 {
         if i32::cast_from(j) < n_stages {
-            issue_stage::<I>(
+            produce::<I>(
                 src,
                 w,
                 &mut a_s,
                 &mut b_s,
                 &g,
-                j,
+                &bars,
+                &mut hrows,
+                &mut cur,
                 tid,
-                &addrs,
-                cur.tap(&g),
-                cur.c0,
                 w_grp,
                 n0,
+                j,
                 threads,
                 qh,
                 segs,
@@ -475,31 +574,9 @@ fn conv_pipe<I: Float, M: Float>(
                 bn,
                 bk,
                 vec,
+                transposed,
+                unit_stride,
             );
-            if j == 0 {
-                bar0.commit_copy_async();
-            } else if j == 1 {
-                bar1.commit_copy_async();
-            } else if j == 2 {
-                bar2.commit_copy_async();
-            } else {
-                bar3.commit_copy_async();
-            }
-            if cur.advance(&g, bki, kwi) {
-                halo_addrs(
-                    &g,
-                    &base,
-                    &o_d,
-                    &o_h,
-                    &o_w,
-                    &mut addrs,
-                    &cur,
-                    qh,
-                    kw_inner,
-                    transposed,
-                    unit_stride,
-                );
-            }
         }
     }
 
@@ -513,30 +590,22 @@ fn conv_pipe<I: Float, M: Float>(
             if s < n_stages {
                 // Stage s sits in slot j; once every thread is here, the slot read at stage
                 // s − 1 is free for stage s + stages − 1.
-                if j == 0 {
-                    bar0.arrive_and_wait();
-                } else if j == 1 {
-                    bar1.arrive_and_wait();
-                } else if j == 2 {
-                    bar2.arrive_and_wait();
-                } else {
-                    bar3.arrive_and_wait();
-                }
+                bars.wait(j);
                 let fill = comptime!((j + stages - 1) % stages);
                 if s + i32::cast_from(stages - 1) < n_stages {
-                    issue_stage::<I>(
+                    produce::<I>(
                         src,
                         w,
                         &mut a_s,
                         &mut b_s,
                         &g,
-                        fill,
+                        &bars,
+                        &mut hrows,
+                        &mut cur,
                         tid,
-                        &addrs,
-                        cur.tap(&g),
-                        cur.c0,
                         w_grp,
                         n0,
+                        fill,
                         threads,
                         qh,
                         segs,
@@ -545,31 +614,9 @@ fn conv_pipe<I: Float, M: Float>(
                         bn,
                         bk,
                         vec,
+                        transposed,
+                        unit_stride,
                     );
-                    if fill == 0 {
-                        bar0.commit_copy_async();
-                    } else if fill == 1 {
-                        bar1.commit_copy_async();
-                    } else if fill == 2 {
-                        bar2.commit_copy_async();
-                    } else {
-                        bar3.commit_copy_async();
-                    }
-                    if cur.advance(&g, bki, kwi) {
-                        halo_addrs(
-                            &g,
-                            &base,
-                            &o_d,
-                            &o_h,
-                            &o_w,
-                            &mut addrs,
-                            &cur,
-                            qh,
-                            kw_inner,
-                            transposed,
-                            unit_stride,
-                        );
-                    }
                 }
 
                 #[unroll]

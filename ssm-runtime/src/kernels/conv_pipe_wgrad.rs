@@ -14,7 +14,7 @@
 //! `[splits, c_out·groups, taps, c_red]` (channel fastest, so stores coalesce); [`wgrad`]
 //! sums them and returns PyTorch's weight order.
 
-use cubecl::prelude::barrier::{Barrier, copy_async_checked};
+use cubecl::prelude::barrier::copy_async_checked;
 use cubecl::prelude::*;
 
 use crate::device::record_launch;
@@ -22,7 +22,9 @@ use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
-use crate::kernels::conv_pipe::{copy_granule, rows_aligned, seg_row, segment_rows, usable};
+use crate::kernels::conv_pipe::{
+    SlotBarriers, copy_granule, rows_aligned, seg_row, segment_rows, usable,
+};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment (one 16-deep reduction block).
@@ -123,21 +125,25 @@ fn next_rows(st: &mut RowState, g: &ConvGeo, t: &TileRows, k: i32) {
 /// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`) of segment group
 /// `st.sg` of row `st.row`, or, with `rows_per_seg` > 1, of the one segment that holds rows
 /// `st.row ..` whole (sub-row `sub` at positions `sub·run ..` and halo rows
-/// `sub·(halo / rows_per_seg) ..`). Chunks outside the problem are zero-filled.
+/// `sub·(halo / rows_per_seg) ..`). Chunks outside the problem are zero-filled. The copies
+/// commit to the slot's barrier, and `st` moves on to the next stage (`spr` segment groups
+/// per row).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn issue_stage<I: Float>(
+fn produce<I: Float>(
     x: &Array<I>,
     dy: &Array<I>,
     a_s: &mut SharedMemory<I>,
     b_s: &mut SharedMemory<I>,
     g: &ConvGeo,
     t: &TileRows,
-    st: &RowState,
-    slot: usize,
+    st: &mut RowState,
+    bars: &SlotBarriers,
+    spr: i32,
     tid: usize,
     m0: i32,
     c0: i32,
+    #[comptime] slot: usize,
     #[comptime] threads: usize,
     #[comptime] bm: usize,
     #[comptime] cc: usize,
@@ -209,6 +215,11 @@ fn issue_stage<I: Float>(
             let mut to = b_s.slice_mut(at, at + vec);
             copy_async_checked(&from, &mut to, copy);
         }
+    }
+    bars.commit(slot);
+    st.sg += 1;
+    if st.sg == spr {
+        next_rows(st, g, t, i32::cast_from(rows_per_seg));
     }
 }
 
@@ -287,10 +298,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
 
     let mut a_s = SharedMemory::<I>::new_aligned(stages * a_stage, 16usize);
     let mut b_s = SharedMemory::<I>::new_aligned(stages * b_stage, 16usize);
-    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bars = SlotBarriers::new();
 
     let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, mk);
     let size!(NA) = def.vector_size(cmma::MatrixIdent::A);
@@ -357,18 +365,20 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     #[unroll]
     for j in 0..stages - 1 {
         if i32::cast_from(j) < n_stages {
-            issue_stage::<I>(
+            produce::<I>(
                 x,
                 dy,
                 &mut a_s,
                 &mut b_s,
                 &g,
                 &tr,
-                &st,
-                j,
+                &mut st,
+                &bars,
+                spr,
                 tid,
                 m0,
                 c0,
+                j,
                 threads,
                 bm,
                 cc,
@@ -378,19 +388,6 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                 rows_per_seg,
                 vec,
             );
-            if j == 0 {
-                bar0.commit_copy_async();
-            } else if j == 1 {
-                bar1.commit_copy_async();
-            } else if j == 2 {
-                bar2.commit_copy_async();
-            } else {
-                bar3.commit_copy_async();
-            }
-            st.sg += 1;
-            if st.sg == spr {
-                next_rows(&mut st, &g, &tr, rps);
-            }
         }
     }
 
@@ -402,29 +399,23 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         for j in 0..stages {
             let s = k + i32::cast_from(j);
             if s < n_stages {
-                if j == 0 {
-                    bar0.arrive_and_wait();
-                } else if j == 1 {
-                    bar1.arrive_and_wait();
-                } else if j == 2 {
-                    bar2.arrive_and_wait();
-                } else {
-                    bar3.arrive_and_wait();
-                }
+                bars.wait(j);
                 let fill = comptime!((j + stages - 1) % stages);
                 if s + i32::cast_from(stages - 1) < n_stages {
-                    issue_stage::<I>(
+                    produce::<I>(
                         x,
                         dy,
                         &mut a_s,
                         &mut b_s,
                         &g,
                         &tr,
-                        &st,
-                        fill,
+                        &mut st,
+                        &bars,
+                        spr,
                         tid,
                         m0,
                         c0,
+                        fill,
                         threads,
                         bm,
                         cc,
@@ -434,19 +425,6 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                         rows_per_seg,
                         vec,
                     );
-                    if fill == 0 {
-                        bar0.commit_copy_async();
-                    } else if fill == 1 {
-                        bar1.commit_copy_async();
-                    } else if fill == 2 {
-                        bar2.commit_copy_async();
-                    } else {
-                        bar3.commit_copy_async();
-                    }
-                    st.sg += 1;
-                    if st.sg == spr {
-                        next_rows(&mut st, &g, &tr, rps);
-                    }
                 }
 
                 #[unroll]
