@@ -856,8 +856,7 @@ impl PipeTile {
 /// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
 /// and dilation `dil_w` over dst rows of `dst_w` positions, with `warps_m` warps along the
 /// segments (2 segments each): 1 warp for up to 64 dst channels, 2 warps of up to 48 for
-/// more (the same per-warp work and registers as the narrow tile); four stage slots, three
-/// where a slot passes 24 KiB. Rows of at most 8 positions share a segment (two of 8, three
+/// more (the same per-warp work and registers as the narrow tile); [`stage_slots`]. Rows of at most 8 positions share a segment (two of 8, three
 /// of 5, ...), so short rows do not leave most of each 16-row MMA block empty.
 pub(crate) fn pipe_tile(
     c_out: usize,
@@ -888,12 +887,25 @@ pub(crate) fn pipe_tile(
         halo: rows_per_seg * (run + (kw_inner - 1) * dil_w),
         run,
         rows_per_seg,
-        stages: 4,
+        stages: 0, // stage_slots, once the slot size is known
     };
-    if tile.stage_bytes(elem) > 24 * 1024 {
-        tile.stages = 3;
-    }
+    tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     tile
+}
+
+/// Stage slots of `slot_bytes` each for operands of `elem` bytes. bf16: four, three where
+/// a slot passes 24 KiB. f32: two, whose slots hold as many bytes in flight as four bf16
+/// ones; on an H200 the freed shared memory let twice the cubes share an SM, and two slots
+/// ran 12–25 % faster than three or four in every TF32 conv pass of the benchmark shapes
+/// (bf16 at two slots ran 3–13 % slower).
+pub(crate) fn stage_slots(slot_bytes: usize, elem: usize) -> usize {
+    if elem >= 4 {
+        2
+    } else if slot_bytes > 24 * 1024 {
+        3
+    } else {
+        4
+    }
 }
 
 /// (positions per row, rows) of a 16-position segment over dst rows of `dst_w`: whole rows
@@ -906,25 +918,38 @@ pub(crate) fn segment_rows(dst_w: usize) -> (usize, usize) {
     }
 }
 
-/// The tile for `geo` on a device with `max_shared` bytes of shared memory per cube: up to
-/// 64 dst channels, 8 warps along the segments (256 positions: the weights of a stage serve
-/// twice the positions of a 4-warp tile, which cuts the L2 traffic that bounds these
-/// kernels) where two such cubes still share one SM, else 4 (on an H200, one 8-warp TF32
-/// cube per SM ran slower than two 4-warp ones); wider tiles keep 4 × 2 warps.
+/// The tile for `geo` on a device with `max_shared` bytes of shared memory per cube
+/// ([`tile_for`]).
 fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> PipeTile {
-    let tile = |warps_m| {
-        pipe_tile(
-            geo.c_out as usize,
-            geo.k[2] as usize,
-            geo.stride[2] as usize,
-            geo.dil[2] as usize,
-            geo.dst[2] as usize,
-            dtype.size(),
-            warps_m,
-        )
-    };
+    tile_for(
+        geo.c_out as usize,
+        geo.k[2] as usize,
+        geo.stride[2] as usize,
+        geo.dil[2] as usize,
+        geo.dst[2] as usize,
+        dtype.size(),
+        max_shared,
+    )
+}
+
+/// The tile on a device with `max_shared` bytes of shared memory per cube: up to 64 dst
+/// channels, 8 warps along the segments (256 positions: the weights of a stage serve twice
+/// the positions of a 4-warp tile, which cuts the L2 traffic that bounds these kernels)
+/// where two such cubes still share one SM, else 4 (on an H200, one 8-warp TF32 cube per
+/// SM ran slower than two 4-warp ones; with two TF32 slots both fit twice and ran within
+/// 4 % of each other); wider tiles keep 4 × 2 warps.
+fn tile_for(
+    c_out: usize,
+    k_w: usize,
+    st_w: usize,
+    dil_w: usize,
+    dst_w: usize,
+    elem: usize,
+    max_shared: usize,
+) -> PipeTile {
+    let tile = |warps_m| pipe_tile(c_out, k_w, st_w, dil_w, dst_w, elem, warps_m);
     let eight = tile(8);
-    if eight.warps_n == 1 && 2 * eight.shared_bytes(dtype.size()) <= max_shared {
+    if eight.warps_n == 1 && 2 * eight.shared_bytes(elem) <= max_shared {
         eight
     } else {
         tile(4)
@@ -1061,6 +1086,17 @@ mod tests {
                 }
             }
         }
+        // The SRMA-Mamba GSC shapes on an H200 (227 KiB a cube): two cubes share an SM,
+        // with 8 warps up to 64 channels, two stage slots for f32, three or four for bf16.
+        for (c, dst_w) in [(48, 32), (96, 16), (192, 8)] {
+            for elem in [2, 4] {
+                let t = tile_for(c, 3, 1, 1, dst_w, elem, 227 * 1024);
+                assert!(2 * t.shared_bytes(elem) <= 227 * 1024, "{c} {elem}: {t:?}");
+                assert_eq!(t.warps_m, if c <= 64 { 8 } else { 4 }, "{c} {elem}: {t:?}");
+            }
+        }
+        assert_eq!(tile_for(96, 3, 1, 1, 16, 4, 227 * 1024).stages, 2);
+        assert_eq!(tile_for(96, 3, 1, 1, 16, 2, 227 * 1024).stages, 4);
         // Stride 1 along w: the taps along w share a halo of 16 + (k_w − 1)·dil rows.
         let t = pipe_tile(48, 3, 1, 2, 32, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (3, 20));

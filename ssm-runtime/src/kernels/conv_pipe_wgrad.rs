@@ -23,7 +23,7 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SlotBarriers, copy_granule, rows_aligned, seg_row, segment_rows, usable,
+    SlotBarriers, copy_granule, rows_aligned, seg_row, segment_rows, stage_slots, usable,
 };
 use crate::tensor::Tensor as SsmTensor;
 
@@ -610,11 +610,9 @@ pub(crate) fn wgrad_tile(
         halo: rows_per_seg * (run + (k_w - 1) * dil_w),
         run,
         rows_per_seg,
-        stages: 4,
+        stages: 0, // stage_slots, once the slot size is known
     };
-    if tile.stage_bytes(elem) > 24 * 1024 {
-        tile.stages = 3;
-    }
+    tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     tile
 }
 
