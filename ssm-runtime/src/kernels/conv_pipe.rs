@@ -896,8 +896,9 @@ pub(crate) fn pipe_tile(
 /// Stage slots of `slot_bytes` each for operands of `elem` bytes. bf16: four, three where
 /// a slot passes 24 KiB. f32: two, whose slots hold as many bytes in flight as four bf16
 /// ones; on an H200 the freed shared memory let twice the cubes share an SM, and two slots
-/// ran 12–25 % faster than three or four in every TF32 conv pass of the benchmark shapes
-/// (bf16 at two slots ran 3–13 % slower).
+/// ran 12–25 % faster than three or four in the TF32 forward and backward-data passes of
+/// the benchmark shapes and the 48-channel weight gradient (the other weight gradients:
+/// within 1 %), while bf16 at two slots ran 3–13 % slower.
 pub(crate) fn stage_slots(slot_bytes: usize, elem: usize) -> usize {
     if elem >= 4 {
         2
