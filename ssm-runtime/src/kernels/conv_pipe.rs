@@ -40,8 +40,9 @@ use crate::kernels::conv::{ConvGeo, Geo, position_grid, src_coord, sum_tap_split
 use crate::kernels::conv_mma::fragment;
 use crate::tensor::Tensor as SsmTensor;
 
-/// Positions per segment: a run along w within one dst row, one 16-row MMA block.
-const SEG: usize = 16;
+/// Positions per segment: a run along w within one dst row, one 16-row MMA block (one
+/// 16-deep reduction block in the weight gradient, whose segments follow [`segment_rows`]).
+pub(crate) const SEG: usize = 16;
 /// Padding of a shared row, in elements: 16 bytes for bf16 (the 8 rows of one `ldmatrix`
 /// fall on distinct banks), 32 for f32 (the 8 rows of one 64-bit TF32 fragment load do).
 const PAD: usize = 8;
@@ -192,9 +193,9 @@ pub(crate) fn seg_row(
 
 /// The src address (channel 0 of the group) of every halo row this thread copies (rows
 /// `tid + q·threads` of the tile's halo) for the tap group at `cur` into `rows.addrs`, −1
-/// where the row falls outside the src. With
-/// `kw_inner` taps per group, the halo holds the src rows of the first tap along w that a
-/// position reads; the others read it shifted by whole rows.
+/// where the row falls outside the src. With `kw_inner` taps per group, the halo holds the
+/// src rows of the first tap along w that a position reads; the others read it shifted by
+/// whole rows.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn halo_addrs(
@@ -856,8 +857,9 @@ impl PipeTile {
 /// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
 /// and dilation `dil_w` over dst rows of `dst_w` positions, with `warps_m` warps along the
 /// segments (2 segments each): 1 warp for up to 64 dst channels, 2 warps of up to 48 for
-/// more (the same per-warp work and registers as the narrow tile); [`stage_slots`]. Rows of at most 8 positions share a segment (two of 8, three
-/// of 5, ...), so short rows do not leave most of each 16-row MMA block empty.
+/// more (the same per-warp work and registers as the narrow tile); [`stage_slots`] stage
+/// slots. Rows of at most 8 positions share a segment (two of 8, three of 5, ...), so
+/// short rows do not leave most of each 16-row MMA block empty.
 pub(crate) fn pipe_tile(
     c_out: usize,
     k_w: usize,

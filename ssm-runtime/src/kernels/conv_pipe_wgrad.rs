@@ -7,8 +7,8 @@
 //! `cc` input channels, reduction over dst positions. A stage holds `ks` segments of 16
 //! positions along w of one dst row (or one segment of several whole rows of at most 8
 //! positions): their `dy` rows, and each segment's x *halo* (16 + (k_w − 1)·dil_w rows,
-//! or that per row it holds) once for all taps along w, which read it shifted by whole
-//! rows. Warp `(wm, u)` owns dst channels `wm·frags_m·16 ..` and tap `u`.
+//! or row length + (k_w − 1)·dil_w per row it holds) once for all taps along w, which read
+//! it shifted by whole rows. Warp `(wm, u)` owns dst channels `wm·frags_m·16 ..` and tap `u`.
 //!
 //! Cubes split the dst rows into ranges and write partial sums
 //! `[splits, c_out·groups, taps, c_red]` (channel fastest, so stores coalesce); [`wgrad`]
@@ -23,12 +23,10 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SlotBarriers, copy_granule, rows_aligned, seg_row, segment_rows, stage_slots, usable,
+    SEG, SlotBarriers, copy_granule, rows_aligned, seg_row, segment_rows, stage_slots, usable,
 };
 use crate::tensor::Tensor as SsmTensor;
 
-/// Positions per segment (one 16-deep reduction block).
-const SEG: usize = 16;
 /// Shared-row padding in elements: 16 bytes for bf16 (conflict-free `ldmatrix`), 32 for
 /// f32 (conflict-free transposed fragment reads).
 const PAD: usize = 8;
