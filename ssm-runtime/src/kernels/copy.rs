@@ -1,10 +1,13 @@
 //! Strided copy between two views of the same shape: `contiguous`, `assign`, `concat`.
+//! Views that are a batched transpose of contiguous memory go through the tiled kernel of
+//! [`super::transpose`].
 
 use cubecl::prelude::*;
 
 use crate::device::record_launch;
 use crate::dispatch;
 use crate::kernels::launch::elemwise_grid;
+use crate::kernels::transpose;
 use crate::tensor::Tensor as SsmTensor;
 
 #[cube(launch_unchecked)]
@@ -39,6 +42,11 @@ pub(crate) fn copy(src: &SsmTensor, dst: &SsmTensor) {
     let n = src.numel();
     if n == 0 {
         return;
+    }
+    if dst.is_contiguous()
+        && let Some((batch, rows, cols)) = transpose::batched_transpose(src.shape(), src.strides())
+    {
+        return transpose::transpose(src, dst, batch, rows, cols);
     }
     dispatch!(src.device, c => {
         let (count, dim) = elemwise_grid(c, n);

@@ -22,3 +22,4 @@ pub mod reduce;
 pub mod resize;
 pub mod reverse_attention;
 pub mod rows;
+pub(crate) mod transpose;

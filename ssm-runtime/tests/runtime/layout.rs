@@ -90,6 +90,64 @@ fn permute_narrow_expand_and_contiguous_read_the_right_elements() {
     }
 }
 
+/// Views whose axes form two swapped runs (NCDHW ↔ NDHWC, `[B, D, L]` ↔ `[B, L, D]`) copy
+/// through shared-memory tiles; sides that are not multiples of the tile, a batch, a source
+/// offset and a destination offset (`assign` into a narrowed tensor) all land exactly.
+#[test]
+fn swapped_axis_runs_copy_exactly() {
+    let d = device();
+    let mut r = rng(14);
+    let mut dtypes = vec![DType::F32, DType::F64];
+    if d.has_bf16() {
+        dtypes.push(DType::BF16);
+    }
+    for dtype in dtypes {
+        // (shape, permutation): channels to last and back, a plain 2-D transpose, one with a
+        // size-1 axis inside a run.
+        let cases: [(&[usize], &[usize]); 4] = [
+            (&[2, 40, 5, 6, 7], &[0, 2, 3, 4, 1]),
+            (&[2, 5, 6, 7, 40], &[0, 4, 1, 2, 3]),
+            (&[3, 37, 70], &[0, 2, 1]),
+            (&[33, 1, 65], &[2, 1, 0]),
+        ];
+        for (shape, perm) in cases {
+            let n: usize = shape.iter().product();
+            // One extra leading block, narrowed away: the view starts at an offset.
+            let mut padded = shape.to_vec();
+            padded[0] += 1;
+            let raw = r.vec(n + n / shape[0], -1.0, 1.0);
+            let x = upload(&raw, &padded, dtype).narrow(0, 1, shape[0]).unwrap();
+            let p = x.permute(perm).unwrap();
+            let xr = rounded(&raw, dtype);
+            let strides: Vec<usize> = (0..padded.len())
+                .map(|a| padded[a + 1..].iter().product())
+                .collect();
+            let view_strides: Vec<usize> = perm.iter().map(|&a| strides[a]).collect();
+            let want = host_view(&xr, p.shape(), &view_strides, strides[0]);
+            let what = format!("{dtype} {shape:?} permuted {perm:?}");
+            assert_close(
+                &what,
+                &p.contiguous().unwrap().to_f64_vec().unwrap(),
+                &want,
+                0.0,
+                0.0,
+            );
+            // Into the second half of a larger tensor, first half untouched.
+            let mut dst_shape = p.shape().to_vec();
+            dst_shape[0] *= 2;
+            let dst = Tensor::full(&dst_shape, 7.0, dtype, &d).unwrap();
+            let half = p.shape()[0];
+            dst.narrow(0, half, half).unwrap().assign(&p).unwrap();
+            let got = dst.to_f64_vec().unwrap();
+            assert!(
+                got[..n].iter().all(|&v| v == 7.0),
+                "{what}: assign wrote outside its view"
+            );
+            assert_close(&format!("{what} assigned"), &got[n..], &want, 0.0, 0.0);
+        }
+    }
+}
+
 #[test]
 fn concat_and_assign() {
     let mut r = rng(12);
