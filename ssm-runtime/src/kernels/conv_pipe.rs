@@ -33,7 +33,7 @@
 use cubecl::prelude::barrier::{Barrier, copy_async_checked};
 use cubecl::prelude::*;
 
-use crate::device::record_launch;
+use crate::device::{Device, record_launch};
 use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, position_grid, src_coord, sum_tap_splits, tap_splits};
@@ -985,6 +985,17 @@ pub(crate) fn fits(src: &SsmTensor, w: &SsmTensor, geo: &Geo, channels_last: boo
 /// for it.
 pub(crate) fn usable(a: &SsmTensor, b: &SsmTensor, channels_last: bool) -> bool {
     channels_last && pipeline_enabled() && a.dtype == b.dtype && a.device.has_pipelined_mma(a.dtype)
+}
+
+/// Whether the pipelined kernels take channel-fastest operands of `dtype` with `c_in` and
+/// `c_out` channels per group on `device`: [`usable`] and the channel alignment of [`fits`]
+/// for compact operands. Channels-first passes that meet it run on channel-fastest copies.
+pub(crate) fn takes(device: &Device, dtype: DType, c_in: usize, c_out: usize) -> bool {
+    let granule = copy_granule(dtype);
+    pipeline_enabled()
+        && device.has_pipelined_mma(dtype)
+        && c_in.is_multiple_of(granule)
+        && c_out.is_multiple_of(granule)
 }
 
 /// Elements of `dtype` in one 16-byte `cp.async` copy.

@@ -3,14 +3,16 @@
 //!
 //! Activations are channels-first `[N, C, *spatial]` or channels-last `[N, *spatial, C]`
 //! ([`Layout`]); weights always use PyTorch's `[C_out, C_in / groups, *kernel]`. Kernels read
-//! any strided view in place, so a layout is never converted per op; outputs come back in
-//! the input's layout. Which kernel runs ([`ConvImpl`]):
+//! strided views in place, except that the pipelined tensor-core kernels need channel-fastest
+//! memory: channels-first operands they take are transposed to it (skipped for a view that
+//! already is) and the result back, so keep activations channels-last to pay no copies.
+//! Outputs come back in the input's layout. Which kernel runs ([`ConvImpl`]):
 //!
 //! | kernel | used for | prefers |
 //! | --- | --- | --- |
 //! | implicit GEMM (own, CUDA cores, exact f32/f64) | ≥ 8 channels per group on both sides | either layout (coalesced loads chosen per layout) |
 //! | direct (own) | depthwise and other thin groups | channels-first for the weight gradient, either otherwise |
-//! | implicit GEMM on tensor cores (own, [`ConvImpl::TensorCore`]) | bf16 operands, or f32 with [`ConvSpec::allow_tf32`] (TF32), with ≥ 16 channels per group on both sides, on a device with tensor cores (CUDA sm_80+) | channels-last (either layout is read in place) |
+//! | implicit GEMM on tensor cores (own, [`ConvImpl::TensorCore`]) | bf16 operands, or f32 with [`ConvSpec::allow_tf32`] (TF32), with ≥ 16 channels per group on both sides, on a device with tensor cores (CUDA sm_80+) | channels-last: pipelined kernels (`cp.async`, `mma.sync`) for channel counts per group that are multiples of 16 bytes, channels-first operands copied to channel-fastest memory for them; the `wmma` kernels read other views in place |
 //! | `cubek-convolution` (tensor cores, TF32 for f32) | only when asked for ([`ConvImpl::Cubek`]): dense, CUDA | channels-last (other layouts are copied once per call) |
 //!
 //! **bf16**: `x`, `weight`, `dy` (and a forward bias) may be [`DType::BF16`]; every result
@@ -24,12 +26,13 @@
 //! None of them materialises an im2col buffer: the GEMM kernels gather input patches into
 //! shared memory tile by tile.
 
-use crate::device::record_launch;
+use crate::device::{Device, record_launch};
 use crate::dispatch;
 use crate::dtype::{DType, refuse_bf16};
 use crate::error::{Error, Result};
 use crate::kernels::conv::{self as k, Geo};
 use crate::kernels::conv_mma as tc;
+use crate::kernels::conv_pipe;
 use crate::ops::cast::require_bf16_device;
 use crate::ops::elementwise::require_float;
 use crate::shape::contiguous_strides;
@@ -650,6 +653,75 @@ fn summed_parts(parts: Tensor, axis: usize, weight_shape: &[usize]) -> Result<Te
     }
 }
 
+/// Axes of a channels-first activation of `rank` axes in channels-last order.
+fn first_to_last(rank: usize) -> Vec<usize> {
+    [0].into_iter().chain(2..rank).chain([1]).collect()
+}
+
+/// The inverse of [`first_to_last`].
+fn last_to_first(rank: usize) -> Vec<usize> {
+    [0, rank - 1].into_iter().chain(1..rank - 1).collect()
+}
+
+/// (channel-fastest, copied) for a tensor-core pass: whether it runs on channel-fastest
+/// memory, and whether that takes copies of channels-first operands. The pipelined kernels
+/// read channel runs in 16-byte chunks; for channels-first operands they meet, a tiled
+/// transpose per operand (and one for the result) costs far less than the channels-first
+/// `wmma` kernels lose.
+fn channel_fastest_pass(p: &ConvProblem, dtype: DType, device: &Device) -> (bool, bool) {
+    let copy = p.layout == Layout::ChannelsFirst
+        && conv_pipe::takes(device, dtype, p.c_in_g(), p.c_out_g());
+    (p.layout == Layout::ChannelsLast || copy, copy)
+}
+
+/// Channels-first `t` as a view of channel-fastest memory: `t` itself when its memory
+/// already is, else one tiled transpose.
+fn channel_fastest(t: &Tensor) -> Result<Tensor> {
+    let r = t.rank();
+    t.permute(&first_to_last(r))?
+        .contiguous()?
+        .permute(&last_to_first(r))
+}
+
+/// Where a tensor-core forward or backward-data pass writes: a fresh tensor of `shape`
+/// that the kernel addresses through `strides` ((n, c, d, h, w)); [`TcDst::finish`] turns
+/// it into the pass's output in the problem's layout.
+struct TcDst {
+    shape: Vec<usize>,
+    strides: [i32; 5],
+    copied: bool,
+}
+
+impl TcDst {
+    /// `out_shape` in `layout`, written channel-fastest when `copied` (channels-first).
+    fn new(out_shape: &[usize], layout: Layout, copied: bool) -> Self {
+        if !copied {
+            return TcDst {
+                shape: out_shape.to_vec(),
+                strides: strides_of_contiguous(out_shape, layout),
+                copied,
+            };
+        }
+        let r = out_shape.len();
+        let shape: Vec<usize> = first_to_last(r).iter().map(|&a| out_shape[a]).collect();
+        let memory = contiguous_strides(&shape);
+        let view: Vec<usize> = last_to_first(r).iter().map(|&a| memory[a]).collect();
+        TcDst {
+            shape,
+            strides: layout_strides(&view, Layout::ChannelsFirst),
+            copied,
+        }
+    }
+
+    fn finish(&self, t: Tensor) -> Result<Tensor> {
+        if self.copied {
+            t.permute(&last_to_first(t.rank()))?.contiguous()
+        } else {
+            Ok(t)
+        }
+    }
+}
+
 /// Forward on the tensor cores (f32 result; a bf16 or f32 bias joins the accumulators).
 fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) -> Result<Tensor> {
     let op = "conv";
@@ -668,20 +740,17 @@ fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) ->
         }
     };
     let wt = reduced_fastest(w, 1)?;
-    let out_shape = p.output_shape();
-    let geo = fwd_geo(p, x, &wt, strides_of_contiguous(&out_shape, p.layout));
+    let (cl, copied) = channel_fastest_pass(p, x.dtype(), x.device());
+    let x = if copied {
+        channel_fastest(x)?
+    } else {
+        x.clone()
+    };
+    let dst = TcDst::new(&p.output_shape(), p.layout, copied);
+    let geo = fwd_geo(p, &x, &wt, dst.strides);
     let tile = tc::gemm_tile(p.c_out_g());
-    let cl = p.layout == Layout::ChannelsLast;
-    Ok(tc::gemm(
-        x,
-        &wt,
-        bias.as_ref(),
-        &out_shape,
-        &geo,
-        cl,
-        false,
-        tile,
-    ))
+    let y = tc::gemm(&x, &wt, bias.as_ref(), &dst.shape, &geo, cl, false, tile);
+    dst.finish(y)
 }
 
 impl Tensor {
@@ -771,11 +840,17 @@ impl Tensor {
         {
             check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
             let wt = reduced_fastest(weight, 0)?;
-            let geo = bwd_geo(&p, dy, &wt, strides_of_contiguous(input_shape, p.layout));
+            let (cl, copied) = channel_fastest_pass(&p, dy.dtype(), dy.device());
+            let dy = if copied {
+                channel_fastest(dy)?
+            } else {
+                dy.clone()
+            };
+            let dst = TcDst::new(input_shape, p.layout, copied);
+            let geo = bwd_geo(&p, &dy, &wt, dst.strides);
             let tile = tc::gemm_tile(p.c_in_g());
-            let cl = p.layout == Layout::ChannelsLast;
-            let dx = tc::gemm(dy, &wt, None, input_shape, &geo, cl, true, tile);
-            return Ok((dx, ConvImpl::TensorCore));
+            let dx = tc::gemm(&dy, &wt, None, &dst.shape, &geo, cl, true, tile);
+            return Ok((dst.finish(dx)?, ConvImpl::TensorCore));
         }
         if any_bf16(&[Some(dy), Some(weight)]) {
             let (dy, wt) = (widened(op, dy)?, widened(op, weight)?);
@@ -831,9 +906,15 @@ impl Tensor {
             )?
         {
             check_operands(op, &[("input", x), ("output gradient", dy)])?;
-            let geo = wgrad_geo(&p, x, dy);
+            let (cl, copied) = channel_fastest_pass(&p, x.dtype(), x.device());
+            let (x, dy) = if copied {
+                (channel_fastest(x)?, channel_fastest(dy)?)
+            } else {
+                (x.clone(), dy.clone())
+            };
+            let geo = wgrad_geo(&p, &x, &dy);
             let tile = tc::wgrad_tile(p.c_out_g());
-            let parts = tc::wgrad(x, dy, &geo, p.layout == Layout::ChannelsLast, tile);
+            let parts = tc::wgrad(&x, &dy, &geo, cl, tile);
             return Ok((summed_parts(parts, 0, weight_shape)?, ConvImpl::TensorCore));
         }
         if any_bf16(&[Some(x), Some(dy)]) {

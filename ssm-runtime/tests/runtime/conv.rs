@@ -764,6 +764,52 @@ fn conv_tensor_cores_match_host() {
                     assert_eq!(ran, want_ran, "{input:?} {which:?} weight grad");
                     check("weight grad", &dw, &dw_want, &dw_mag);
                 }
+                if layout == Layout::ChannelsFirst {
+                    // The same operands held channel-fastest (channels-last memory seen as
+                    // channels-first), as a previous pass may hand them over: results are
+                    // the same, and come back as compact channels-first tensors.
+                    let held = |t: &Tensor| {
+                        let r = t.rank();
+                        let to_last: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+                        let to_first: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+                        t.permute(&to_last)
+                            .unwrap()
+                            .contiguous()
+                            .unwrap()
+                            .permute(&to_first)
+                            .unwrap()
+                    };
+                    let (xh, dyh) = (held(&x), held(&dy));
+                    let (y, _) = xh
+                        .conv_with(&w, Some(&b), &spec, ConvImpl::TensorCore)
+                        .unwrap();
+                    assert!(y.is_contiguous(), "{input:?}: channels-first result");
+                    check("forward, channel-fastest input", &y, &y_want, &y_mag);
+                    let (dx, _) = Tensor::conv_backward_input(
+                        &dyh,
+                        &w,
+                        &in_shape,
+                        &spec,
+                        ConvImpl::TensorCore,
+                    )
+                    .unwrap();
+                    assert!(dx.is_contiguous(), "{input:?}: channels-first input grad");
+                    check("input grad, channel-fastest dy", &dx, &dx_want, &dx_mag);
+                    let (dw, _) = Tensor::conv_backward_weight(
+                        &xh,
+                        &dyh,
+                        &w_shape,
+                        &spec,
+                        ConvImpl::TensorCore,
+                    )
+                    .unwrap();
+                    check(
+                        "weight grad, channel-fastest operands",
+                        &dw,
+                        &dw_want,
+                        &dw_mag,
+                    );
+                }
             }
         }
     }
