@@ -154,6 +154,36 @@ struct HaloRows {
     addrs: Array<i32>,
 }
 
+/// The comptime shape of a stage as the producer sees it: `threads` per cube, `qh` halo
+/// rows per thread, `segs` segments of `halo` rows, `kw_inner` taps per group, `bn` dst
+/// channels, `bk` reduced channels in `vec`-element copies; `transposed` (backward-data)
+/// and `unit_stride` as [`conv_pipe`] has them.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct StageShape {
+    threads: usize,
+    qh: usize,
+    segs: usize,
+    halo: usize,
+    kw_inner: usize,
+    bn: usize,
+    bk: usize,
+    vec: usize,
+    transposed: bool,
+    unit_stride: bool,
+}
+
+/// One thread's producer: its halo rows, the cursor at the next stage to issue, and what
+/// stays fixed for the cube (thread index `tid`, the group's weight base `w_grp`, the
+/// tile's first dst channel `n0`).
+#[derive(CubeType)]
+struct Producer {
+    rows: HaloRows,
+    cur: TapCursor,
+    tid: usize,
+    w_grp: i32,
+    n0: i32,
+}
+
 /// The dst row and w coordinate of place `off` in sub-run `sub` of segment `gs`: a
 /// segment is `rows_per_seg` whole dst rows when those are short, else a run of up to
 /// [`SEG`] positions of one row (`segs_per_row` per row).
@@ -197,16 +227,11 @@ pub(crate) fn seg_row(
 /// src rows of the first tap along w that a position reads; the others read it shifted by
 /// whole rows.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn halo_addrs(
-    g: &ConvGeo,
-    rows: &mut HaloRows,
-    cur: &TapCursor,
-    #[comptime] qh: usize,
-    #[comptime] kw_inner: usize,
-    #[comptime] transposed: bool,
-    #[comptime] unit_stride: bool,
-) {
+fn halo_addrs(g: &ConvGeo, rows: &mut HaloRows, cur: &TapCursor, #[comptime] sh: StageShape) {
+    let qh = comptime!(sh.qh);
+    let kw_inner = comptime!(sh.kw_inner);
+    let transposed = comptime!(sh.transposed);
+    let unit_stride = comptime!(sh.unit_stride);
     let tw = if transposed {
         cur.tw + i32::cast_from(kw_inner - 1)
     } else {
@@ -263,22 +288,14 @@ fn issue_stage<I: Float>(
     a_s: &mut SharedMemory<I>,
     b_s: &mut SharedMemory<I>,
     g: &ConvGeo,
-    slot: usize,
-    tid: usize,
-    addrs: &Array<i32>,
-    tap0: i32,
-    c0: i32,
-    w_grp: i32,
-    n0: i32,
-    #[comptime] threads: usize,
-    #[comptime] qh: usize,
-    #[comptime] segs: usize,
-    #[comptime] halo: usize,
-    #[comptime] kw_inner: usize,
-    #[comptime] bn: usize,
-    #[comptime] bk: usize,
-    #[comptime] vec: usize,
+    p: &Producer,
+    #[comptime] slot: usize,
+    #[comptime] sh: StageShape,
 ) {
+    let (threads, qh, segs, halo) = comptime!((sh.threads, sh.qh, sh.segs, sh.halo));
+    let (kw_inner, bn, bk, vec) = comptime!((sh.kw_inner, sh.bn, sh.bk, sh.vec));
+    let (tid, addrs, c0, w_grp, n0) = (p.tid, &p.rows.addrs, p.cur.c0, p.w_grp, p.n0);
+    let tap0 = p.cur.tap(g);
     let pitch = comptime!(bk + PAD);
     let chunks = comptime!(bk / vec);
     let copy = comptime!(vec as u32);
@@ -323,60 +340,32 @@ fn issue_stage<I: Float>(
     }
 }
 
-/// Issue the copies of the stage at `cur` into slot `slot`, commit them to the slot's
-/// barrier and step `cur` past the stage (re-gathering the halo addresses when that enters
-/// the next tap group).
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn produce<I: Float>(
-    src: &Array<I>,
-    w: &Array<I>,
-    a_s: &mut SharedMemory<I>,
-    b_s: &mut SharedMemory<I>,
-    g: &ConvGeo,
-    bars: &SlotBarriers,
-    rows: &mut HaloRows,
-    cur: &mut TapCursor,
-    tid: usize,
-    w_grp: i32,
-    n0: i32,
-    #[comptime] slot: usize,
-    #[comptime] threads: usize,
-    #[comptime] qh: usize,
-    #[comptime] segs: usize,
-    #[comptime] halo: usize,
-    #[comptime] kw_inner: usize,
-    #[comptime] bn: usize,
-    #[comptime] bk: usize,
-    #[comptime] vec: usize,
-    #[comptime] transposed: bool,
-    #[comptime] unit_stride: bool,
-) {
-    issue_stage::<I>(
-        src,
-        w,
-        a_s,
-        b_s,
-        g,
-        slot,
-        tid,
-        &rows.addrs,
-        cur.tap(g),
-        cur.c0,
-        w_grp,
-        n0,
-        threads,
-        qh,
-        segs,
-        halo,
-        kw_inner,
-        bn,
-        bk,
-        vec,
-    );
-    bars.commit(slot);
-    if cur.advance(g, i32::cast_from(bk), i32::cast_from(kw_inner)) {
-        halo_addrs(g, rows, cur, qh, kw_inner, transposed, unit_stride);
+impl Producer {
+    /// Issue the copies of the next stage into slot `slot`, commit them to the slot's
+    /// barrier and step the cursor past the stage (re-gathering the halo addresses when
+    /// that enters the next tap group).
+    #[allow(clippy::too_many_arguments)]
+    fn produce<I: Float>(
+        &mut self,
+        src: &Array<I>,
+        w: &Array<I>,
+        a_s: &mut SharedMemory<I>,
+        b_s: &mut SharedMemory<I>,
+        g: &ConvGeo,
+        bars: &SlotBarriers,
+        #[comptime] slot: usize,
+        #[comptime] sh: StageShape,
+    ) {
+        issue_stage::<I>(src, w, a_s, b_s, g, self, slot, sh);
+        bars.commit(slot);
+        let (bk, kw_inner) = comptime!((sh.bk, sh.kw_inner));
+        if self
+            .cur
+            .advance(g, i32::cast_from(bk), i32::cast_from(kw_inner))
+        {
+            halo_addrs(g, &mut self.rows, &self.cur, sh);
+        }
     }
 }
 
@@ -549,35 +538,30 @@ fn conv_pipe<I: Float, M: Float>(
     }
 
     // Producer state: the next stage to issue.
-    let mut cur = TapCursor::at(&g, q0 * kwi);
-    halo_addrs(&g, &mut hrows, &cur, qh, kw_inner, transposed, unit_stride);
+    let sh = comptime!(StageShape {
+        threads,
+        qh,
+        segs,
+        halo,
+        kw_inner,
+        bn,
+        bk,
+        vec,
+        transposed,
+        unit_stride,
+    });
+    let mut prod = Producer {
+        rows: hrows,
+        cur: TapCursor::at(&g, q0 * kwi),
+        tid,
+        w_grp,
+        n0,
+    };
+    halo_addrs(&g, &mut prod.rows, &prod.cur, sh);
     #[unroll]
     for j in 0..stages - 1 {
         if i32::cast_from(j) < n_stages {
-            produce::<I>(
-                src,
-                w,
-                &mut a_s,
-                &mut b_s,
-                &g,
-                &bars,
-                &mut hrows,
-                &mut cur,
-                tid,
-                w_grp,
-                n0,
-                j,
-                threads,
-                qh,
-                segs,
-                halo,
-                kw_inner,
-                bn,
-                bk,
-                vec,
-                transposed,
-                unit_stride,
-            );
+            prod.produce::<I>(src, w, &mut a_s, &mut b_s, &g, &bars, j, sh);
         }
     }
 
@@ -594,30 +578,7 @@ fn conv_pipe<I: Float, M: Float>(
                 bars.wait(j);
                 let fill = comptime!((j + stages - 1) % stages);
                 if s + i32::cast_from(stages - 1) < n_stages {
-                    produce::<I>(
-                        src,
-                        w,
-                        &mut a_s,
-                        &mut b_s,
-                        &g,
-                        &bars,
-                        &mut hrows,
-                        &mut cur,
-                        tid,
-                        w_grp,
-                        n0,
-                        fill,
-                        threads,
-                        qh,
-                        segs,
-                        halo,
-                        kw_inner,
-                        bn,
-                        bk,
-                        vec,
-                        transposed,
-                        unit_stride,
-                    );
+                    prod.produce::<I>(src, w, &mut a_s, &mut b_s, &g, &bars, fill, sh);
                 }
 
                 #[unroll]

@@ -57,6 +57,34 @@ struct RowState {
     x_row: i32,
 }
 
+/// The comptime shape of a stage as the producer sees it: `threads` per cube, `bm` dst
+/// channels, `cc` input channels, `ks` segments (or one of `rows_per_seg` rows of `run`
+/// positions) with x halos of `halo` rows, in `vec`-element copies.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct StageShape {
+    threads: usize,
+    bm: usize,
+    cc: usize,
+    ks: usize,
+    halo: usize,
+    run: usize,
+    rows_per_seg: usize,
+    vec: usize,
+}
+
+/// One thread's producer: the cube's rows and where the next stage starts, plus what stays
+/// fixed (segment groups per row `spr`, thread index `tid`, first dst channel `m0` and
+/// input channel `c0`).
+#[derive(CubeType)]
+struct Producer {
+    tile: TileRows,
+    st: RowState,
+    spr: i32,
+    tid: usize,
+    m0: i32,
+    c0: i32,
+}
+
 /// dy base (channel 0 of the group) of dst row (n, od, oh).
 #[cube]
 fn dy_base(g: &ConvGeo, t: &TileRows, n: i32, od: i32, oh: i32) -> i32 {
@@ -119,105 +147,102 @@ fn next_rows(st: &mut RowState, g: &ConvGeo, t: &TileRows, k: i32) {
     st.x_row = x_base(g, t, n, od, oh);
 }
 
-/// Issue the `cp.async` copies of one stage into slot `slot`: `ks·16` dy rows (dst
-/// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`) of segment group
-/// `st.sg` of row `st.row`, or, with `rows_per_seg` > 1, of the one segment that holds rows
-/// `st.row ..` whole (sub-row `sub` at positions `sub·run ..` and halo rows
-/// `sub·(halo / rows_per_seg) ..`). Chunks outside the problem are zero-filled. The copies
-/// commit to the slot's barrier, and `st` moves on to the next stage (`spr` segment groups
-/// per row).
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn produce<I: Float>(
-    x: &Array<I>,
-    dy: &Array<I>,
-    a_s: &mut SharedMemory<I>,
-    b_s: &mut SharedMemory<I>,
-    g: &ConvGeo,
-    t: &TileRows,
-    st: &mut RowState,
-    bars: &SlotBarriers,
-    spr: i32,
-    tid: usize,
-    m0: i32,
-    c0: i32,
-    #[comptime] slot: usize,
-    #[comptime] threads: usize,
-    #[comptime] bm: usize,
-    #[comptime] cc: usize,
-    #[comptime] ks: usize,
-    #[comptime] halo: usize,
-    #[comptime] run: usize,
-    #[comptime] rows_per_seg: usize,
-    #[comptime] vec: usize,
-) {
-    let copy = comptime!(vec as u32);
-    let a_pitch = comptime!(bm + PAD);
-    let b_pitch = comptime!(cc + PAD);
-    let sub_halo = comptime!(halo / rows_per_seg);
-    let ow0 = st.sg * i32::cast_from(ks * SEG);
-    // dy: position p of the stage, dst channels m0 + ch·vec ...
-    let a_chunks = comptime!(bm / vec);
-    let a_total = comptime!(ks * SEG * a_chunks);
-    #[unroll]
-    for r in 0..a_total.div_ceil(threads) {
-        let e = tid + r * threads;
-        if e < a_total {
-            let p = e / a_chunks;
-            let ch = e % a_chunks;
-            let co = m0 + i32::cast_from(ch * vec);
-            let mut ow = ow0 + i32::cast_from(p);
-            let mut row_ok = true;
-            let mut dy_row = st.dy_row;
-            if comptime!(rows_per_seg > 1) {
-                let sub = i32::cast_from(p / run);
-                let (n, od, oh) = rows_on(g, st.n, st.od, st.oh, sub);
-                ow = i32::cast_from(p % run);
-                row_ok = p < rows_per_seg * run && st.row + sub < t.row_end;
-                dy_row = dy_base(g, t, n, od, oh);
+impl Producer {
+    /// Issue the `cp.async` copies of the next stage into slot `slot`: `ks·16` dy rows (dst
+    /// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`) of segment group
+    /// `st.sg` of row `st.row`, or, with `rows_per_seg` > 1, of the one segment that holds rows
+    /// `st.row ..` whole (sub-row `sub` at positions `sub·run ..` and halo rows
+    /// `sub·(halo / rows_per_seg) ..`). Chunks outside the problem are zero-filled. The copies
+    /// commit to the slot's barrier, and `st` moves on to the next stage (`spr` segment groups
+    /// per row).
+    #[allow(clippy::too_many_arguments)]
+    fn produce<I: Float>(
+        &mut self,
+        x: &Array<I>,
+        dy: &Array<I>,
+        a_s: &mut SharedMemory<I>,
+        b_s: &mut SharedMemory<I>,
+        g: &ConvGeo,
+        bars: &SlotBarriers,
+        #[comptime] slot: usize,
+        #[comptime] sh: StageShape,
+    ) {
+        let (threads, bm, cc, ks) = comptime!((sh.threads, sh.bm, sh.cc, sh.ks));
+        let (halo, run, rows_per_seg, vec) = comptime!((sh.halo, sh.run, sh.rows_per_seg, sh.vec));
+        let (tid, m0, c0) = (self.tid, self.m0, self.c0);
+        let copy = comptime!(vec as u32);
+        let a_pitch = comptime!(bm + PAD);
+        let b_pitch = comptime!(cc + PAD);
+        let sub_halo = comptime!(halo / rows_per_seg);
+        let ow0 = self.st.sg * i32::cast_from(ks * SEG);
+        // dy: position p of the stage, dst channels m0 + ch·vec ...
+        let a_chunks = comptime!(bm / vec);
+        let a_total = comptime!(ks * SEG * a_chunks);
+        #[unroll]
+        for r in 0..a_total.div_ceil(threads) {
+            let e = tid + r * threads;
+            if e < a_total {
+                let p = e / a_chunks;
+                let ch = e % a_chunks;
+                let co = m0 + i32::cast_from(ch * vec);
+                let mut ow = ow0 + i32::cast_from(p);
+                let mut row_ok = true;
+                let mut dy_row = self.st.dy_row;
+                if comptime!(rows_per_seg > 1) {
+                    let sub = i32::cast_from(p / run);
+                    let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
+                    ow = i32::cast_from(p % run);
+                    row_ok = p < rows_per_seg * run && self.st.row + sub < self.tile.row_end;
+                    dy_row = dy_base(g, &self.tile, n, od, oh);
+                }
+                let ok = row_ok && ow < g.dst_w && co < g.c_out;
+                let start = usize::cast_from(select(ok, dy_row + ow * g.sd_w + co * g.sd_c, 0i32));
+                let len = select(ok, usize::cast_from(vec), 0usize);
+                let from = dy.slice(start, start + len);
+                let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
+                let mut to = a_s.slice_mut(at, at + vec);
+                copy_async_checked(&from, &mut to, copy);
             }
-            let ok = row_ok && ow < g.dst_w && co < g.c_out;
-            let start = usize::cast_from(select(ok, dy_row + ow * g.sd_w + co * g.sd_c, 0i32));
-            let len = select(ok, usize::cast_from(vec), 0usize);
-            let from = dy.slice(start, start + len);
-            let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
-            let mut to = a_s.slice_mut(at, at + vec);
-            copy_async_checked(&from, &mut to, copy);
         }
-    }
-    // x halos: row hr of segment s reads x at w = ow0 + s·16 − pad_w + hr.
-    let b_chunks = comptime!(cc / vec);
-    let b_total = comptime!(ks * halo * b_chunks);
-    #[unroll]
-    for r in 0..b_total.div_ceil(threads) {
-        let e = tid + r * threads;
-        if e < b_total {
-            let hrow = e / b_chunks;
-            let ch = e % b_chunks;
-            let s = hrow / halo;
-            let hr = hrow % halo;
-            let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
-            let mut x_row = st.x_row;
-            if comptime!(rows_per_seg > 1) {
-                let sub = i32::cast_from(hr / sub_halo);
-                let (n, od, oh) = rows_on(g, st.n, st.od, st.oh, sub);
-                sw = i32::cast_from(hr % sub_halo) - g.pad_w;
-                x_row = select(st.row + sub < t.row_end, x_base(g, t, n, od, oh), -1i32);
+        // x halos: row hr of segment s reads x at w = ow0 + s·16 − pad_w + hr.
+        let b_chunks = comptime!(cc / vec);
+        let b_total = comptime!(ks * halo * b_chunks);
+        #[unroll]
+        for r in 0..b_total.div_ceil(threads) {
+            let e = tid + r * threads;
+            if e < b_total {
+                let hrow = e / b_chunks;
+                let ch = e % b_chunks;
+                let s = hrow / halo;
+                let hr = hrow % halo;
+                let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
+                let mut x_row = self.st.x_row;
+                if comptime!(rows_per_seg > 1) {
+                    let sub = i32::cast_from(hr / sub_halo);
+                    let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
+                    sw = i32::cast_from(hr % sub_halo) - g.pad_w;
+                    x_row = select(
+                        self.st.row + sub < self.tile.row_end,
+                        x_base(g, &self.tile, n, od, oh),
+                        -1i32,
+                    );
+                }
+                let c = c0 + i32::cast_from(ch * vec);
+                let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
+                let start = usize::cast_from(select(ok, x_row + sw * g.ss_w + c * g.ss_c, 0i32));
+                let len = select(ok, usize::cast_from(vec), 0usize);
+                let from = x.slice(start, start + len);
+                let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
+                let mut to = b_s.slice_mut(at, at + vec);
+                copy_async_checked(&from, &mut to, copy);
             }
-            let c = c0 + i32::cast_from(ch * vec);
-            let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
-            let start = usize::cast_from(select(ok, x_row + sw * g.ss_w + c * g.ss_c, 0i32));
-            let len = select(ok, usize::cast_from(vec), 0usize);
-            let from = x.slice(start, start + len);
-            let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
-            let mut to = b_s.slice_mut(at, at + vec);
-            copy_async_checked(&from, &mut to, copy);
         }
-    }
-    bars.commit(slot);
-    st.sg += 1;
-    if st.sg == spr {
-        next_rows(st, g, t, i32::cast_from(rows_per_seg));
+        bars.commit(slot);
+        self.st.sg += 1;
+        if self.st.sg == self.spr {
+            next_rows(&mut self.st, g, &self.tile, i32::cast_from(rows_per_seg));
+        }
     }
 }
 
@@ -350,42 +375,37 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         acc.push(a);
     }
 
-    let mut st = RowState {
-        row: 0i32,
-        sg: 0i32,
-        n: 0i32,
-        od: 0i32,
-        oh: 0i32,
-        dy_row: 0i32,
-        x_row: 0i32,
+    let mut prod = Producer {
+        tile: tr,
+        st: RowState {
+            row: 0i32,
+            sg: 0i32,
+            n: 0i32,
+            od: 0i32,
+            oh: 0i32,
+            dy_row: 0i32,
+            x_row: 0i32,
+        },
+        spr,
+        tid,
+        m0,
+        c0,
     };
-    set_row(&mut st, &g, &tr, row_start);
+    set_row(&mut prod.st, &g, &prod.tile, row_start);
+    let sh = comptime!(StageShape {
+        threads,
+        bm,
+        cc,
+        ks,
+        halo,
+        run,
+        rows_per_seg,
+        vec,
+    });
     #[unroll]
     for j in 0..stages - 1 {
         if i32::cast_from(j) < n_stages {
-            produce::<I>(
-                x,
-                dy,
-                &mut a_s,
-                &mut b_s,
-                &g,
-                &tr,
-                &mut st,
-                &bars,
-                spr,
-                tid,
-                m0,
-                c0,
-                j,
-                threads,
-                bm,
-                cc,
-                ks,
-                halo,
-                run,
-                rows_per_seg,
-                vec,
-            );
+            prod.produce::<I>(x, dy, &mut a_s, &mut b_s, &g, &bars, j, sh);
         }
     }
 
@@ -400,29 +420,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                 bars.wait(j);
                 let fill = comptime!((j + stages - 1) % stages);
                 if s + i32::cast_from(stages - 1) < n_stages {
-                    produce::<I>(
-                        x,
-                        dy,
-                        &mut a_s,
-                        &mut b_s,
-                        &g,
-                        &tr,
-                        &mut st,
-                        &bars,
-                        spr,
-                        tid,
-                        m0,
-                        c0,
-                        fill,
-                        threads,
-                        bm,
-                        cc,
-                        ks,
-                        halo,
-                        run,
-                        rows_per_seg,
-                        vec,
-                    );
+                    prod.produce::<I>(x, dy, &mut a_s, &mut b_s, &g, &bars, fill, sh);
                 }
 
                 #[unroll]
