@@ -276,6 +276,24 @@ fn halo_addrs(g: &ConvGeo, rows: &mut HaloRows, cur: &TapCursor, #[comptime] sh:
     }
 }
 
+/// One `cp.async` copy of `vec` elements from `from[addr ..]` to `to[at ..]`, zero-filling
+/// `to` instead when `ok` is false (`addr` is then ignored).
+#[cube]
+pub(crate) fn copy_chunk<I: Float>(
+    from: &Array<I>,
+    addr: i32,
+    ok: bool,
+    to: &mut SharedMemory<I>,
+    at: usize,
+    #[comptime] vec: usize,
+) {
+    let start = usize::cast_from(select(ok, addr, 0i32));
+    let len = select(ok, usize::cast_from(vec), 0usize);
+    let src = from.slice(start, start + len);
+    let mut dst = to.slice_mut(at, at + vec);
+    copy_async_checked(&src, &mut dst, comptime!(vec as u32));
+}
+
 /// Issue the `cp.async` copies of one stage into slot `slot`: this thread's halo rows
 /// (addresses `addrs`, reduced channels `c0 .. c0 + bk`) and its share of the weight tile
 /// (`kw_inner` taps from `tap0` × dst channels `n0 .. n0 + bn`, tap-major). Chunks outside
@@ -298,7 +316,6 @@ fn issue_stage<I: Float>(
     let tap0 = p.cur.tap(g);
     let pitch = comptime!(bk + PAD);
     let chunks = comptime!(bk / vec);
-    let copy = comptime!(vec as u32);
     let a_slot = slot * (segs * halo * pitch);
     #[unroll]
     for q in 0..qh {
@@ -309,11 +326,7 @@ fn issue_stage<I: Float>(
             for ch in 0..chunks {
                 let c = c0 + i32::cast_from(ch * vec);
                 let ok = addrs[q] >= 0 && c < g.c_red;
-                let start = usize::cast_from(select(ok, addrs[q] + c, 0i32));
-                let len = select(ok, usize::cast_from(vec), 0usize);
-                let from = src.slice(start, start + len);
-                let mut to = a_s.slice_mut(at + ch * vec, at + ch * vec + vec);
-                copy_async_checked(&from, &mut to, copy);
+                copy_chunk::<I>(src, addrs[q] + c, ok, a_s, at + ch * vec, vec);
             }
         }
     }
@@ -330,12 +343,8 @@ fn issue_stage<I: Float>(
             let c = c0 + i32::cast_from(ch * vec);
             let ok = col < g.c_out && c < g.c_red;
             let tap = tap0 + i32::cast_from(u);
-            let start = usize::cast_from(select(ok, w_grp + tap * g.sw_w + col * g.sw_o + c, 0i32));
-            let len = select(ok, usize::cast_from(vec), 0usize);
-            let from = w.slice(start, start + len);
-            let at = b_slot + row * pitch + ch * vec;
-            let mut to = b_s.slice_mut(at, at + vec);
-            copy_async_checked(&from, &mut to, copy);
+            let addr = w_grp + tap * g.sw_w + col * g.sw_o + c;
+            copy_chunk::<I>(w, addr, ok, b_s, b_slot + row * pitch + ch * vec, vec);
         }
     }
 }

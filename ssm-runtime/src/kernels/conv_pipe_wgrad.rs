@@ -14,7 +14,6 @@
 //! `[splits, c_out·groups, taps, c_red]` (channel fastest, so stores coalesce); [`wgrad`]
 //! sums them and returns PyTorch's weight order.
 
-use cubecl::prelude::barrier::copy_async_checked;
 use cubecl::prelude::*;
 
 use crate::device::record_launch;
@@ -23,7 +22,8 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SEG, SlotBarriers, copy_granule, rows_aligned, seg_row, segment_rows, stage_slots, usable,
+    SEG, SlotBarriers, copy_chunk, copy_granule, rows_aligned, seg_row, segment_rows, stage_slots,
+    usable,
 };
 use crate::tensor::Tensor as SsmTensor;
 
@@ -171,7 +171,6 @@ impl Producer {
         let (threads, bm, cc, ks) = comptime!((sh.threads, sh.bm, sh.cc, sh.ks));
         let (halo, run, rows_per_seg, vec) = comptime!((sh.halo, sh.run, sh.rows_per_seg, sh.vec));
         let (tid, m0, c0) = (self.tid, self.m0, self.c0);
-        let copy = comptime!(vec as u32);
         let a_pitch = comptime!(bm + PAD);
         let b_pitch = comptime!(cc + PAD);
         let sub_halo = comptime!(halo / rows_per_seg);
@@ -197,12 +196,8 @@ impl Producer {
                     dy_row = dy_base(g, &self.tile, n, od, oh);
                 }
                 let ok = row_ok && ow < g.dst_w && co < g.c_out;
-                let start = usize::cast_from(select(ok, dy_row + ow * g.sd_w + co * g.sd_c, 0i32));
-                let len = select(ok, usize::cast_from(vec), 0usize);
-                let from = dy.slice(start, start + len);
                 let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
-                let mut to = a_s.slice_mut(at, at + vec);
-                copy_async_checked(&from, &mut to, copy);
+                copy_chunk::<I>(dy, dy_row + ow * g.sd_w + co * g.sd_c, ok, a_s, at, vec);
             }
         }
         // x halos: row hr of segment s reads x at w = ow0 + s·16 − pad_w + hr.
@@ -230,12 +225,8 @@ impl Producer {
                 }
                 let c = c0 + i32::cast_from(ch * vec);
                 let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
-                let start = usize::cast_from(select(ok, x_row + sw * g.ss_w + c * g.ss_c, 0i32));
-                let len = select(ok, usize::cast_from(vec), 0usize);
-                let from = x.slice(start, start + len);
                 let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
-                let mut to = b_s.slice_mut(at, at + vec);
-                copy_async_checked(&from, &mut to, copy);
+                copy_chunk::<I>(x, x_row + sw * g.ss_w + c * g.ss_c, ok, b_s, at, vec);
             }
         }
         bars.commit(slot);
