@@ -3,10 +3,11 @@
 //!
 //! Activations are channels-first `[N, C, *spatial]` or channels-last `[N, *spatial, C]`
 //! ([`Layout`]); weights always use PyTorch's `[C_out, C_in / groups, *kernel]`. Kernels read
-//! strided views in place, except that the pipelined tensor-core kernels need channel-fastest
+//! strided views in place, except that the pipelined tensor-core kernels read channel-fastest
 //! memory: channels-first operands they take are transposed to it (skipped for a view that
-//! already is) and the result back, so keep activations channels-last to pay no copies.
-//! Outputs come back in the input's layout. Which kernel runs ([`ConvImpl`]):
+//! already is; results are written channels-first directly), so keep activations
+//! channels-last to pay no copies. Outputs come back in the input's layout. Which kernel
+//! runs ([`ConvImpl`]):
 //!
 //! | kernel | used for | prefers |
 //! | --- | --- | --- |
@@ -663,11 +664,11 @@ fn last_to_first(rank: usize) -> Vec<usize> {
     [0, rank - 1].into_iter().chain(1..rank - 1).collect()
 }
 
-/// (channel-fastest, copied) for a tensor-core pass: whether it runs on channel-fastest
+/// (channel-fastest, copied) for a tensor-core pass: whether it reads channel-fastest
 /// memory, and whether that takes copies of channels-first operands. The pipelined kernels
-/// read channel runs in 16-byte chunks; for channels-first operands they meet, a tiled
-/// transpose per operand (and one for the result) costs far less than the channels-first
-/// `wmma` kernels lose.
+/// read channel runs in 16-byte chunks (their results go to any strides); for
+/// channels-first operands they take, a tiled transpose per operand costs far less than
+/// the channels-first `wmma` kernels lose.
 fn channel_fastest_pass(p: &ConvProblem, dtype: DType, device: &Device) -> (bool, bool) {
     let copy = p.layout == Layout::ChannelsFirst
         && conv_pipe::takes(device, dtype, p.c_in_g(), p.c_out_g());
@@ -681,45 +682,6 @@ fn channel_fastest(t: &Tensor) -> Result<Tensor> {
     t.permute(&first_to_last(r))?
         .contiguous()?
         .permute(&last_to_first(r))
-}
-
-/// Where a tensor-core forward or backward-data pass writes: a fresh tensor of `shape`
-/// that the kernel addresses through `strides` ((n, c, d, h, w)); [`TcDst::finish`] turns
-/// it into the pass's output in the problem's layout.
-struct TcDst {
-    shape: Vec<usize>,
-    strides: [i32; 5],
-    copied: bool,
-}
-
-impl TcDst {
-    /// `out_shape` in `layout`, written channel-fastest when `copied` (channels-first).
-    fn new(out_shape: &[usize], layout: Layout, copied: bool) -> Self {
-        if !copied {
-            return TcDst {
-                shape: out_shape.to_vec(),
-                strides: strides_of_contiguous(out_shape, layout),
-                copied,
-            };
-        }
-        let r = out_shape.len();
-        let shape: Vec<usize> = first_to_last(r).iter().map(|&a| out_shape[a]).collect();
-        let memory = contiguous_strides(&shape);
-        let view: Vec<usize> = last_to_first(r).iter().map(|&a| memory[a]).collect();
-        TcDst {
-            shape,
-            strides: layout_strides(&view, Layout::ChannelsFirst),
-            copied,
-        }
-    }
-
-    fn finish(&self, t: Tensor) -> Result<Tensor> {
-        if self.copied {
-            t.permute(&last_to_first(t.rank()))?.contiguous()
-        } else {
-            Ok(t)
-        }
-    }
 }
 
 /// Forward on the tensor cores (f32 result; a bf16 or f32 bias joins the accumulators).
@@ -746,11 +708,19 @@ fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) ->
     } else {
         x.clone()
     };
-    let dst = TcDst::new(&p.output_shape(), p.layout, copied);
-    let geo = fwd_geo(p, &x, &wt, dst.strides);
+    let out_shape = p.output_shape();
+    let geo = fwd_geo(p, &x, &wt, strides_of_contiguous(&out_shape, p.layout));
     let tile = tc::gemm_tile(p.c_out_g());
-    let y = tc::gemm(&x, &wt, bias.as_ref(), &dst.shape, &geo, cl, false, tile);
-    dst.finish(y)
+    Ok(tc::gemm(
+        &x,
+        &wt,
+        bias.as_ref(),
+        &out_shape,
+        &geo,
+        cl,
+        false,
+        tile,
+    ))
 }
 
 impl Tensor {
@@ -846,11 +816,10 @@ impl Tensor {
             } else {
                 dy.clone()
             };
-            let dst = TcDst::new(input_shape, p.layout, copied);
-            let geo = bwd_geo(&p, &dy, &wt, dst.strides);
+            let geo = bwd_geo(&p, &dy, &wt, strides_of_contiguous(input_shape, p.layout));
             let tile = tc::gemm_tile(p.c_in_g());
-            let dx = tc::gemm(&dy, &wt, None, &dst.shape, &geo, cl, true, tile);
-            return Ok((dst.finish(dx)?, ConvImpl::TensorCore));
+            let dx = tc::gemm(&dy, &wt, None, input_shape, &geo, cl, true, tile);
+            return Ok((dx, ConvImpl::TensorCore));
         }
         if any_bf16(&[Some(dy), Some(weight)]) {
             let (dy, wt) = (widened(op, dy)?, widened(op, weight)?);
