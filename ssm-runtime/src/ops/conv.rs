@@ -675,9 +675,13 @@ fn channel_fastest_pass(p: &ConvProblem, dtype: DType, device: &Device) -> (bool
     (p.layout == Layout::ChannelsLast || copy, copy)
 }
 
-/// Channels-first `t` as a view of channel-fastest memory: `t` itself when its memory
-/// already is, else one tiled transpose.
-fn channel_fastest(t: &Tensor) -> Result<Tensor> {
+/// Operand `t` of a pass with `copied` from [`channel_fastest_pass`]: when set, channels-first
+/// `t` as a view of channel-fastest memory (`t` itself when its memory already is, else one
+/// tiled transpose); `t` unchanged otherwise.
+fn pass_operand(t: &Tensor, copied: bool) -> Result<Tensor> {
+    if !copied {
+        return Ok(t.clone());
+    }
     let r = t.rank();
     t.permute(&first_to_last(r))?
         .contiguous()?
@@ -703,11 +707,7 @@ fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) ->
     };
     let wt = reduced_fastest(w, 1)?;
     let (cl, copied) = channel_fastest_pass(p, x.dtype(), x.device());
-    let x = if copied {
-        channel_fastest(x)?
-    } else {
-        x.clone()
-    };
+    let x = pass_operand(x, copied)?;
     let out_shape = p.output_shape();
     let geo = fwd_geo(p, &x, &wt, strides_of_contiguous(&out_shape, p.layout));
     let tile = tc::gemm_tile(p.c_out_g());
@@ -811,11 +811,7 @@ impl Tensor {
             check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
             let wt = reduced_fastest(weight, 0)?;
             let (cl, copied) = channel_fastest_pass(&p, dy.dtype(), dy.device());
-            let dy = if copied {
-                channel_fastest(dy)?
-            } else {
-                dy.clone()
-            };
+            let dy = pass_operand(dy, copied)?;
             let geo = bwd_geo(&p, &dy, &wt, strides_of_contiguous(input_shape, p.layout));
             let tile = tc::gemm_tile(p.c_in_g());
             let dx = tc::gemm(&dy, &wt, None, input_shape, &geo, cl, true, tile);
@@ -876,11 +872,7 @@ impl Tensor {
         {
             check_operands(op, &[("input", x), ("output gradient", dy)])?;
             let (cl, copied) = channel_fastest_pass(&p, x.dtype(), x.device());
-            let (x, dy) = if copied {
-                (channel_fastest(x)?, channel_fastest(dy)?)
-            } else {
-                (x.clone(), dy.clone())
-            };
+            let (x, dy) = (pass_operand(x, copied)?, pass_operand(dy, copied)?);
             let geo = wgrad_geo(&p, &x, &dy);
             let tile = tc::wgrad_tile(p.c_out_g());
             let parts = tc::wgrad(&x, &dy, &geo, cl, tile);
