@@ -954,18 +954,21 @@ pub(crate) fn fits(src: &SsmTensor, w: &SsmTensor, geo: &Geo, channels_last: boo
 /// both are channels-last and of one type, and the device has `mma.sync` and `cp.async`
 /// for it.
 pub(crate) fn usable(a: &SsmTensor, b: &SsmTensor, channels_last: bool) -> bool {
-    channels_last && pipeline_enabled() && a.dtype == b.dtype && a.device.has_pipelined_mma(a.dtype)
+    channels_last && a.dtype == b.dtype && runs_on(&a.device, a.dtype)
+}
+
+/// Whether the path is on and `device` has `mma.sync` and `cp.async` for `dtype`.
+fn runs_on(device: &Device, dtype: DType) -> bool {
+    pipeline_enabled() && device.has_pipelined_mma(dtype)
 }
 
 /// Whether the pipelined kernels take channel-fastest operands of `dtype` with `c_in` and
-/// `c_out` channels per group on `device`: [`usable`] and the channel alignment of [`fits`]
-/// for compact operands. Channels-first passes that meet it run on channel-fastest copies.
+/// `c_out` channels per group on `device`: the device rule of [`usable`] and the channel
+/// alignment of [`fits`] for compact operands. Channels-first passes that meet it run on
+/// channel-fastest copies.
 pub(crate) fn takes(device: &Device, dtype: DType, c_in: usize, c_out: usize) -> bool {
     let granule = copy_granule(dtype);
-    pipeline_enabled()
-        && device.has_pipelined_mma(dtype)
-        && c_in.is_multiple_of(granule)
-        && c_out.is_multiple_of(granule)
+    runs_on(device, dtype) && c_in.is_multiple_of(granule) && c_out.is_multiple_of(granule)
 }
 
 /// Elements of `dtype` in one 16-byte `cp.async` copy.
