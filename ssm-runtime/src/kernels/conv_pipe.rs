@@ -1015,10 +1015,12 @@ pub(crate) fn gemm(
     let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
-    // Split the taps only when the tiles alone leave a large GPU with fewer cubes than SMs:
-    // the partial sums cost a pass over k_splits f32 outputs. On an H200 the 192-channel
-    // shape (196 cubes) ran 23 % (bf16) / 2 % (TF32) faster unsplit than in 3 splits.
-    let k_splits = tap_splits(cubes, tap_groups, 128);
+    // Split the taps only when the tiles alone leave a large GPU short of cubes: the partial
+    // sums cost a pass over k_splits f32 outputs, which the cheaper bf16 MMAs hide less. On
+    // an H200 the 192-channel shape (196 cubes) ran 5 % faster in two splits than unsplit
+    // in TF32, but 25 % slower in bf16; 784 cubes (96 channels) ran fastest unsplit in both.
+    let target = if src.dtype == DType::F32 { 256 } else { 128 };
+    let k_splits = tap_splits(cubes, tap_groups, target);
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
     let (frag_ty, mk) = fragment(src.dtype);
     let vec = copy_granule(src.dtype);
