@@ -1209,11 +1209,6 @@ mod tests {
         assert_eq!(tap_splits(4, 27, 512), 7);
         assert_eq!(tap_splits(6272, 27, 512), 1);
         assert_eq!(tap_splits(4, 1, 512), 1);
-        // The pipelined kernels' 192-channel benchmark shape (196 cubes, 9 tap groups): two
-        // splits at the TF32 target, none at the bf16 one; 784 cubes need none.
-        assert_eq!(tap_splits(196, 9, 256), 2);
-        assert_eq!(tap_splits(196, 9, 128), 1);
-        assert_eq!(tap_splits(784, 9, 256), 1);
         assert_eq!(position_grid(6272, u32::MAX), (6272, 1));
         assert_eq!(position_grid(70_000, u32::MAX), (65_535, 2));
         assert_eq!(position_grid(300, 256), (256, 2));

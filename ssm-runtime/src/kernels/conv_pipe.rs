@@ -992,6 +992,15 @@ fn pipeline_enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("SSM_CONV_PIPELINE").map_or(true, |v| v != "0"))
 }
 
+/// Cubes [`gemm`] aims for before it splits the taps: split only when the tiles alone leave
+/// a large GPU short of cubes, since the partial sums cost a pass over `k_splits` f32
+/// outputs, which the cheaper bf16 MMAs hide less. On an H200 the 192-channel shape (196
+/// cubes) ran 5 % faster in two splits than unsplit in TF32, but 25 % slower in bf16; 784
+/// cubes (96 channels) ran fastest unsplit in both.
+fn split_target(dtype: DType) -> usize {
+    if dtype == DType::F32 { 256 } else { 128 }
+}
+
 /// Forward or backward-data into a fresh f32 tensor of `dst_shape` (channels-last strides
 /// `geo.sd`); the caller checked [`fits`], and `w` has its taps packed (tap `t` at
 /// `t · sw_w`). Tap groups split across cubes when the tiles alone cannot fill the device.
@@ -1015,12 +1024,7 @@ pub(crate) fn gemm(
     let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
-    // Split the taps only when the tiles alone leave a large GPU short of cubes: the partial
-    // sums cost a pass over k_splits f32 outputs, which the cheaper bf16 MMAs hide less. On
-    // an H200 the 192-channel shape (196 cubes) ran 5 % faster in two splits than unsplit
-    // in TF32, but 25 % slower in bf16; 784 cubes (96 channels) ran fastest unsplit in both.
-    let target = if src.dtype == DType::F32 { 256 } else { 128 };
-    let k_splits = tap_splits(cubes, tap_groups, target);
+    let k_splits = tap_splits(cubes, tap_groups, split_target(src.dtype));
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
     let (frag_ty, mk) = fragment(src.dtype);
     let vec = copy_granule(src.dtype);
@@ -1059,6 +1063,15 @@ pub(crate) fn gemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taps_split_only_where_the_measurements_say() {
+        // The 192-channel benchmark shape (196 cubes, 9 tap groups): two splits in TF32,
+        // none in bf16; 784 cubes (96 channels) need none.
+        assert_eq!(tap_splits(196, 9, split_target(DType::F32)), 2);
+        assert_eq!(tap_splits(196, 9, split_target(DType::BF16)), 1);
+        assert_eq!(tap_splits(784, 9, split_target(DType::F32)), 1);
+    }
 
     #[test]
     fn tiles_cover_the_segments_and_the_channels() {
