@@ -764,8 +764,10 @@ fn conv_pipe<I: Float, M: Float>(
 
 // ---- launch helpers ------------------------------------------------------------------------
 
-/// Reduced channels per stage.
-const BK: usize = 16;
+/// Reduced channels per stage: 16, one bf16 MMA block (two TF32 ones).
+fn reduce_depth(_c_red: usize, _elem: usize) -> usize {
+    16
+}
 
 /// Warp grid, accumulators per warp, tap grouping and pipeline depth of one launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -785,6 +787,8 @@ pub(crate) struct PipeTile {
     pub run: usize,
     /// Whole dst rows per segment (1: a segment is a run along one row).
     pub rows_per_seg: usize,
+    /// Reduced channels per stage (a multiple of 16).
+    pub bk: usize,
     /// Stage slots in shared memory.
     pub stages: usize,
 }
@@ -815,7 +819,7 @@ impl PipeTile {
 
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
-        (self.segs() * self.halo + self.kw_inner * self.bn()) * (BK + PAD) * elem
+        (self.segs() * self.halo + self.kw_inner * self.bn()) * (self.bk + PAD) * elem
     }
 
     /// Shared memory of one cube: the stage slots and the epilogue's row table.
@@ -825,17 +829,20 @@ impl PipeTile {
 }
 
 /// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
-/// and dilation `dil_w` over dst rows of `dst_w` positions, with `warps_m` warps along the
-/// segments (2 segments each): 1 warp for up to 64 dst channels, 2 warps of up to 48 for
-/// more (the same per-warp work and registers as the narrow tile); [`stage_slots`] stage
-/// slots. Rows of at most 8 positions share a segment (two of 8, three of 5, ...), so
-/// short rows do not leave most of each 16-row MMA block empty.
+/// and dilation `dil_w` over dst rows of `dst_w` positions, `bk` reduced channels per
+/// stage, with `warps_m` warps along the segments (2 segments each): 1 warp for up to 64
+/// dst channels, 2 warps of up to 48 for more (the same per-warp work and registers as the
+/// narrow tile); [`stage_slots`] stage slots. Rows of at most 8 positions share a segment
+/// (two of 8, three of 5, ...), so short rows do not leave most of each 16-row MMA block
+/// empty.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn pipe_tile(
     c_out: usize,
     k_w: usize,
     st_w: usize,
     dil_w: usize,
     dst_w: usize,
+    bk: usize,
     elem: usize,
     warps_m: usize,
 ) -> PipeTile {
@@ -859,6 +866,7 @@ pub(crate) fn pipe_tile(
         halo: rows_per_seg * (run + (kw_inner - 1) * dil_w),
         run,
         rows_per_seg,
+        bk,
         stages: 0, // stage_slots, once the slot size is known
     };
     tile.stages = stage_slots(tile.stage_bytes(elem), elem);
@@ -900,6 +908,7 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> PipeTile {
         geo.stride[2] as usize,
         geo.dil[2] as usize,
         geo.dst[2] as usize,
+        reduce_depth(geo.c_red as usize, dtype.size()),
         dtype.size(),
         max_shared,
     )
@@ -911,16 +920,18 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> PipeTile {
 /// where two such cubes still share one SM, else 4 (on an H200, one 8-warp TF32 cube per
 /// SM ran slower than two 4-warp ones; with two TF32 slots both fit twice and ran within
 /// 4 % of each other); wider tiles keep 4 × 2 warps.
+#[allow(clippy::too_many_arguments)]
 fn tile_for(
     c_out: usize,
     k_w: usize,
     st_w: usize,
     dil_w: usize,
     dst_w: usize,
+    bk: usize,
     elem: usize,
     max_shared: usize,
 ) -> PipeTile {
-    let tile = |warps_m| pipe_tile(c_out, k_w, st_w, dil_w, dst_w, elem, warps_m);
+    let tile = |warps_m| pipe_tile(c_out, k_w, st_w, dil_w, dst_w, bk, elem, warps_m);
     let eight = tile(8);
     if eight.warps_n == 1 && 2 * eight.shared_bytes(elem) <= max_shared {
         eight
@@ -1048,7 +1059,7 @@ pub(crate) fn gemm(
                 n_tiles as u32,
                 k_splits as u32,
                 numel as i32,
-                tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, BK, mk, vec,
+                tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, tile.bk, mk, vec,
                 tile.stages, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg,
                 bias.is_some(),
                 transposed,
@@ -1078,7 +1089,7 @@ mod tests {
         for c_out in [8, 16, 24, 48, 64, 72, 96, 128, 192, 200] {
             for elem in [2, 4] {
                 for warps_m in [4, 8] {
-                    let t = pipe_tile(c_out, 3, 1, 1, 32, elem, warps_m);
+                    let t = pipe_tile(c_out, 3, 1, 1, 32, 16, elem, warps_m);
                     assert_eq!(t.warps_n, if c_out <= 64 { 1 } else { 2 }, "{t:?}");
                     assert_eq!(t.segs(), 2 * warps_m, "{t:?}");
                     let tiles = c_out.div_ceil(t.bn());
@@ -1094,18 +1105,18 @@ mod tests {
         // with 8 warps up to 64 channels, two stage slots for f32, three or four for bf16.
         for (c, dst_w) in [(48, 32), (96, 16), (192, 8)] {
             for elem in [2, 4] {
-                let t = tile_for(c, 3, 1, 1, dst_w, elem, 227 * 1024);
+                let t = tile_for(c, 3, 1, 1, dst_w, 16, elem, 227 * 1024);
                 assert!(2 * t.shared_bytes(elem) <= 227 * 1024, "{c} {elem}: {t:?}");
                 assert_eq!(t.warps_m, if c <= 64 { 8 } else { 4 }, "{c} {elem}: {t:?}");
             }
         }
-        assert_eq!(tile_for(96, 3, 1, 1, 16, 4, 227 * 1024).stages, 2);
-        assert_eq!(tile_for(96, 3, 1, 1, 16, 2, 227 * 1024).stages, 4);
+        assert_eq!(tile_for(96, 3, 1, 1, 16, 16, 4, 227 * 1024).stages, 2);
+        assert_eq!(tile_for(96, 3, 1, 1, 16, 16, 2, 227 * 1024).stages, 4);
         // Stride 1 along w: the taps along w share a halo of 16 + (k_w − 1)·dil rows.
-        let t = pipe_tile(48, 3, 1, 2, 32, 2, 4);
+        let t = pipe_tile(48, 3, 1, 2, 32, 16, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (3, 20));
         // Any other stride: one tap per group, one row per position.
-        let t = pipe_tile(48, 7, 2, 1, 32, 2, 4);
+        let t = pipe_tile(48, 7, 2, 1, 32, 16, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (1, 16));
     }
 
@@ -1120,7 +1131,7 @@ mod tests {
             (16, 16, 1, 18, 10),
             (28, 16, 1, 18, 20),
         ] {
-            let t = pipe_tile(48, 3, 1, 1, dst_w, 2, 4);
+            let t = pipe_tile(48, 3, 1, 1, dst_w, 16, 2, 4);
             assert_eq!(
                 (t.run, t.rows_per_seg, t.halo),
                 (run, rows, halo),
