@@ -678,7 +678,8 @@ fn conv_tensor_cores_match_host() {
     // stages per tap, taps split across cubes), a strided 2-D case with C_in ≠ C_out and
     // partial tiles, a grouped dilated one, a causal 1-D one with a channel count off the 16
     // grid, a pointwise one (one tap: no split, the bias added in the only pass), and one
-    // with more dst channels than one tile holds and dst rows of partial 16-position segments.
+    // with more dst channels than one tile holds and dst rows of partial 16-position segments,
+    // and a 64-channel one (bf16 stages then reduce 32 channels, two per tap group).
     let cases = [
         (
             vec![2usize, 48, 6, 7, 5],
@@ -701,6 +702,12 @@ fn conv_tensor_cores_match_host() {
         (vec![1, 20, 37], 72, vec![4], ConvSpec::new().causal()),
         (vec![2, 16, 5, 6], 32, vec![1, 1], ConvSpec::new()),
         (vec![1, 24, 5, 18], 112, vec![3, 3], ConvSpec::new().same()),
+        (
+            vec![1, 64, 3, 4, 20],
+            64,
+            vec![3, 3, 3],
+            ConvSpec::new().same(),
+        ),
     ];
     // Fewer than 16 channels per group: asked for, a clear refusal; `Auto` goes elsewhere.
     let x8 = upload(&r.vec(2 * 8 * 6 * 5, -1.0, 1.0), &[2, 8, 6, 5], dtypes[0]);
