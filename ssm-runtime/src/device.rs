@@ -169,6 +169,11 @@ impl Device {
         self.inner.caps.max_shared
     }
 
+    /// Streaming multiprocessors, where the backend reports them (CUDA does, Vulkan not).
+    pub fn multiprocessors(&self) -> Option<usize> {
+        self.inner.caps.multiprocessors
+    }
+
     /// The CubeCL client, for launch helpers.
     pub fn backend(&self) -> &Backend {
         &self.inner.backend
@@ -190,6 +195,7 @@ struct Capabilities {
     atomic_add_f32: bool,
     atomic_add_f64: bool,
     max_shared: usize,
+    multiprocessors: Option<usize>,
     bf16: bool,
     mma_bf16: bool,
     mma_tf32: bool,
@@ -223,6 +229,10 @@ fn capabilities<R: Runtime>(client: &ComputeClient<R>) -> Capabilities {
         atomic_add_f32: add(FloatKind::F32),
         atomic_add_f64: add(FloatKind::F64),
         max_shared: props.hardware.max_shared_memory_size,
+        multiprocessors: props
+            .hardware
+            .num_streaming_multiprocessors
+            .map(|n| n as usize),
         bf16: props
             .type_usage(float(FloatKind::BF16))
             .is_superset(TypeUsage::Conversion | TypeUsage::Buffer),

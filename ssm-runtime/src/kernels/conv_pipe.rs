@@ -822,6 +822,13 @@ impl PipeTile {
         rows.div_ceil(self.rows_per_seg) * self.segs_per_row(dst_w)
     }
 
+    /// Cubes of one launch over `rows` dst rows of `dst_w` positions, `c_out` dst channels
+    /// per group and `groups` groups (before any tap split).
+    fn cubes(&self, rows: usize, dst_w: usize, c_out: usize, groups: usize) -> usize {
+        let m_tiles = self.segments(rows, dst_w).div_ceil(self.segs());
+        m_tiles * c_out.div_ceil(self.bn()) * groups
+    }
+
     fn bn(&self) -> usize {
         self.warps_n * self.frags_n * 8
     }
@@ -908,10 +915,11 @@ pub(crate) fn segment_rows(dst_w: usize) -> (usize, usize) {
     }
 }
 
-/// The tile for `geo` on a device with `max_shared` bytes of shared memory per cube
-/// ([`tile_for`]).
-fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> PipeTile {
-    tile_for(
+/// The tile for `geo` on `device`: [`tile_for`] its shared memory, then [`balanced`] over
+/// its multiprocessors.
+fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
+    let max_shared = device.max_shared_memory();
+    let tile = tile_for(
         geo.c_out as usize,
         geo.k[2] as usize,
         geo.stride[2] as usize,
@@ -920,7 +928,51 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> PipeTile {
         reduce_depth(geo.c_red as usize, dtype.size()),
         dtype.size(),
         max_shared,
+    );
+    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
+    let (dst_w, c_out, groups) = (geo.dst[2] as usize, geo.c_out as usize, geo.groups as usize);
+    balanced(
+        tile,
+        |t| t.cubes(rows, dst_w, c_out, groups),
+        dtype.size(),
+        device.multiprocessors(),
+        max_shared,
     )
+}
+
+/// bf16 warps of three segments (two stage slots) where that evens out the cubes: when
+/// two-segment cubes would give some multiprocessors one cube and others two (between one
+/// and two per multiprocessor) and three-segment ones fit one each. On an H200 (132
+/// multiprocessors) the 192-channel benchmark shape went from 196 cubes to 132: forward /
+/// backward-data 14 / 15 % faster; at 96 channels (784 → 523 cubes, several per
+/// multiprocessor either way) three segments ran 9 % slower. `cubes` counts a tile's cubes.
+fn balanced(
+    tile: PipeTile,
+    cubes: impl Fn(&PipeTile) -> usize,
+    elem: usize,
+    multiprocessors: Option<usize>,
+    max_shared: usize,
+) -> PipeTile {
+    let Some(sms) = multiprocessors else {
+        return tile;
+    };
+    let three = PipeTile {
+        frags_m: 3,
+        stages: 2,
+        ..tile
+    };
+    let (now, then) = (cubes(&tile), cubes(&three));
+    let uneven = now > sms && now < 2 * sms;
+    if elem == 2
+        && tile.frags_m == 2
+        && uneven
+        && then <= sms
+        && three.shared_bytes(elem) <= max_shared
+    {
+        three
+    } else {
+        tile
+    }
 }
 
 /// The tile on a device with `max_shared` bytes of shared memory per cube: up to 64 dst
@@ -962,7 +1014,7 @@ pub(crate) fn fits(src: &SsmTensor, w: &SsmTensor, geo: &Geo, channels_last: boo
     }
     let granule = copy_granule(dtype) as i32;
     let max_shared = src.device.max_shared_memory();
-    let tile = tile_of(geo, dtype, max_shared);
+    let tile = tile_of(geo, dtype, &src.device);
     rows_aligned(src.offset, &geo.ss, dtype)
         && rows_aligned(w.offset, &geo.sw, dtype)
         && geo.w_group % granule == 0
@@ -1036,13 +1088,13 @@ pub(crate) fn gemm(
     if geo.dst_positions() == 0 || numel == 0 {
         return SsmTensor::empty(dst_shape, DType::F32, &src.device);
     }
-    let tile = tile_of(geo, src.dtype, src.device.max_shared_memory());
+    let tile = tile_of(geo, src.dtype, &src.device);
     let dst_w = geo.dst[2] as usize;
     let segs_per_row = tile.segs_per_row(dst_w);
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
     let m_tiles = tile.segments(rows, dst_w).div_ceil(tile.segs());
     let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
-    let cubes = m_tiles * n_tiles * geo.groups as usize;
+    let cubes = tile.cubes(rows, dst_w, geo.c_out as usize, geo.groups as usize);
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
     let k_splits = tap_splits(cubes, tap_groups, split_target(src.dtype));
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
@@ -1135,6 +1187,28 @@ mod tests {
         // Any other stride: one tap per group, one row per position.
         let t = pipe_tile(48, 7, 2, 1, 32, 16, 2, 4);
         assert_eq!((t.kw_inner, t.halo), (1, 16));
+    }
+
+    #[test]
+    fn three_segment_warps_only_where_they_even_out_the_cubes() {
+        let hopper = 227 * 1024;
+        // (channels, dst rows, dst_w) of the benchmark shapes.
+        let tile = |c: usize, rows: usize, dst_w: usize, elem: usize, sms: Option<usize>| {
+            let bk = reduce_depth(c, elem);
+            let t = tile_for(c, 3, 1, 1, dst_w, bk, elem, hopper);
+            let b = balanced(t, |t| t.cubes(rows, dst_w, c, 1), elem, sms, hopper);
+            (b.frags_m, b.stages, b.cubes(rows, dst_w, c, 1))
+        };
+        // 192 channels on 132 multiprocessors: 196 cubes → 132, one each.
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(132)), (3, 2, 132));
+        // Unknown multiprocessors, TF32, or fewer multiprocessors than three-segment cubes:
+        // unchanged.
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, None), (2, 3, 196));
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 4, Some(132)).0, 2);
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(114)), (2, 3, 196));
+        // Many cubes per multiprocessor either way (96 and 48 channels): unchanged.
+        assert_eq!(tile(96, 2 * 56 * 56, 16, 2, Some(132)).0, 2);
+        assert_eq!(tile(48, 2 * 112 * 112, 32, 2, Some(132)).0, 2);
     }
 
     #[test]
