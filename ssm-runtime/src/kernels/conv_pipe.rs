@@ -18,13 +18,13 @@
 //! - results leave straight from the accumulator registers (two adjacent channels per lane).
 //!
 //! Tiles are 8, 12 or 16 segments of 16 consecutive positions along w, each within one dst
-//! row (or several short rows), and a stage reduces 16 or 32 channels of them. With a w stride of 1 the taps along w read the same src row shifted by whole
-//! positions, so a stage copies each segment's *halo* (16 + (k_w − 1)·dil_w src rows) once
-//! and every tap along w reads it at its shift: a 3-wide kernel moves about a third of the
-//! src bytes of a per-tap gather (the L2 → SM traffic that bounds a per-tap version; ncu
-//! showed L2 at ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded
-//! by 8 elements, so the 8 rows one `ldmatrix` (or one fragment load) touches fall on
-//! distinct banks.
+//! row (or several short rows), and a stage reduces 16 or 32 channels of them. With a w
+//! stride of 1 the taps along w read the same src row shifted by whole positions, so a
+//! stage copies each segment's *halo* (16 + (k_w − 1)·dil_w src rows) once and every tap
+//! along w reads it at its shift: a 3-wide kernel moves about a third of the src bytes of
+//! a per-tap gather (the L2 → SM traffic that bounds a per-tap version; ncu showed L2 at
+//! ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded by 8 elements,
+//! so the 8 rows one `ldmatrix` (or one fragment load) touches fall on distinct banks.
 //!
 //! Needs channels-last operands whose rows are 16-byte aligned (channels per group and all
 //! strides multiples of 8 bf16 or 4 f32 elements); [`fits`] says when, and
