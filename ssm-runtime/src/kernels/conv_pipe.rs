@@ -822,11 +822,17 @@ impl PipeTile {
         rows.div_ceil(self.rows_per_seg) * self.segs_per_row(dst_w)
     }
 
-    /// Cubes of one launch over `rows` dst rows of `dst_w` positions, `c_out` dst channels
-    /// per group and `groups` groups (before any tap split).
-    fn cubes(&self, rows: usize, dst_w: usize, c_out: usize, groups: usize) -> usize {
+    /// Tiles along the positions and along the dst channels of one group, over `rows` dst
+    /// rows of `dst_w` positions and `c_out` dst channels per group.
+    fn tiles(&self, rows: usize, dst_w: usize, c_out: usize) -> (usize, usize) {
         let m_tiles = self.segments(rows, dst_w).div_ceil(self.segs());
-        m_tiles * c_out.div_ceil(self.bn()) * groups
+        (m_tiles, c_out.div_ceil(self.bn()))
+    }
+
+    /// Cubes of one launch over `groups` groups of [`Self::tiles`] (before any tap split).
+    fn cubes(&self, rows: usize, dst_w: usize, c_out: usize, groups: usize) -> usize {
+        let (m_tiles, n_tiles) = self.tiles(rows, dst_w, c_out);
+        m_tiles * n_tiles * groups
     }
 
     fn bn(&self) -> usize {
@@ -1092,9 +1098,8 @@ pub(crate) fn gemm(
     let dst_w = geo.dst[2] as usize;
     let segs_per_row = tile.segs_per_row(dst_w);
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
-    let m_tiles = tile.segments(rows, dst_w).div_ceil(tile.segs());
-    let n_tiles = (geo.c_out as usize).div_ceil(tile.bn());
-    let cubes = tile.cubes(rows, dst_w, geo.c_out as usize, geo.groups as usize);
+    let (m_tiles, n_tiles) = tile.tiles(rows, dst_w, geo.c_out as usize);
+    let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
     let k_splits = tap_splits(cubes, tap_groups, split_target(src.dtype));
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
