@@ -155,9 +155,9 @@ struct HaloRows {
 }
 
 /// The comptime shape of a stage as the producer sees it: `threads` per cube, `qh` halo
-/// rows per thread, `segs` segments of `halo` rows, `kw_inner` taps per group, `bn` dst
-/// channels, `bk` reduced channels in `vec`-element copies; `transposed` (backward-data)
-/// and `unit_stride` as [`conv_pipe`] has them.
+/// rows per thread (one copy of each), `segs` segments of `halo` rows, `kw_inner` taps per
+/// group, `bn` dst channels, `bk` reduced channels in `vec`-element copies; `transposed`
+/// (backward-data) and `unit_stride` as [`conv_pipe`] has them.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct StageShape {
     threads: usize,
@@ -173,13 +173,16 @@ struct StageShape {
 }
 
 /// One thread's producer: its halo rows, the cursor at the next stage to issue, and what
-/// stays fixed for the cube (thread index `tid`, the group's weight base `w_grp`, the
-/// tile's first dst channel `n0`).
+/// stays fixed for the cube (thread index `tid`, its first halo row `row0` and the copy
+/// `chunk` it moves of each, the group's weight base `w_grp`, the tile's first dst channel
+/// `n0`).
 #[derive(CubeType)]
 struct Producer {
     rows: HaloRows,
     cur: TapCursor,
     tid: usize,
+    row0: usize,
+    chunk: usize,
     w_grp: i32,
     n0: i32,
 }
@@ -222,10 +225,10 @@ pub(crate) fn seg_row(
 }
 
 /// The src address (channel 0 of the group) of every halo row this thread copies (rows
-/// `tid + q·threads` of the tile's halo) for the tap group at `cur` into `rows.addrs`, −1
-/// where the row falls outside the src. With `kw_inner` taps per group, the halo holds the
-/// src rows of the first tap along w that a position reads; the others read it shifted by
-/// whole rows.
+/// `row0 + q·threads / chunks` of the tile's halo, `chunks` copies per row) for the tap
+/// group at `cur` into `rows.addrs`, −1 where the row falls outside the src. With
+/// `kw_inner` taps per group, the halo holds the src rows of the first tap along w that a
+/// position reads; the others read it shifted by whole rows.
 #[cube]
 fn halo_addrs(g: &ConvGeo, rows: &mut HaloRows, cur: &TapCursor, #[comptime] sh: StageShape) {
     let qh = comptime!(sh.qh);
@@ -317,17 +320,14 @@ fn issue_stage<I: Float>(
     let pitch = comptime!(bk + PAD);
     let chunks = comptime!(bk / vec);
     let a_slot = slot * (segs * halo * pitch);
+    let col = p.chunk * vec;
+    let c = c0 + i32::cast_from(col);
     #[unroll]
     for q in 0..qh {
-        let rho = tid + q * threads;
+        let rho = p.row0 + q * comptime!(threads / chunks);
         if rho < segs * halo {
-            let at = a_slot + rho * pitch;
-            #[unroll]
-            for ch in 0..chunks {
-                let c = c0 + i32::cast_from(ch * vec);
-                let ok = addrs[q] >= 0 && c < g.c_red;
-                copy_chunk::<I>(src, addrs[q] + c, ok, a_s, at + ch * vec, vec);
-            }
+            let ok = addrs[q] >= 0 && c < g.c_red;
+            copy_chunk::<I>(src, addrs[q] + c, ok, a_s, a_slot + rho * pitch + col, vec);
         }
     }
     let b_slot = slot * (kw_inner * bn * pitch);
@@ -444,10 +444,17 @@ fn conv_pipe<I: Float, M: Float>(
     let pitch = comptime!(bk + PAD);
     let a_stage = comptime!(segs * halo * pitch);
     let b_stage = comptime!(kw_inner * bn * pitch);
-    let qh = comptime!((segs * halo).div_ceil(threads));
+    // Halo copies: a row is `chunks` copies long, and adjacent threads take adjacent chunks
+    // of one row, so a warp reads whole 32-byte sectors (with a thread per row, each copy
+    // instruction fetched half-used sectors: ncu counted 46 % of the L2 sectors as excess
+    // in the bf16 48-channel forward, whose L2 throughput at 80 % was the limit).
+    let chunks = comptime!(bk / vec);
+    let rows_per_pass = comptime!(threads / chunks);
+    let qh = comptime!((segs * halo).div_ceil(rows_per_pass));
     let sub_halo = comptime!(halo / rows_per_seg);
 
     let tid = UNIT_POS as usize;
+    let (row0, chunk) = (tid / chunks, tid % chunks);
     let lane = UNIT_POS_X;
     let warp = UNIT_POS_Y as usize;
     let wm = warp % warps_m;
@@ -475,7 +482,7 @@ fn conv_pipe<I: Float, M: Float>(
     };
     #[unroll]
     for q in 0..qh {
-        let rho = tid + q * threads;
+        let rho = row0 + q * rows_per_pass;
         let hr = rho % halo;
         let (row, ow) = seg_place(
             seg0 + i32::cast_from(rho / halo),
@@ -563,6 +570,8 @@ fn conv_pipe<I: Float, M: Float>(
         rows: hrows,
         cur: TapCursor::at(&g, q0 * kwi),
         tid,
+        row0,
+        chunk,
         w_grp,
         n0,
     };
