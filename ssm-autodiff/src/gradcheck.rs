@@ -7,11 +7,15 @@
 //! - for inputs of at most `elementwise_max` elements, additionally every partial
 //!   derivative `∂L/∂x_j` by perturbing one element at a time.
 //!
-//! A pair passes when `|numeric − analytic| ≤ atol + rtol·max(|numeric|, |analytic|)`
-//! (`approx::relative_eq!`). Defaults: ε = 1e-6, rtol = 1e-5, atol = 1e-8. In f64 the
-//! central difference has truncation error ~ε²·|L'''| ≈ 1e-12 and rounding error
-//! ~1e-16·|L|/ε ≈ 1e-10·|L|, so the defaults leave two orders of magnitude of margin
-//! for O(1) inputs while catching any wrong term of a derivative.
+//! A pair passes when `|numeric − analytic|` is at most `atol + noise` or at most
+//! `rtol·max(|numeric|, |analytic|)` (`approx::relative_eq!`). Defaults: ε = 1e-6,
+//! rtol = 1e-5, atol = 1e-8. In f64 the central difference has truncation error
+//! ~ε²·|L'''| ≈ 1e-12 and rounding error ~u·Σ|f·r|/ε, where u = 2.2e-16 and `Σ|f·r|` is
+//! the magnitude of the terms summed into `L`: a deep forward loses a few units of
+//! roundoff of that magnitude, which `ε` divides. `noise = rounding_units · u · Σ|f·r| / ε`
+//! bounds it, so a directional derivative that happens to be tiny (1e-5 against an `L`
+//! of 10) is not judged below the resolution of the difference, while any wrong term of
+//! an O(1) derivative still shows.
 
 use approx::relative_eq;
 use ssm_runtime::testing::HostRng;
@@ -32,6 +36,9 @@ pub struct GradcheckOptions {
     pub directions: usize,
     /// Inputs up to this many elements are also checked element by element.
     pub elementwise_max: usize,
+    /// Units of roundoff of `Σ|f·r|` the forward may lose in computing `L`; sets the
+    /// allowance for the central difference's rounding noise (see the module docs).
+    pub rounding_units: f64,
     /// Salt for the random cotangent and directions (mixed with the test run's seed).
     pub salt: u64,
 }
@@ -44,6 +51,7 @@ impl Default for GradcheckOptions {
             atol: 1e-8,
             directions: 3,
             elementwise_max: 64,
+            rounding_units: 16.0,
             salt: 0,
         }
     }
@@ -118,6 +126,14 @@ where
     let r: Vec<f64> = (0..y.value().numel()).map(|_| rng.normal()).collect();
     let r_t = Tensor::from_f64(&r, y.shape(), DType::F64, &device)?;
     let grads = y.backward_with(&r_t)?;
+    let terms: f64 = y
+        .value()
+        .to_f64_vec()?
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| (a * b).abs())
+        .sum();
+    let atol = opts.atol + opts.rounding_units * f64::EPSILON * terms / opts.eps;
     let analytic: Vec<Vec<f64>> = leaves
         .iter()
         .zip(inputs)
@@ -151,11 +167,13 @@ where
         report.comparisons += 1;
         let ok = num.is_finite()
             && ana.is_finite()
-            && relative_eq!(num, ana, epsilon = opts.atol, max_relative = opts.rtol);
+            && relative_eq!(num, ana, epsilon = atol, max_relative = opts.rtol);
         if !ok {
-            report
-                .failures
-                .push(format!("{what}: numeric {num:.12e} vs analytic {ana:.12e}"));
+            let tol = atol.max(opts.rtol * num.abs().max(ana.abs()));
+            report.failures.push(format!(
+                "{what}: numeric {num:.12e} vs analytic {ana:.12e} (off by {:.2e}, allowed {tol:.2e})",
+                (num - ana).abs()
+            ));
         }
     };
     let eps = opts.eps;
