@@ -5,10 +5,11 @@
 //! slot, `ldmatrix`/`mma.sync`, f32 accumulators in registers), on the weight-gradient GEMM:
 //! rows = dst channels (`co`), columns = the `k_w` taps along w of one (td, th) × a chunk of
 //! `cc` input channels, reduction over dst positions. A stage holds `ks` segments of 16
-//! positions along w of one dst row (or one segment of several whole rows of at most 8
-//! positions): their `dy` rows, and each segment's x *halo* (16 + (k_w − 1)·dil_w rows,
-//! or row length + (k_w − 1)·dil_w per row it holds) once for all taps along w, which read
-//! it shifted by whole rows. Warp `(wm, u)` owns dst channels `wm·frags_m·16 ..` and tap `u`.
+//! positions: runs along w of one dst row, or whole rows (of at most 8 positions, several
+//! to a segment), and stages of short rows take `stage_rows` rows at once. Each segment
+//! brings its `dy` rows and its x *halo* (16 + (k_w − 1)·dil_w rows, or row length +
+//! (k_w − 1)·dil_w per row it holds) once for all taps along w, which read it shifted by
+//! whole rows. Warp `(wm, u)` owns dst channels `wm·frags_m·16 ..` and tap `u`.
 //!
 //! Cubes split the dst rows into ranges and write partial sums
 //! `[splits, c_out·groups, taps, c_red]` (channel fastest, so stores coalesce); [`wgrad`]
@@ -58,8 +59,9 @@ struct RowState {
 }
 
 /// The comptime shape of a stage as the producer sees it: `threads` per cube, `bm` dst
-/// channels, `cc` input channels, `ks` segments (or one of `rows_per_seg` rows of `run`
-/// positions) with x halos of `halo` rows, in `vec`-element copies.
+/// channels, `cc` input channels, `ks` segments (each a run of 16 positions along w, or
+/// `rows_per_seg` whole rows of `run` positions) with x halos of `halo` rows, in
+/// `vec`-element copies; segment `s` lies in the stage's dst row `s / seg_per_row`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct StageShape {
     threads: usize,
@@ -69,6 +71,8 @@ struct StageShape {
     halo: usize,
     run: usize,
     rows_per_seg: usize,
+    seg_per_row: usize,
+    stage_rows: usize,
     vec: usize,
 }
 
@@ -154,12 +158,13 @@ fn next_rows(st: &mut RowState, g: &ConvGeo, t: &TileRows, k: i32) {
 #[cube]
 impl Producer {
     /// Issue the `cp.async` copies of the next stage into slot `slot`: `ks·16` dy rows (dst
-    /// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`) of segment group
-    /// `st.sg` of row `st.row`, or, with `rows_per_seg` > 1, of the one segment that holds rows
-    /// `st.row ..` whole (sub-row `sub` at positions `sub·run ..` and halo rows
-    /// `sub·(halo / rows_per_seg) ..`). Chunks outside the problem are zero-filled. The copies
-    /// commit to the slot's barrier, and `st` moves on to the next stage (`spr` segment groups
-    /// per row).
+    /// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`). The stage starts
+    /// at segment group `st.sg` of row `st.row`; its segment `s` lies in row `st.row + s /
+    /// seg_per_row` (or, with `rows_per_seg` > 1, holds rows `st.row + s·rows_per_seg ..`
+    /// whole: sub-row `sub` at positions `sub·run ..` and halo rows `sub·(halo /
+    /// rows_per_seg) ..`). Chunks outside the problem or past the cube's rows are
+    /// zero-filled. The copies commit to the slot's barrier, and `st` moves on to the next
+    /// stage (`spr` segment groups per row, `stage_rows` rows a stage).
     #[allow(clippy::too_many_arguments)]
     fn produce<I: Float>(
         &mut self,
@@ -174,6 +179,7 @@ impl Producer {
     ) {
         let (threads, bm, cc, ks) = comptime!((sh.threads, sh.bm, sh.cc, sh.ks));
         let (halo, run, rows_per_seg, vec) = comptime!((sh.halo, sh.run, sh.rows_per_seg, sh.vec));
+        let (seg_per_row, stage_rows) = comptime!((sh.seg_per_row, sh.stage_rows));
         let (tid, m0, c0) = (self.tid, self.m0, self.c0);
         let a_pitch = comptime!(bm + PAD);
         let b_pitch = comptime!(cc + PAD);
@@ -189,14 +195,21 @@ impl Producer {
                 let p = e / a_chunks;
                 let ch = e % a_chunks;
                 let co = m0 + i32::cast_from(ch * vec);
+                // The dst row (`sub` rows past the stage's first) and w of position p.
                 let mut ow = ow0 + i32::cast_from(p);
                 let mut row_ok = true;
                 let mut dy_row = self.st.dy_row;
-                if comptime!(rows_per_seg > 1) {
-                    let sub = i32::cast_from(p / run);
+                if comptime!(stage_rows > 1) {
+                    let (s, q) = (p / SEG, p % SEG);
+                    let mut sub = s / seg_per_row;
+                    ow = i32::cast_from((s % seg_per_row) * SEG + q);
+                    if comptime!(rows_per_seg > 1) {
+                        sub = s * rows_per_seg + q / run;
+                        ow = i32::cast_from(q % run);
+                    }
+                    let sub = i32::cast_from(sub);
                     let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
-                    ow = i32::cast_from(p % run);
-                    row_ok = p < rows_per_seg * run && self.st.row + sub < self.tile.row_end;
+                    row_ok = q < rows_per_seg * run && self.st.row + sub < self.tile.row_end;
                     dy_row = dy_base(g, &self.tile, n, od, oh);
                 }
                 let ok = row_ok && ow < g.dst_w && co < g.c_out;
@@ -204,7 +217,8 @@ impl Producer {
                 copy_chunk::<I>(dy, dy_row + ow * g.sd_w + co * g.sd_c, ok, a_s, at, vec);
             }
         }
-        // x halos: row hr of segment s reads x at w = ow0 + s·16 − pad_w + hr.
+        // x halos: row hr of segment s reads x at w = (the segment's first position) − pad_w
+        // + hr (per sub-row of `sub_halo` rows when a segment holds several dst rows).
         let b_chunks = comptime!(cc / vec);
         let b_total = comptime!(ks * halo * b_chunks);
         #[unroll]
@@ -217,10 +231,15 @@ impl Producer {
                 let hr = hrow % halo;
                 let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
                 let mut x_row = self.st.x_row;
-                if comptime!(rows_per_seg > 1) {
-                    let sub = i32::cast_from(hr / sub_halo);
+                if comptime!(stage_rows > 1) {
+                    let mut sub = s / seg_per_row;
+                    sw = i32::cast_from((s % seg_per_row) * SEG + hr) - g.pad_w;
+                    if comptime!(rows_per_seg > 1) {
+                        sub = s * rows_per_seg + hr / sub_halo;
+                        sw = i32::cast_from(hr % sub_halo) - g.pad_w;
+                    }
+                    let sub = i32::cast_from(sub);
                     let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
-                    sw = i32::cast_from(hr % sub_halo) - g.pad_w;
                     x_row = select(
                         self.st.row + sub < self.tile.row_end,
                         x_base(g, &self.tile, n, od, oh),
@@ -236,7 +255,7 @@ impl Producer {
         bars.commit(slot);
         self.st.sg += 1;
         if self.st.sg == self.spr {
-            next_rows(&mut self.st, g, &self.tile, i32::cast_from(rows_per_seg));
+            next_rows(&mut self.st, g, &self.tile, i32::cast_from(stage_rows));
         }
     }
 }
@@ -263,6 +282,8 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     #[comptime] halo: usize,
     #[comptime] run: usize,
     #[comptime] rows_per_seg: usize,
+    #[comptime] seg_per_row: usize,
+    #[comptime] stage_rows: usize,
     #[comptime] mk: usize,
     #[comptime] vec: usize,
     #[comptime] stages: usize,
@@ -297,12 +318,12 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         row_start + rows_per_split,
         rows,
     );
-    // Segment groups per row (1 when a segment holds whole rows), rows per stage.
+    // Segment groups per row (1 when a stage holds whole rows), rows per stage.
     let spr = (g.dst_w + i32::cast_from(ks * SEG) - 1) / i32::cast_from(ks * SEG);
-    let rps = i32::cast_from(rows_per_seg);
+    let srows = i32::cast_from(stage_rows);
     let n_stages = select(
         row_end > row_start,
-        (row_end - row_start + rps - 1) / rps * spr,
+        (row_end - row_start + srows - 1) / srows * spr,
         0i32,
     );
     let tr = TileRows {
@@ -395,6 +416,8 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         halo,
         run,
         rows_per_seg,
+        seg_per_row,
+        stage_rows,
         vec,
     });
     #[unroll]
@@ -553,9 +576,13 @@ pub(crate) struct WgradTile {
     /// x rows per segment halo.
     pub halo: usize,
     /// Positions per dst row within a segment (16, or the row length when a segment holds
-    /// `rows_per_seg` > 1 whole rows; then `ks` is 1).
+    /// `rows_per_seg` > 1 whole rows).
     pub run: usize,
     pub rows_per_seg: usize,
+    /// Segments of a stage per dst row (`ks` when a stage is a run within one row).
+    pub seg_per_row: usize,
+    /// Whole dst rows per stage (1: a stage is a run within one row).
+    pub stage_rows: usize,
     pub stages: usize,
 }
 
@@ -570,10 +597,16 @@ impl WgradTile {
     }
 }
 
+/// Segments per stage: 32 positions. With 16 (one MMA k-step a stage, the earlier rule
+/// for rows of ≤ 16) every 24 MMAs of a warp paid a barrier wait and a stage's copy
+/// addressing.
+const STAGE_SEGMENTS: usize = 2;
+
 /// Tile for `c_out` dst and `c_red` input channels per group, a kernel `k_w` wide with
 /// dilation `dil_w`, dst rows `dst_w` long: up to 96 dst channels (48 per warp), up to 64
-/// input channels per chunk, two segments per stage (one for dst rows of ≤ 16; rows of
-/// ≤ 8 share it, as in [`super::conv_pipe`]).
+/// input channels per chunk, `ks` segments per stage. Short rows make whole-row stages:
+/// `ks` is then rounded down to whole rows (rows of ≤ 8 share a segment, as in
+/// [`super::conv_pipe`]); longer rows make stages of `ks` segments along one row.
 pub(crate) fn wgrad_tile(
     c_out: usize,
     c_red: usize,
@@ -581,6 +614,7 @@ pub(crate) fn wgrad_tile(
     dil_w: usize,
     dst_w: usize,
     elem: usize,
+    ks: usize,
 ) -> WgradTile {
     let mf = c_out.div_ceil(16);
     let per = mf.div_ceil(mf.div_ceil(6));
@@ -592,15 +626,25 @@ pub(crate) fn wgrad_tile(
     let cf = c_red.div_ceil(16);
     let cc = 16 * cf.div_ceil(cf.div_ceil(4));
     let (run, rows_per_seg) = segment_rows(dst_w);
+    let segs_row = if rows_per_seg > 1 { 1 } else { dst_w.div_ceil(SEG) };
+    let ks = ks.max(1);
+    let (ks, seg_per_row, stage_rows) = if ks >= segs_row {
+        let rows = ks / segs_row;
+        (rows * segs_row, segs_row, rows * rows_per_seg)
+    } else {
+        (ks, ks, 1)
+    };
     let mut tile = WgradTile {
         warps_m,
         frags_m,
         kw: k_w,
         cc,
-        ks: dst_w.div_ceil(SEG).min(2),
+        ks,
         halo: rows_per_seg * (run + (k_w - 1) * dil_w),
         run,
         rows_per_seg,
+        seg_per_row,
+        stage_rows,
         stages: 0, // stage_slots, once the slot size is known
     };
     tile.stages = stage_slots(tile.stage_bytes(elem), elem);
@@ -615,6 +659,7 @@ fn tile_of(geo: &Geo, dtype: DType) -> WgradTile {
         geo.dil[2] as usize,
         geo.dst[2] as usize,
         dtype.size(),
+        STAGE_SEGMENTS,
     )
 }
 
@@ -651,9 +696,9 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
     // About 512 cubes: on an H200 the six benchmark shapes ran 0–10 % faster than with 1024
     // (fewer f32 partials to write and sum), and 256 left too few cubes at 48/96 channels.
     let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, 512);
-    // Splits start at segment boundaries (the last segment's rows past the end are masked).
+    // Splits start at stage boundaries (the last stage's rows past the end are masked).
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
-    let rows_per_split = rows_per_split.next_multiple_of(tile.rows_per_seg);
+    let rows_per_split = rows_per_split.next_multiple_of(tile.stage_rows);
     let splits = splits.min(rows.div_ceil(rows_per_split)).max(1);
     let parts = SsmTensor::empty(&[splits, co_total, taps, c_red], DType::F32, &x.device);
     let (frag_ty, mk) = fragment(x.dtype);
@@ -679,7 +724,7 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
                 splits as i32,
                 rows_per_split as i32,
                 tile.warps_m, tile.frags_m, tile.kw, tile.cc, tile.ks, tile.halo, tile.run,
-                tile.rows_per_seg, mk, vec,
+                tile.rows_per_seg, tile.seg_per_row, tile.stage_rows, mk, vec,
                 tile.stages,
                 [x.dtype.storage(), frag_ty],
             )
@@ -707,7 +752,7 @@ mod tests {
         for c_out in [16, 24, 48, 96, 112, 192] {
             for c_red in [16, 24, 48, 96, 192] {
                 for elem in [2, 4] {
-                    let t = wgrad_tile(c_out, c_red, 3, 1, 112, elem);
+                    let t = wgrad_tile(c_out, c_red, 3, 1, 112, elem, STAGE_SEGMENTS);
                     assert!(t.frags_m <= 3 && t.warps_m <= 2, "{t:?}");
                     let m_tiles = c_out.div_ceil(t.bm());
                     assert!(m_tiles * t.bm() - c_out < 16 * m_tiles, "{c_out}: {t:?}");
@@ -718,12 +763,23 @@ mod tests {
                 }
             }
         }
-        assert_eq!(wgrad_tile(48, 48, 3, 1, 112, 2).cc, 48);
-        assert_eq!(wgrad_tile(192, 192, 3, 1, 28, 2).cc, 64);
-        // Rows of 8 share a segment: two sub-halos of 8 + 2·2 rows.
-        let t = wgrad_tile(48, 48, 3, 2, 8, 2);
-        assert_eq!((t.run, t.rows_per_seg, t.halo, t.ks), (8, 2, 24, 1));
-        let t = wgrad_tile(48, 48, 3, 1, 28, 2);
-        assert_eq!((t.run, t.rows_per_seg, t.halo, t.ks), (16, 1, 18, 2));
+        let tile = |c_out, c_red, dil_w, dst_w, ks| wgrad_tile(c_out, c_red, 3, dil_w, dst_w, 2, ks);
+        assert_eq!(tile(48, 48, 1, 112, 2).cc, 48);
+        assert_eq!(tile(192, 192, 1, 28, 2).cc, 64);
+        // (run, rows per segment, halo, segments, segments per row, rows) of a stage.
+        let layout = |t: WgradTile| (t.run, t.rows_per_seg, t.halo, t.ks, t.seg_per_row, t.stage_rows);
+        // Rows of 8 share a segment (two sub-halos of 8 + 2·2 rows); a stage of two
+        // segments holds four rows.
+        assert_eq!(layout(tile(48, 48, 2, 8, 1)), (8, 2, 24, 1, 1, 2));
+        assert_eq!(layout(tile(48, 48, 2, 8, 2)), (8, 2, 24, 2, 1, 4));
+        // Rows of 9..16: a segment each, whole-row stages.
+        assert_eq!(layout(tile(96, 96, 1, 16, 2)), (16, 1, 18, 2, 1, 2));
+        // Rows of two segments: one row a stage, or two; three segments round down to one row.
+        assert_eq!(layout(tile(48, 48, 1, 32, 2)), (16, 1, 18, 2, 2, 1));
+        assert_eq!(layout(tile(48, 48, 1, 32, 4)), (16, 1, 18, 4, 2, 2));
+        assert_eq!(layout(tile(48, 48, 1, 32, 3)), (16, 1, 18, 2, 2, 1));
+        // Longer rows: runs of `ks` segments along one row.
+        assert_eq!(layout(tile(48, 48, 1, 28, 1)), (16, 1, 18, 1, 1, 1));
+        assert_eq!(layout(tile(48, 48, 1, 112, 2)), (16, 1, 18, 2, 2, 1));
     }
 }

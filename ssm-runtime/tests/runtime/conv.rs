@@ -679,7 +679,9 @@ fn conv_tensor_cores_match_host() {
     // partial tiles, a grouped dilated one, a causal 1-D one with a channel count off the 16
     // grid, a pointwise one (one tap: no split, the bias added in the only pass), and one
     // with more dst channels than one tile holds and dst rows of partial 16-position segments,
-    // and a 64-channel one (bf16 stages then reduce 32 channels, two per tap group).
+    // a 64-channel one (bf16 stages then reduce 32 channels, two per tap group), and one of
+    // rows shorter than a segment in an odd count (the weight gradient's two-row stages end
+    // half past the rows).
     let cases = [
         (
             vec![2usize, 48, 6, 7, 5],
@@ -705,6 +707,12 @@ fn conv_tensor_cores_match_host() {
         (
             vec![1, 64, 3, 4, 20],
             64,
+            vec![3, 3, 3],
+            ConvSpec::new().same(),
+        ),
+        (
+            vec![1, 32, 3, 5, 12],
+            32,
             vec![3, 3, 3],
             ConvSpec::new().same(),
         ),
