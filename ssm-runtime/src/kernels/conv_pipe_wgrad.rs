@@ -597,10 +597,22 @@ impl WgradTile {
     }
 }
 
-/// Segments per stage: 32 positions. With 16 (one MMA k-step a stage, the earlier rule
-/// for rows of ≤ 16) every 24 MMAs of a warp paid a barrier wait and a stage's copy
-/// addressing.
-const STAGE_SEGMENTS: usize = 2;
+/// Segments per stage for dst rows of `dst_w` positions and operands of `elem` bytes.
+/// Rows of at most 16 make whole-row stages of four segments (bf16; TF32 only for rows of
+/// at most 8); longer rows runs of two along one row. H200, channels-last µs (one / two /
+/// four segments): bf16 at 96 channels (rows of 16) 316 / 258 / 231, at 192 (rows of 8)
+/// 215 / 186 / 183; TF32 at 192 487 / 453 / 431, but at 96 492 / 779 / 731 (not
+/// understood; kept at one); at 48 (rows of 32) four segments, two rows a stage, ran 80 %
+/// slower than two in both types (fewer cubes fit an SM).
+fn stage_segments(dst_w: usize, elem: usize) -> usize {
+    if dst_w > SEG {
+        2
+    } else if elem == 2 || dst_w <= SEG / 2 {
+        4
+    } else {
+        1
+    }
+}
 
 /// Tile for `c_out` dst and `c_red` input channels per group, a kernel `k_w` wide with
 /// dilation `dil_w`, dst rows `dst_w` long: up to 96 dst channels (48 per warp), up to 64
@@ -626,7 +638,11 @@ pub(crate) fn wgrad_tile(
     let cf = c_red.div_ceil(16);
     let cc = 16 * cf.div_ceil(cf.div_ceil(4));
     let (run, rows_per_seg) = segment_rows(dst_w);
-    let segs_row = if rows_per_seg > 1 { 1 } else { dst_w.div_ceil(SEG) };
+    let segs_row = if rows_per_seg > 1 {
+        1
+    } else {
+        dst_w.div_ceil(SEG)
+    };
     let ks = ks.max(1);
     let (ks, seg_per_row, stage_rows) = if ks >= segs_row {
         let rows = ks / segs_row;
@@ -659,7 +675,7 @@ fn tile_of(geo: &Geo, dtype: DType) -> WgradTile {
         geo.dil[2] as usize,
         geo.dst[2] as usize,
         dtype.size(),
-        STAGE_SEGMENTS,
+        stage_segments(geo.dst[2] as usize, dtype.size()),
     )
 }
 
@@ -752,7 +768,7 @@ mod tests {
         for c_out in [16, 24, 48, 96, 112, 192] {
             for c_red in [16, 24, 48, 96, 192] {
                 for elem in [2, 4] {
-                    let t = wgrad_tile(c_out, c_red, 3, 1, 112, elem, STAGE_SEGMENTS);
+                    let t = wgrad_tile(c_out, c_red, 3, 1, 112, elem, stage_segments(112, elem));
                     assert!(t.frags_m <= 3 && t.warps_m <= 2, "{t:?}");
                     let m_tiles = c_out.div_ceil(t.bm());
                     assert!(m_tiles * t.bm() - c_out < 16 * m_tiles, "{c_out}: {t:?}");
@@ -763,11 +779,21 @@ mod tests {
                 }
             }
         }
-        let tile = |c_out, c_red, dil_w, dst_w, ks| wgrad_tile(c_out, c_red, 3, dil_w, dst_w, 2, ks);
+        let tile =
+            |c_out, c_red, dil_w, dst_w, ks| wgrad_tile(c_out, c_red, 3, dil_w, dst_w, 2, ks);
         assert_eq!(tile(48, 48, 1, 112, 2).cc, 48);
         assert_eq!(tile(192, 192, 1, 28, 2).cc, 64);
         // (run, rows per segment, halo, segments, segments per row, rows) of a stage.
-        let layout = |t: WgradTile| (t.run, t.rows_per_seg, t.halo, t.ks, t.seg_per_row, t.stage_rows);
+        let layout = |t: WgradTile| {
+            (
+                t.run,
+                t.rows_per_seg,
+                t.halo,
+                t.ks,
+                t.seg_per_row,
+                t.stage_rows,
+            )
+        };
         // Rows of 8 share a segment (two sub-halos of 8 + 2·2 rows); a stage of two
         // segments holds four rows.
         assert_eq!(layout(tile(48, 48, 2, 8, 1)), (8, 2, 24, 1, 1, 2));
@@ -781,5 +807,10 @@ mod tests {
         // Longer rows: runs of `ks` segments along one row.
         assert_eq!(layout(tile(48, 48, 1, 28, 1)), (16, 1, 18, 1, 1, 1));
         assert_eq!(layout(tile(48, 48, 1, 112, 2)), (16, 1, 18, 2, 2, 1));
+        // The benchmark rows: 32 (two segments), 16 (four rows a stage, bf16 only) and 8
+        // (two rows a segment, eight a stage).
+        assert_eq!(stage_segments(32, 2), 2);
+        assert_eq!((stage_segments(16, 2), stage_segments(16, 4)), (4, 1));
+        assert_eq!((stage_segments(8, 2), stage_segments(8, 4)), (4, 4));
     }
 }
