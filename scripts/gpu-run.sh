@@ -6,7 +6,12 @@
 # Logs and criterion output go to $OUT when set (the device tool returns that folder).
 set -uo pipefail
 BIN=/tmp/ssm-bin
-mkdir -p "$BIN" && tar -C "$BIN" --strip-components=1 -xJf stage/bin.tar.xz
+# Unpack once per staged build (a sweep calls this script per line; xz takes seconds).
+stamp=$(cksum < stage/bin.tar.xz)
+if [ "$(cat "$BIN/.stamp" 2>/dev/null)" != "$stamp" ]; then
+  rm -rf "$BIN" && mkdir -p "$BIN" && tar -C "$BIN" --strip-components=1 -xJf stage/bin.tar.xz
+  echo "$stamp" > "$BIN/.stamp"
+fi
 export SSM_DEVICE="${SSM_DEVICE:-cuda}"
 OUT="${OUT:-/tmp/ssm-out}"
 mkdir -p "$OUT"

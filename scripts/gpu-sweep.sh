@@ -24,5 +24,7 @@ while read -r label filter vars; do
   # shellcheck disable=SC2086 # vars is a list of VAR=value words
   env $vars bash stage/gpu-run.sh bench model_ops "$filter" > /dev/null 2>&1
   mv "$OUT/bench-model_ops.log" "$OUT/sweep-$label.log"
-  awk -v L="$label" '/^[a-z0-9_]+\//{n=$1} /^ *time:/{print L, n, $4, $5}' "$OUT/sweep-$label.log"
+  # The first `time:` line after a bench's name holds its median; a second one (criterion's
+  # change against an earlier run in the same folder) is skipped.
+  awk -v L="$label" '/^[a-z0-9_]+\//{n=$1; seen=0} /^ *time:/ && !seen {print L, n, $4, $5; seen=1}' "$OUT/sweep-$label.log"
 done < "$file"
