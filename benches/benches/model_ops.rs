@@ -16,15 +16,94 @@
 //!   LayerNorm). Throughput counts the bytes of one read of x and one write of y (fwd) or
 //!   reads of x and dy and one write of dx (bwd).
 //!
-//! Sizes are scaled down on Vulkan (which in CI is a CPU).
+//! Sizes are scaled down on Vulkan (which in CI is a CPU). A case whose benches the
+//! command line's filter cannot match skips its setup too (operands, and the conv
+//! availability check that runs all three passes once): on an H200 the setup of every case
+//! took about 50 s, paid by each filtered call.
 
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented functions
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use regex::Regex;
 use ssm_benches::{device, is_gpu, time_batched};
 use ssm_runtime::{ConvImpl, ConvSpec, DType, Layout, Norm, NormNeeds, Tensor};
+
+/// Criterion's bench filter from the command line: its first positional argument (a regex
+/// searched in each bench id, or the whole id with `--exact`).
+enum Filter {
+    All,
+    Search(Regex),
+    Exact(String),
+}
+
+impl Filter {
+    fn from_args() -> Filter {
+        // Criterion's options that take their value as the next argument.
+        const WITH_VALUE: &[&str] = &[
+            "-c",
+            "--color",
+            "-s",
+            "--save-baseline",
+            "-b",
+            "--baseline",
+            "--baseline-lenient",
+            "--load-baseline",
+            "--sample-size",
+            "--warm-up-time",
+            "--measurement-time",
+            "--nresamples",
+            "--noise-threshold",
+            "--confidence-level",
+            "--significance-level",
+            "--profile-time",
+            "--plotting-backend",
+            "--output-format",
+            "--format",
+            "--logfile",
+        ];
+        let mut args = std::env::args().skip(1);
+        let mut exact = false;
+        let mut filter = None;
+        while let Some(a) = args.next() {
+            if a == "--exact" {
+                exact = true;
+            } else if WITH_VALUE.contains(&a.as_str()) {
+                args.next();
+            } else if !a.starts_with('-') && filter.is_none() {
+                filter = Some(a);
+            }
+        }
+        match filter {
+            None => Filter::All,
+            Some(f) if exact => Filter::Exact(f),
+            // Criterion rejects a filter that is not a regex; so does this (same message).
+            Some(f) => Filter::Search(Regex::new(&f).expect("invalid filter regex")),
+        }
+    }
+
+    /// Whether any of the bench ids `ids` runs under this filter.
+    fn any(&self, ids: &[String]) -> bool {
+        ids.iter().any(|id| match self {
+            Filter::All => true,
+            Filter::Search(r) => r.is_match(id),
+            Filter::Exact(f) => f == id,
+        })
+    }
+}
+
+/// Whether a case with benches `group/case/pass` for `passes` is worth setting up.
+fn wanted(group: &str, case: &str, passes: &[&str]) -> bool {
+    static FILTER: std::sync::OnceLock<Filter> = std::sync::OnceLock::new();
+    let ids: Vec<String> = passes
+        .iter()
+        .map(|p| format!("{group}/{case}/{p}"))
+        .collect();
+    FILTER.get_or_init(Filter::from_args).any(&ids)
+}
+
+const CONV_PASSES: &[&str] = &["fwd", "bwd_data", "bwd_weight"];
 
 /// (N, C, H, W, D) shapes.
 fn conv_shapes(gpu: bool) -> Vec<[usize; 5]> {
@@ -86,6 +165,20 @@ fn conv_group(c: &mut Criterion, k: ConvKernel) {
         let flop = 2 * n * ch * ch * 27 * h * w * dd;
         g.throughput(Throughput::Elements(flop as u64));
         let name = format!("{n}x{ch}x{h}x{w}x{dd}");
+        let tag = |layout: Layout| {
+            let l = if layout == Layout::ChannelsLast {
+                "cl"
+            } else {
+                "cf"
+            };
+            format!("{kernel}_{l}")
+        };
+        let layouts: Vec<Layout> = (k.layouts.iter().copied())
+            .filter(|&l| wanted("conv3d", &format!("{name}/{}", tag(l)), CONV_PASSES))
+            .collect();
+        if layouts.is_empty() {
+            continue;
+        }
         let Ok(weight) = rand(&[ch, ch, 3, 3, 3], 2)
             .mul_scalar(0.05)
             .and_then(|w| w.to_dtype(k.dtype))
@@ -93,18 +186,11 @@ fn conv_group(c: &mut Criterion, k: ConvKernel) {
             eprintln!("conv3d {name} {kernel}: {} not available on {d}", k.dtype);
             continue;
         };
-        for &layout in k.layouts {
+        for layout in layouts {
             let spec = ConvSpec::new().same().layout(layout).allow_tf32(k.tf32);
             let shape = layout.shape(n, ch, &[h, w, dd]);
             let x = rand(&shape, 1).to_dtype(k.dtype).unwrap();
-            let tag = format!(
-                "{kernel}_{}",
-                if layout == Layout::ChannelsLast {
-                    "cl"
-                } else {
-                    "cf"
-                }
-            );
+            let tag = tag(layout);
             if !available(&x, &weight, &spec, which) {
                 eprintln!("conv3d {name} {tag}: not available on {d}");
                 continue;
@@ -209,6 +295,9 @@ fn norms(c: &mut Criterion) {
         ("in_cf", Norm::Instance, Layout::ChannelsFirst, false),
         ("in_cl", Norm::Instance, Layout::ChannelsLast, false),
     ] {
+        if !wanted("norm", name, &["fwd", "bwd"]) {
+            continue;
+        }
         let shape = layout.shape(n, ch, &[h, w, dd]);
         let x = rand(&shape, 5);
         let dy = rand(&shape, 6);
