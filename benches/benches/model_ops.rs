@@ -75,6 +75,10 @@ impl Filter {
                 filter = Some(a);
             }
         }
+        if let Some(f) = &filter {
+            // Visible, so a filter taken from the wrong argument does not pass unnoticed.
+            eprintln!("model_ops: setting up only the cases with a bench matching `{f}`");
+        }
         match filter {
             None => Filter::All,
             Some(f) if exact => Filter::Exact(f),
