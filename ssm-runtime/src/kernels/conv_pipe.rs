@@ -38,6 +38,7 @@ use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, position_grid, src_coord, sum_tap_splits, tap_splits};
 use crate::kernels::conv_mma::fragment;
+use crate::kernels::conv_tune::{check_fits, conv_tune};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment: a run along w within one dst row, one 16-row MMA block (one
@@ -931,28 +932,40 @@ pub(crate) fn segment_rows(dst_w: usize) -> (usize, usize) {
 }
 
 /// The tile for `geo` on `device`: [`tile_for`] its shared memory, then [`balanced`] over
-/// its multiprocessors.
+/// its multiprocessors, then any `SSM_CONV_TUNE` overrides ([`super::conv_tune`]).
 fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
     let max_shared = device.max_shared_memory();
-    let tile = tile_for(
+    let elem = dtype.size();
+    let tune = conv_tune();
+    let (c_out, k_w, st_w) = (
         geo.c_out as usize,
         geo.k[2] as usize,
         geo.stride[2] as usize,
-        geo.dil[2] as usize,
-        geo.dst[2] as usize,
-        reduce_depth(geo.c_red as usize, dtype.size()),
-        dtype.size(),
-        max_shared,
     );
+    let (dil_w, dst_w) = (geo.dil[2] as usize, geo.dst[2] as usize);
+    let bk = reduce_depth(geo.c_red as usize, elem);
+    let tile = match tune.fwd_warps_m {
+        Some(warps_m) => pipe_tile(c_out, k_w, st_w, dil_w, dst_w, bk, elem, warps_m),
+        None => tile_for(c_out, k_w, st_w, dil_w, dst_w, bk, elem, max_shared),
+    };
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
-    let (dst_w, c_out, groups) = (geo.dst[2] as usize, geo.c_out as usize, geo.groups as usize);
-    balanced(
+    let groups = geo.groups as usize;
+    let mut tile = balanced(
         tile,
         |t| t.cubes(rows, dst_w, c_out, groups),
-        dtype.size(),
+        elem,
         device.multiprocessors(),
         max_shared,
-    )
+    );
+    if let Some(frags_m) = tune.fwd_frags_m {
+        tile.frags_m = frags_m;
+        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
+    }
+    if let Some(slots) = tune.fwd_slots {
+        tile.stages = slots;
+    }
+    check_fits("forward", tile.shared_bytes(elem), max_shared);
+    tile
 }
 
 /// bf16 warps of three segments (two stage slots) where that evens out the cubes: when
@@ -1110,7 +1123,10 @@ pub(crate) fn gemm(
     let (m_tiles, n_tiles) = tile.tiles(rows, dst_w, geo.c_out as usize);
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
-    let k_splits = tap_splits(cubes, tap_groups, split_target(src.dtype));
+    let target = conv_tune()
+        .fwd_split_target
+        .unwrap_or_else(|| split_target(src.dtype));
+    let k_splits = tap_splits(cubes, tap_groups, target);
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
     let (frag_ty, mk) = fragment(src.dtype);
     let vec = copy_granule(src.dtype);

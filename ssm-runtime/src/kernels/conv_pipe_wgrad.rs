@@ -26,6 +26,7 @@ use crate::kernels::conv_pipe::{
     SEG, SlotBarriers, copy_chunk, copy_granule, rows_aligned, seg_row, segment_rows, stage_slots,
     usable,
 };
+use crate::kernels::conv_tune::{check_fits, conv_tune};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Shared-row padding in elements: 16 bytes for bf16 (conflict-free `ldmatrix`), 32 for
@@ -667,16 +668,29 @@ pub(crate) fn wgrad_tile(
     tile
 }
 
-fn tile_of(geo: &Geo, dtype: DType) -> WgradTile {
-    wgrad_tile(
+/// The tile for `geo`: [`wgrad_tile`] with [`stage_segments`], then any `SSM_CONV_TUNE`
+/// overrides ([`super::conv_tune`]) checked against `max_shared`.
+fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
+    let (elem, dst_w) = (dtype.size(), geo.dst[2] as usize);
+    let tune = conv_tune();
+    let mut tile = wgrad_tile(
         geo.c_out as usize,
         geo.c_red as usize,
         geo.k[2] as usize,
         geo.dil[2] as usize,
-        geo.dst[2] as usize,
-        dtype.size(),
-        stage_segments(geo.dst[2] as usize, dtype.size()),
-    )
+        dst_w,
+        elem,
+        tune.wgrad_ks.unwrap_or_else(|| stage_segments(dst_w, elem)),
+    );
+    if let Some(slots) = tune.wgrad_slots {
+        tile.stages = slots;
+    }
+    check_fits(
+        "weight-gradient",
+        tile.stages * tile.stage_bytes(elem),
+        max_shared,
+    );
+    tile
 }
 
 /// Whether [`wgrad`] can run this problem: the device and alignment rules of
@@ -689,7 +703,7 @@ pub(crate) fn fits(x: &SsmTensor, dy: &SsmTensor, geo: &Geo, channels_last: bool
         return false;
     }
     let granule = copy_granule(dtype) as i32;
-    let tile = tile_of(geo, dtype);
+    let tile = tile_of(geo, dtype, x.device.max_shared_memory());
     rows_aligned(x.offset, &geo.ss, dtype)
         && rows_aligned(dy.offset, &geo.sd, dtype)
         && geo.c_red % granule == 0
@@ -701,7 +715,7 @@ pub(crate) fn fits(x: &SsmTensor, dy: &SsmTensor, geo: &Geo, channels_last: bool
 /// Weight gradient `[1, c_out·groups, c_red·taps]` (PyTorch weight order); the caller
 /// checked [`fits`].
 pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
-    let tile = tile_of(geo, x.dtype);
+    let tile = tile_of(geo, x.dtype, x.device.max_shared_memory());
     let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
     let c_red = geo.c_red as usize;
     let co_total = (geo.c_out * geo.groups) as usize;
@@ -711,7 +725,8 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
     let tiles = x_tiles * m_tiles * geo.groups as usize;
     // About 512 cubes: on an H200 the six benchmark shapes ran 0–10 % faster than with 1024
     // (fewer f32 partials to write and sum), and 256 left too few cubes at 48/96 channels.
-    let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, 512);
+    let target = conv_tune().wgrad_target.unwrap_or(512);
+    let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, target);
     // Splits start at stage boundaries (the last stage's rows past the end are masked).
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
     let rows_per_split = rows_per_split.next_multiple_of(tile.stage_rows);

@@ -7,6 +7,7 @@ pub mod conv;
 pub(crate) mod conv_mma;
 pub(crate) mod conv_pipe;
 pub(crate) mod conv_pipe_wgrad;
+pub(crate) mod conv_tune;
 pub(crate) mod copy;
 pub mod elementwise;
 pub(crate) mod fill;

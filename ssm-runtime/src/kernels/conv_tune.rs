@@ -1,0 +1,149 @@
+//! `SSM_CONV_TUNE`: overrides of the pipelined convolution kernels' tile rules, for tuning
+//! sweeps on a GPU without a build per setting.
+//!
+//! The value is a comma-separated list of `key=value` (whole numbers), read once:
+//!
+//! | key | overrides | rule it replaces |
+//! | --- | --- | --- |
+//! | `fwd.warps_m` | warps along the positions (forward / backward-data) | `tile_for` |
+//! | `fwd.frags_m` | segments a warp | `balanced` |
+//! | `fwd.slots` | stage slots | `stage_slots` |
+//! | `fwd.split_target` | cubes below which the taps split | `split_target` |
+//! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
+//! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
+//! | `wgrad.target` | cubes the row splits aim for | 512 |
+//!
+//! e.g. `SSM_CONV_TUNE=wgrad.ks=4,wgrad.target=256`. Unset, the rules hold. A tile the
+//! device cannot hold is refused with a panic rather than left to another kernel, so a
+//! sweep never times something other than it asked for. Settings outside the rules are
+//! not covered by the GPU tests: adopt one as a rule, with its tests, before relying on it.
+
+use std::sync::OnceLock;
+
+/// The overrides (`None`: the rule decides).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvTune {
+    pub fwd_warps_m: Option<usize>,
+    pub fwd_frags_m: Option<usize>,
+    pub fwd_slots: Option<usize>,
+    pub fwd_split_target: Option<usize>,
+    pub wgrad_ks: Option<usize>,
+    pub wgrad_slots: Option<usize>,
+    pub wgrad_target: Option<usize>,
+}
+
+const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.slots, fwd.split_target, wgrad.ks, \
+                    wgrad.slots, wgrad.target";
+
+impl ConvTune {
+    /// Parse `key=value,...`; an empty string overrides nothing.
+    pub(crate) fn parse(text: &str) -> Result<ConvTune, String> {
+        let mut t = ConvTune::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` is not key=value"))?;
+            let n: usize = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("`{item}`: the value must be a whole number above 0"))?;
+            // The kernels' limits: four slot barriers (one slot cannot overlap a copy with
+            // its reads), 32 warps a cube (two along the channels), registers for four
+            // 16-row accumulator blocks a warp.
+            let (slot, max) = match key.trim() {
+                "fwd.warps_m" => (&mut t.fwd_warps_m, 16),
+                "fwd.frags_m" => (&mut t.fwd_frags_m, 4),
+                "fwd.slots" => (&mut t.fwd_slots, 4),
+                "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
+                "wgrad.ks" => (&mut t.wgrad_ks, 16),
+                "wgrad.slots" => (&mut t.wgrad_slots, 4),
+                "wgrad.target" => (&mut t.wgrad_target, usize::MAX),
+                other => return Err(format!("unknown key `{other}` (known: {KEYS})")),
+            };
+            let min = if key.trim().ends_with(".slots") { 2 } else { 1 };
+            if !(min..=max).contains(&n) {
+                return Err(format!("`{item}`: the value must lie in {min}..={max}"));
+            }
+            *slot = Some(n);
+        }
+        Ok(t)
+    }
+
+    /// Whether anything is overridden.
+    pub(crate) fn active(&self) -> bool {
+        *self != ConvTune::default()
+    }
+}
+
+/// The process's overrides from `SSM_CONV_TUNE` (read once; a malformed value panics with
+/// what is wrong, since a sweep must not run on a setting it did not ask for).
+pub(crate) fn conv_tune() -> &'static ConvTune {
+    static TUNE: OnceLock<ConvTune> = OnceLock::new();
+    TUNE.get_or_init(|| match std::env::var("SSM_CONV_TUNE") {
+        Ok(v) => ConvTune::parse(&v).unwrap_or_else(|e| panic!("SSM_CONV_TUNE: {e}")),
+        Err(_) => ConvTune::default(),
+    })
+}
+
+/// Refuse an overridden tile that needs `bytes` of shared memory where the device has
+/// `max`: with the rules' tiles the caller would quietly take another kernel.
+pub(crate) fn check_fits(what: &str, bytes: usize, max: usize) {
+    if conv_tune().active() && bytes > max {
+        panic!(
+            "SSM_CONV_TUNE: the {what} tile needs {bytes} bytes of shared memory, the device \
+             has {max}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_overrides_and_refuses_what_it_cannot_use() {
+        assert_eq!(ConvTune::parse("").unwrap(), ConvTune::default());
+        assert!(!ConvTune::parse(" , ").unwrap().active());
+        let t = ConvTune::parse("wgrad.ks=4, wgrad.target=256,fwd.frags_m=3").unwrap();
+        assert_eq!(
+            t,
+            ConvTune {
+                wgrad_ks: Some(4),
+                wgrad_target: Some(256),
+                fwd_frags_m: Some(3),
+                ..ConvTune::default()
+            }
+        );
+        assert!(t.active());
+        let e = ConvTune::parse("wgrad.kz=4").unwrap_err();
+        assert!(
+            e.contains("unknown key `wgrad.kz`") && e.contains("wgrad.ks"),
+            "{e}"
+        );
+        let e = ConvTune::parse("fwd.slots").unwrap_err();
+        assert!(e.contains("not key=value"), "{e}");
+        for bad in ["fwd.slots=0", "fwd.slots=-1", "fwd.slots=two"] {
+            let e = ConvTune::parse(bad).unwrap_err();
+            assert!(e.contains("whole number above 0"), "{bad}: {e}");
+        }
+        for bad in [
+            "fwd.slots=1",
+            "wgrad.slots=5",
+            "fwd.frags_m=5",
+            "fwd.warps_m=17",
+        ] {
+            let e = ConvTune::parse(bad).unwrap_err();
+            assert!(e.contains("must lie in"), "{bad}: {e}");
+        }
+        assert_eq!(
+            ConvTune::parse("wgrad.slots=2,fwd.warps_m=16").unwrap(),
+            ConvTune {
+                wgrad_slots: Some(2),
+                fwd_warps_m: Some(16),
+                ..ConvTune::default()
+            }
+        );
+    }
+}
