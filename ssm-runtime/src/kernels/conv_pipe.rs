@@ -192,7 +192,7 @@ struct Producer {
 /// segment is `rows_per_seg` whole dst rows when those are short, else a run of up to
 /// [`SEG`] positions of one row (`segs_per_row` per row).
 #[cube]
-fn seg_place(
+pub(crate) fn seg_place(
     gs: i32,
     sub: i32,
     off: i32,

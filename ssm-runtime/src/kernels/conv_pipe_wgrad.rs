@@ -23,8 +23,8 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SEG, SlotBarriers, copy_chunk, copy_granule, rows_aligned, seg_row, segment_rows, stage_slots,
-    usable,
+    SEG, SlotBarriers, copy_chunk, copy_granule, rows_aligned, seg_place, seg_row, segment_rows,
+    stage_slots, usable,
 };
 use crate::kernels::conv_tune::{check_fits, conv_tune};
 use crate::tensor::Tensor as SsmTensor;
@@ -202,13 +202,14 @@ impl Producer {
                 let mut dy_row = self.st.dy_row;
                 if comptime!(stage_rows > 1) {
                     let (s, q) = (p / SEG, p % SEG);
-                    let mut sub = s / seg_per_row;
-                    ow = i32::cast_from((s % seg_per_row) * SEG + q);
-                    if comptime!(rows_per_seg > 1) {
-                        sub = s * rows_per_seg + q / run;
-                        ow = i32::cast_from(q % run);
-                    }
-                    let sub = i32::cast_from(sub);
+                    let (sub, w) = seg_place(
+                        i32::cast_from(s),
+                        i32::cast_from(q / run),
+                        i32::cast_from(q % run),
+                        i32::cast_from(seg_per_row),
+                        rows_per_seg,
+                    );
+                    ow = w;
                     let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
                     row_ok = q < rows_per_seg * run && self.st.row + sub < self.tile.row_end;
                     dy_row = dy_base(g, &self.tile, n, od, oh);
@@ -233,13 +234,14 @@ impl Producer {
                 let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
                 let mut x_row = self.st.x_row;
                 if comptime!(stage_rows > 1) {
-                    let mut sub = s / seg_per_row;
-                    sw = i32::cast_from((s % seg_per_row) * SEG + hr) - g.pad_w;
-                    if comptime!(rows_per_seg > 1) {
-                        sub = s * rows_per_seg + hr / sub_halo;
-                        sw = i32::cast_from(hr % sub_halo) - g.pad_w;
-                    }
-                    let sub = i32::cast_from(sub);
+                    let (sub, w) = seg_place(
+                        i32::cast_from(s),
+                        i32::cast_from(hr / sub_halo),
+                        i32::cast_from(hr % sub_halo),
+                        i32::cast_from(seg_per_row),
+                        rows_per_seg,
+                    );
+                    sw = w - g.pad_w;
                     let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
                     x_row = select(
                         self.st.row + sub < self.tile.row_end,
