@@ -24,6 +24,7 @@ use cubecl::prelude::*;
 use crate::device::record_launch;
 use crate::dispatch;
 use crate::kernels::launch::{ELEMWISE_CUBE, elemwise_grid};
+use crate::kernels::split_sum::split_sum;
 use crate::tensor::Tensor as SsmTensor;
 
 /// Geometry of a convolution-like launch. "src" is the operand gathered through the window
@@ -1024,7 +1025,7 @@ pub(crate) fn sum_tap_splits(out: SsmTensor, k_splits: usize, dst_shape: &[usize
     if k_splits == 1 {
         out.reshape(dst_shape).expect("same numel")
     } else {
-        out.sum(&[0], false).expect("sum over splits")
+        split_sum(&out, dst_shape, None)
     }
 }
 

@@ -27,6 +27,7 @@ use crate::kernels::conv_pipe::{
     stage_slots, usable,
 };
 use crate::kernels::conv_tune::{check_fits, conv_tune};
+use crate::kernels::split_sum::split_sum;
 use crate::tensor::Tensor as SsmTensor;
 
 /// Shared-row padding in elements: 16 bytes for bf16 (conflict-free `ldmatrix`), 32 for
@@ -763,17 +764,12 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
             )
         }
     });
-    let summed = if splits == 1 {
-        parts.reshape(&[co_total, taps, c_red])
-    } else {
-        parts.sum(&[0], false)
-    }
-    .expect("same numel");
-    summed
-        .permute(&[0, 2, 1])
-        .and_then(|t| t.compact())
-        .and_then(|t| t.reshape(&[1, co_total, c_red * taps]))
-        .expect("a weight-gradient permute")
+    // The splits' sum and the permute to the weight's [c_out, c_red, tap] in one pass.
+    split_sum(
+        &parts,
+        &[1, co_total, c_red * taps],
+        Some((co_total, taps, c_red)),
+    )
 }
 
 #[cfg(test)]

@@ -23,4 +23,5 @@ pub mod reduce;
 pub mod resize;
 pub mod reverse_attention;
 pub mod rows;
+pub(crate) mod split_sum;
 pub(crate) mod transpose;

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::kernels::conv::{self as k, Geo};
 use crate::kernels::conv_mma as tc;
 use crate::kernels::conv_pipe;
+use crate::kernels::split_sum::split_sum;
 use crate::ops::cast::require_bf16_device;
 use crate::ops::elementwise::require_float;
 use crate::shape::contiguous_strides;
@@ -645,10 +646,13 @@ fn checked_bias(op: &'static str, b: &Tensor, p: &ConvProblem, weight: &Tensor) 
     b.compact()
 }
 
-/// A weight gradient from per-split partial sums along `axis`, in `weight_shape`.
+/// A weight gradient from per-split partial sums along `axis`, in `weight_shape` (split
+/// partials leading and contiguous: [`split_sum`]; else the generic reduction).
 fn summed_parts(parts: Tensor, axis: usize, weight_shape: &[usize]) -> Result<Tensor> {
     if parts.shape()[axis] == 1 {
         parts.reshape(weight_shape)
+    } else if axis == 0 && parts.is_contiguous() {
+        Ok(split_sum(&parts, weight_shape, None))
     } else {
         parts.sum(&[axis as isize], false)?.reshape(weight_shape)
     }
