@@ -10,12 +10,28 @@ use crate::device::record_launch;
 use crate::dispatch;
 use crate::tensor::Tensor as SsmTensor;
 
-/// Tile edge (elements); a cube of `TILE × ROWS` units moves one tile.
-const TILE: usize = 32;
-/// Unit rows per cube: each unit moves `TILE / ROWS` elements each way.
+/// Units along a tile row (one warp).
+const WARP: usize = 32;
+/// Unit rows per cube.
 const ROWS: usize = 8;
-/// Padded tile row: a column read of the tile hits 32 different banks.
-const PITCH: usize = TILE + 1;
+
+/// Tile edge (elements) for `elem`-byte elements; a cube of `WARP × ROWS` units moves one
+/// tile. 64 (16 elements a unit each way) for elements up to 4 bytes: with 32-element
+/// tiles (four a unit) too few bytes were in flight, and the 19 MB bf16 transpose of a
+/// 96-channel activation ran at 1.8 TB/s on an H200 (21.3 µs; 64: 16.7–17.2 µs). A small
+/// transpose pays a little (a 0.5 MB weight, 243 cubes → 82: 3.6 → 4.0 µs). 32 for 8-byte
+/// elements, whose 64-element tile would pass 32 KiB of shared memory (Vulkan's
+/// guaranteed size).
+fn tile(elem: usize) -> usize {
+    if elem >= 8 { WARP } else { 2 * WARP }
+}
+
+/// Padded tile row (elements): a whole number of 4-byte banks plus an odd one, so a
+/// column read of the tile hits 32 different banks (for 8-byte elements, whose accesses
+/// go by half-warps, an odd number of 8-byte words).
+fn pitch(tile: usize, elem: usize) -> usize {
+    tile + (4 / elem).max(1)
+}
 
 /// Smallest run on either side worth a tile: narrower ones leave most of each tile empty.
 const MIN_SIDE: usize = 8;
@@ -31,6 +47,8 @@ fn transpose_kernel<T: Numeric>(
     tiles_c: usize,
     tiles_per_batch: usize,
     tiles: usize,
+    #[comptime] tile: usize,
+    #[comptime] pitch: usize,
     #[define(T)] _d: StorageType,
 ) {
     let cube = CUBE_POS;
@@ -38,27 +56,33 @@ fn transpose_kernel<T: Numeric>(
     if cube < tiles {
         let b = cube / tiles_per_batch;
         let t = cube % tiles_per_batch;
-        let r0 = (t / tiles_c) * TILE;
-        let c0 = (t % tiles_c) * TILE;
+        let r0 = (t / tiles_c) * tile;
+        let c0 = (t % tiles_c) * tile;
         let base = b * rows * cols;
         let tx = UNIT_POS_X as usize;
         let ty = UNIT_POS_Y as usize;
-        let mut tile = SharedMemory::<T>::new(TILE * PITCH);
+        let mut buf = SharedMemory::<T>::new(tile * pitch);
         #[unroll]
-        for k in 0..TILE / ROWS {
-            let r = r0 + ty + k * ROWS;
-            let c = c0 + tx;
-            if r < rows && c < cols {
-                tile[(ty + k * ROWS) * PITCH + tx] = src[src_off + base + r * cols + c];
+        for k in 0..tile / ROWS {
+            #[unroll]
+            for h in 0..tile / WARP {
+                let (tr, tc) = (ty + k * ROWS, tx + h * WARP);
+                let (r, c) = (r0 + tr, c0 + tc);
+                if r < rows && c < cols {
+                    buf[tr * pitch + tc] = src[src_off + base + r * cols + c];
+                }
             }
         }
         sync_cube();
         #[unroll]
-        for k in 0..TILE / ROWS {
-            let c = c0 + ty + k * ROWS;
-            let r = r0 + tx;
-            if r < rows && c < cols {
-                dst[dst_off + base + c * rows + r] = tile[tx * PITCH + ty + k * ROWS];
+        for k in 0..tile / ROWS {
+            #[unroll]
+            for h in 0..tile / WARP {
+                let (tc, tr) = (ty + k * ROWS, tx + h * WARP);
+                let (c, r) = (c0 + tc, r0 + tr);
+                if r < rows && c < cols {
+                    dst[dst_off + base + c * rows + r] = buf[tr * pitch + tc];
+                }
             }
         }
     }
@@ -104,15 +128,17 @@ pub(crate) fn batched_transpose(
 /// (contiguous `[batch, rows, cols]` from `src.offset`); the caller checked both layouts
 /// with [`batched_transpose`].
 pub(crate) fn transpose(src: &SsmTensor, dst: &SsmTensor, batch: usize, rows: usize, cols: usize) {
-    let tiles_c = cols.div_ceil(TILE);
-    let tiles_per_batch = rows.div_ceil(TILE) * tiles_c;
+    let elem = src.dtype.size();
+    let edge = tile(elem);
+    let tiles_c = cols.div_ceil(edge);
+    let tiles_per_batch = rows.div_ceil(edge) * tiles_c;
     let tiles = batch * tiles_per_batch;
     if tiles == 0 {
         return;
     }
     dispatch!(src.device, c => {
-        let dim = CubeDim::new_2d(TILE as u32, ROWS as u32);
-        let count = cubecl::calculate_cube_count_elemwise(c, tiles * TILE * ROWS, dim);
+        let dim = CubeDim::new_2d(WARP as u32, ROWS as u32);
+        let count = cubecl::calculate_cube_count_elemwise(c, tiles * WARP * ROWS, dim);
         record_launch();
         unsafe {
             transpose_kernel::launch_unchecked(
@@ -128,6 +154,8 @@ pub(crate) fn transpose(src: &SsmTensor, dst: &SsmTensor, batch: usize, rows: us
                 tiles_c,
                 tiles_per_batch,
                 tiles,
+                edge,
+                pitch(edge, elem),
                 src.dtype.storage(),
             )
         }

@@ -104,11 +104,13 @@ fn swapped_axis_runs_copy_exactly() {
     for dtype in dtypes {
         // (shape, permutation): channels to last and back, a plain 2-D transpose, one with a
         // size-1 axis inside a run.
-        let cases: [(&[usize], &[usize]); 4] = [
+        let cases: [(&[usize], &[usize]); 5] = [
             (&[2, 40, 5, 6, 7], &[0, 2, 3, 4, 1]),
             (&[2, 5, 6, 7, 40], &[0, 4, 1, 2, 3]),
             (&[3, 37, 70], &[0, 2, 1]),
             (&[33, 1, 65], &[2, 1, 0]),
+            // Several tiles each way, both sides ending in partial tiles.
+            (&[2, 130, 67], &[0, 2, 1]),
         ];
         for (shape, perm) in cases {
             let n: usize = shape.iter().product();
