@@ -42,8 +42,9 @@ cargo build --release --workspace --features "$FEATURES" --bins --message-format
 
 # Stage under stable names: test-<target>, bench-<target>, ssm.
 while read -r name path; do
-  # Skip empty unit-test harnesses of library crates (ssm_runtime's holds device tests)
-  # and trybuild's compile-fail suite (it needs cargo, which the GPU machine lacks).
+  # Skip the library crates' unit-test harnesses that hold no device tests (ssm_runtime's
+  # does and is staged) and trybuild's compile-fail suite (it needs cargo, which the GPU
+  # machine lacks).
   case "$name" in ssm_autodiff|ssm|ssm_benches|ssm_integration_tests|ssm_macros|compile_fail) continue ;; esac
   cp "$path" "$STAGE/bin/test-$name"
 done < "$STAGE/tests.txt"
