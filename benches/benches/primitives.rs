@@ -1,9 +1,14 @@
-//! Elementwise and matmul throughput.
+//! Elementwise, matmul and reduction throughput.
 //!
 //! - `elementwise/add`: c = a + b, 12 bytes per f32 element moved (read a, b; write c).
 //! - `elementwise/chain`: y = gelu(x·s + b) as three launches (mul_scalar, add, gelu), each
 //!   a full pass: 4 + 4 + 4 + 4 + 4 + 4 + 4 = 28 bytes per element in total.
 //! - `matmul/N`: N×N×N f32 product; throughput counts 2N³ FLOP as "elements".
+//! - `reduce/<case>`: f32 sums over a channels-last activation `[rows, 96]` (rows = 2 × 56 ×
+//!   56 × 16, the (2, 96, 56, 56, 16) stage): over the rows (`rows`: a bias gradient of a
+//!   channels-last or linear layer), over each row (`row_each`: 96 contiguous values), and
+//!   over batch and space of the channels-first `[2, 96, 50176]` (`cf_bias`); throughput
+//!   counts the bytes read.
 //!
 //! Sizes are scaled down on Vulkan (which in CI is a CPU).
 
@@ -59,9 +64,35 @@ fn matmul(c: &mut Criterion) {
     g.finish();
 }
 
+fn reduce(c: &mut Criterion) {
+    let d = device();
+    // Rows of the (2, 96, 56, 56, 16) activation; a sixteenth on Vulkan.
+    let rows = if is_gpu(&d) {
+        2 * 56 * 56 * 16
+    } else {
+        2 * 56 * 56
+    };
+    let channels = 96;
+    let x = Tensor::rand_normal(&[rows, channels], 0.0, 1.0, 5, DType::F32, &d).unwrap();
+    let cf = Tensor::rand_normal(&[2, channels, rows / 2], 0.0, 1.0, 6, DType::F32, &d).unwrap();
+    let mut g = c.benchmark_group("reduce");
+    g.throughput(Throughput::Bytes(4 * (rows * channels) as u64));
+    let cases: [(&str, &Tensor, &[isize]); 3] = [
+        ("rows", &x, &[0]),
+        ("row_each", &x, &[1]),
+        ("cf_bias", &cf, &[0, 2]),
+    ];
+    for (name, t, axes) in cases {
+        g.bench_function(BenchmarkId::new(name, rows * channels), |bench| {
+            bench.iter_custom(|iters| time_batched(&d, iters, || drop(t.sum(axes, false).unwrap())))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1));
-    targets = elementwise, matmul
+    targets = elementwise, matmul, reduce
 }
 criterion_main!(benches);

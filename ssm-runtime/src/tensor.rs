@@ -246,7 +246,7 @@ impl Tensor {
 
     // ---- views -------------------------------------------------------------------------
 
-    fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Tensor {
+    pub(crate) fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Tensor {
         Tensor {
             device: self.device.clone(),
             handle: self.handle.clone(),

@@ -1,12 +1,15 @@
 //! Reductions over any set of axes in one launch (two for very long reductions).
 //!
-//! The input view is permuted so that kept axes come first and reduced axes last; each
-//! work item reduces one output over one chunk of the reduced range. Two layouts:
-//! - *cube per item* when the reduced range is contiguous in memory (the last axis is
-//!   reduced): the cube's threads stride over it with coalesced loads, then combine in
-//!   shared memory;
-//! - *unit per item* otherwise: neighbouring threads own neighbouring outputs, so their
-//!   loads are coalesced along the kept axes.
+//! The input view is permuted so that kept axes come first and reduced axes last, and
+//! adjacent axes that memory lets merge are merged (a sum over the leading axes of a
+//! channels-last tensor becomes one strided axis). Each work item reduces one output over
+//! one chunk of the reduced range, issuing up to [`UNROLL`] loads before it combines them (in
+//! order: the same sums as a plain loop). Two layouts:
+//! - *cube per item* when the reduced range is contiguous and at least a warp long, or
+//!   when there are fewer than a warp of outputs: the cube's threads stride over the range,
+//!   then combine in shared memory;
+//! - *unit per item* otherwise: neighbouring threads own neighbouring outputs (of one chunk),
+//!   so their loads coalesce along the kept axes.
 //!
 //! When there are too few outputs to fill the device, the reduced range is split into
 //! chunks whose partial results a second launch combines.
@@ -54,6 +57,38 @@ fn better<F: Float>(cand: F, ci: u32, best: F, bi: u32, #[comptime] op: ReduceOp
     (!best_nan && (cand_nan || wins)) || ((cand == best || (cand_nan && best_nan)) && ci < bi)
 }
 
+/// Most loads a unit issues before it combines them: a unit waiting on one load at a time
+/// moved ~1 TB/s on an H200 (see [`super::split_sum`], which does the same for split
+/// partials). Fewer when a unit has fewer elements (a cube over a short row).
+const UNROLL: usize = 8;
+
+/// Offset of element `r` of the reduced range from `base`: one multiply when the reduced
+/// axes merged into one (`single_axis`), else a decode over axes `k_rank..` (at least two).
+#[cube]
+fn reduced_offset<F: Float>(
+    x: &Tensor<F>,
+    base: usize,
+    r: usize,
+    k_rank: usize,
+    #[comptime] single_axis: bool,
+) -> usize {
+    let rank = x.rank();
+    if single_axis {
+        base + r * x.stride(rank - 1)
+    } else {
+        let mut off = base;
+        let mut rr = r;
+        // r < the reduced length: the outermost reduced axis takes what is left whole.
+        for k in 0..rank - k_rank - 1 {
+            let d = rank - 1 - k;
+            let size = x.shape(d);
+            off += (rr % size) * x.stride(d);
+            rr /= size;
+        }
+        off + rr * x.stride(k_rank)
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn reduce_kernel<F: Float>(
@@ -74,6 +109,8 @@ fn reduce_kernel<F: Float>(
     #[comptime] cube_per_item: bool,
     #[comptime] block: usize,
     #[comptime] indexed_input: bool,
+    #[comptime] single_axis: bool,
+    #[comptime] unroll: usize,
     #[define(F)] _d: StorageType,
 ) {
     let is_arg = comptime![matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin)];
@@ -83,12 +120,14 @@ fn reduce_kernel<F: Float>(
     } else {
         ABSOLUTE_POS
     };
-    let items = num_out * n_chunks;
-    if item < items {
-        let o = item / n_chunks;
-        let chunk = item % n_chunks;
-        let rank = x.rank();
-
+    if item < num_out * n_chunks {
+        // A cube per item: items in output order. A unit per item: neighbouring units own
+        // neighbouring outputs of one chunk, so their loads coalesce along the kept axes.
+        let (o, chunk) = if cube_per_item {
+            (item / n_chunks, item % n_chunks)
+        } else {
+            (item % num_out, item / num_out)
+        };
         // Offset of output `o` from the kept axes 0..k_rank.
         let mut base = x_off;
         let mut rem = o;
@@ -115,39 +154,41 @@ fn reduce_kernel<F: Float>(
         } else {
             (start, 1usize)
         };
+        // This unit's elements: first, first + step, … below end.
+        let count = select(first < end, (end - first).div_ceil(step), 0usize);
 
         let mut acc = identity.get::<F>();
         let mut acc_i = u32::new(comptime!(u32::MAX as i64));
-        let mut r = first;
-        while r < end {
-            let mut off = base;
-            let mut rr = r;
-            for k in 0..rank - k_rank {
-                let d = rank - 1 - k;
-                let size = x.shape(d);
-                off += (rr % size) * x.stride(d);
-                rr /= size;
-            }
-            let v = x[off];
-            if is_sum {
-                if comptime![matches!(op, ReduceOp::SqDevSum)] {
-                    let dv = v - c;
-                    acc += dv * dv;
+        for q in 0..count.div_ceil(unroll) {
+            // Past the last element a unit reloads it (sums add zero in its place): every
+            // load is issued unconditionally, and elements still combine in order.
+            #[unroll]
+            for k in 0..unroll {
+                let i = q * unroll + k;
+                let live = i < count;
+                let r = first + select(live, i, count - 1) * step;
+                let v = x[reduced_offset::<F>(x, base, r, k_rank, single_axis)];
+                if is_sum {
+                    let term = if comptime![matches!(op, ReduceOp::SqDevSum)] {
+                        (v - c) * (v - c)
+                    } else {
+                        v
+                    };
+                    acc += select(live, term, F::new(0.0));
                 } else {
-                    acc += v;
-                }
-            } else {
-                let vi = if indexed_input {
-                    in_idx[o * reduce_len + r]
-                } else {
-                    r as u32
-                };
-                if better::<F>(v, vi, acc, acc_i, op) {
-                    acc = v;
-                    acc_i = vi;
+                    let vi = if indexed_input {
+                        in_idx[o * reduce_len + r]
+                    } else {
+                        r as u32
+                    };
+                    // A reloaded last element ties with itself at its own index: no
+                    // change, so extremes need no mask.
+                    if better::<F>(v, vi, acc, acc_i, op) {
+                        acc = v;
+                        acc_i = vi;
+                    }
                 }
             }
-            r += step;
         }
 
         let out_pos = o * n_chunks + chunk;
@@ -202,6 +243,33 @@ fn identity_of(op: ReduceOp) -> f64 {
     }
 }
 
+/// `x` with adjacent axes merged where memory allows, within the kept axes `..k_rank` and
+/// within the reduced ones, and axes of size 1 dropped; returns the view and its kept rank.
+/// The reduced group keeps at least one axis. Merging turns the common cases (a sum over
+/// the leading axes of a channels-last tensor, over the trailing axes of a contiguous one)
+/// into one reduced axis that the kernel steps through without index decoding.
+fn merged_axes(x: &SsmTensor, k_rank: usize) -> (SsmTensor, usize) {
+    let group = |axes: std::ops::Range<usize>| {
+        let mut dims: Vec<(usize, usize)> = Vec::new();
+        for d in axes.filter(|&d| x.shape[d] != 1) {
+            let (size, stride) = (x.shape[d], x.strides[d]);
+            match dims.last_mut() {
+                // The outer axis steps over exactly one run of this one.
+                Some(outer) if outer.1 == stride * size => *outer = (outer.0 * size, stride),
+                _ => dims.push((size, stride)),
+            }
+        }
+        dims
+    };
+    let kept = group(0..k_rank);
+    let mut reduced = group(k_rank..x.rank());
+    if reduced.is_empty() {
+        reduced.push((1, 1));
+    }
+    let (shape, strides) = kept.iter().chain(&reduced).copied().unzip();
+    (x.view(shape, strides, x.offset), kept.len())
+}
+
 /// Plan and launch a reduction of `x` (already permuted to `[kept..., reduced...]`, with
 /// `k_rank` kept axes) into `num_out` outputs. Returns (values, indices): values has dtype
 /// of `x` (for arg ops it holds the extreme values), indices is u32 for arg ops.
@@ -217,35 +285,55 @@ pub(crate) fn reduce(
     let is_arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
     let is_sum = matches!(op, ReduceOp::Sum | ReduceOp::SqDevSum);
     let device = x.device.clone();
+    let idx_len = |n: usize| if is_arg { n } else { 1 };
+    if num_out == 0 {
+        let vals = SsmTensor::empty(&[0], x.dtype, &device);
+        return (
+            vals,
+            is_arg.then(|| SsmTensor::empty(&[0], DType::U32, &device)),
+        );
+    }
+    let (x, k_rank) = &merged_axes(x, k_rank);
 
-    // The reduced range is contiguous when the innermost axis is reduced with stride 1.
-    let inner_contiguous = x.rank() > k_rank && x.strides[x.rank() - 1] == 1;
-    let cube_per_item = inner_contiguous || num_out < 256;
+    // A cube per output when the reduced range is contiguous and long enough to occupy a
+    // cube's threads with coalesced loads, or when there are too few outputs for units to
+    // coalesce along the kept axes; otherwise a unit per output (chunked when few).
+    let inner_contiguous = x.strides[x.rank() - 1] == 1;
+    let cube_per_item = (inner_contiguous && reduce_len >= 32) || num_out < 32;
     let block = if cube_per_item {
         (reduce_len.next_power_of_two()).clamp(32, ELEMWISE_CUBE as usize)
     } else {
         1
     };
-    // Split long reductions when there are too few outputs to occupy the device.
-    let (target_items, min_chunk) = if cube_per_item {
-        (1024, block * 8)
+    // Split long reductions when there are too few outputs to occupy the device: enough
+    // units (each with `UNROLL` loads in flight) to cover the latency of device memory.
+    // Chunks hold whole rounds of `UNROLL` loads a unit; only the last one runs short.
+    let (target_items, min_chunk, round) = if cube_per_item {
+        (1024, block * UNROLL, block * UNROLL)
     } else {
-        (16_384, 256)
+        (65_536, 64, UNROLL)
     };
-    let n_chunks = if num_out < target_items && reduce_len > 2 * min_chunk {
-        (target_items / num_out).clamp(1, reduce_len.div_ceil(min_chunk))
+    let chunk_len = if num_out < target_items && reduce_len > 2 * min_chunk {
+        let n = (target_items / num_out).clamp(1, reduce_len.div_ceil(min_chunk));
+        reduce_len.div_ceil(n).next_multiple_of(round)
     } else {
-        1
+        reduce_len
     };
-    let chunk_len = reduce_len.div_ceil(n_chunks);
+    let n_chunks = reduce_len.div_ceil(chunk_len.max(1)).max(1);
+    let first = Pass {
+        k_rank: *k_rank,
+        num_out,
+        reduce_len,
+        chunk_len,
+        n_chunks,
+        cube_per_item,
+        block,
+        single_axis: x.rank() - k_rank == 1,
+    };
     let stage_scale = if n_chunks > 1 { 1.0 } else { scale };
 
     let vals = SsmTensor::empty(&[num_out, n_chunks], x.dtype, &device);
-    let idxs = SsmTensor::empty(
-        &[if is_arg { num_out * n_chunks } else { 1 }],
-        DType::U32,
-        &device,
-    );
+    let idxs = SsmTensor::empty(&[idx_len(num_out * n_chunks)], DType::U32, &device);
     let dummy_idx = SsmTensor::empty(&[1], DType::U32, &device);
     let center_t = center
         .cloned()
@@ -256,15 +344,9 @@ pub(crate) fn reduce(
         &dummy_idx,
         &vals,
         &idxs,
-        k_rank,
-        num_out,
-        reduce_len,
-        chunk_len,
-        n_chunks,
+        &first,
         stage_scale,
         op,
-        cube_per_item,
-        block,
         false,
     );
     if n_chunks == 1 {
@@ -279,17 +361,50 @@ pub(crate) fn reduce(
     } else {
         op
     };
-    let block2 = n_chunks
-        .next_power_of_two()
-        .clamp(32, ELEMWISE_CUBE as usize);
+    let second = Pass {
+        k_rank: 1,
+        num_out,
+        reduce_len: n_chunks,
+        chunk_len: n_chunks,
+        n_chunks: 1,
+        cube_per_item: true,
+        block: n_chunks
+            .next_power_of_two()
+            .clamp(32, ELEMWISE_CUBE as usize),
+        single_axis: true,
+    };
     let vals2 = SsmTensor::empty(&[num_out], x.dtype, &device);
-    let idxs2 = SsmTensor::empty(&[if is_arg { num_out } else { 1 }], DType::U32, &device);
+    let idxs2 = SsmTensor::empty(&[idx_len(num_out)], DType::U32, &device);
     let scale2 = if is_sum { scale } else { 1.0 };
     launch(
-        &vals, &center_t, &idxs, &vals2, &idxs2, 1, num_out, n_chunks, n_chunks, 1, scale2, op2,
-        true, block2, is_arg,
+        &vals, &center_t, &idxs, &vals2, &idxs2, &second, scale2, op2, is_arg,
     );
     (vals2, is_arg.then_some(idxs2))
+}
+
+/// One launch's plan: the view's kept rank, outputs, reduced length and its chunks, the
+/// layout (cube or unit per item, cube size) and whether the reduced axes are one.
+struct Pass {
+    k_rank: usize,
+    num_out: usize,
+    reduce_len: usize,
+    chunk_len: usize,
+    n_chunks: usize,
+    cube_per_item: bool,
+    block: usize,
+    single_axis: bool,
+}
+
+impl Pass {
+    /// Loads in flight a unit: its element count (per chunk) rounded up to a power of two,
+    /// at most [`UNROLL`].
+    fn unroll(&self) -> usize {
+        let step = if self.cube_per_item { self.block } else { 1 };
+        self.chunk_len
+            .div_ceil(step)
+            .next_power_of_two()
+            .min(UNROLL)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -299,23 +414,17 @@ fn launch(
     in_idx: &SsmTensor,
     out_val: &SsmTensor,
     out_idx: &SsmTensor,
-    k_rank: usize,
-    num_out: usize,
-    reduce_len: usize,
-    chunk_len: usize,
-    n_chunks: usize,
+    pass: &Pass,
     scale: f64,
     op: ReduceOp,
-    cube_per_item: bool,
-    block: usize,
     indexed_input: bool,
 ) {
-    let items = num_out * n_chunks;
+    let items = pass.num_out * pass.n_chunks;
     let dtype = x.dtype.storage();
     dispatch!(x.device, c => {
-        let (count, dim) = if cube_per_item {
-            let dim = CubeDim::new_1d(block as u32);
-            (cubecl::calculate_cube_count_elemwise(c, items * block, dim), dim)
+        let (count, dim) = if pass.cube_per_item {
+            let dim = CubeDim::new_1d(pass.block as u32);
+            (cubecl::calculate_cube_count_elemwise(c, items * pass.block, dim), dim)
         } else {
             crate::kernels::launch::elemwise_grid(c, items)
         };
@@ -331,18 +440,20 @@ fn launch(
                 out_val.array_arg(out_val.buffer_len()),
                 out_idx.array_arg(out_idx.buffer_len()),
                 x.offset,
-                k_rank,
-                num_out,
-                reduce_len,
-                chunk_len,
-                n_chunks,
+                pass.k_rank,
+                pass.num_out,
+                pass.reduce_len,
+                pass.chunk_len,
+                pass.n_chunks,
                 InputScalar::new(scale, dtype),
                 // ±∞ travel as runtime scalars: CUDA kernels cannot hold such literals.
                 InputScalar::new(identity_of(op), dtype),
                 op,
-                cube_per_item,
-                block,
+                pass.cube_per_item,
+                pass.block,
                 indexed_input,
+                pass.single_axis,
+                pass.unroll(),
                 dtype,
             )
         }

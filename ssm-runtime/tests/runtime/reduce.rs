@@ -216,3 +216,102 @@ fn sum_to_shape_reduces_broadcast_axes() {
     );
     assert!(x.sum_to_shape(&[5]).is_err());
 }
+
+/// Index of the first maximum (`sign` 1) or minimum (−1) of `g`.
+fn first_extreme(g: &[f64], sign: f64) -> f64 {
+    let best = g.iter().map(|v| v * sign).fold(f64::MIN, f64::max);
+    g.iter().position(|&v| v * sign == best).unwrap() as f64
+}
+
+/// Shapes that take each layout of the kernel: a unit per output, chunked or not (reduced
+/// axes strided, merged or not, a size-1 axis among them), short contiguous rows, reduced
+/// lengths around the unroll of 8 loads, and a cube per output (few outputs). Sums and
+/// variances on random values; extremes and arg-extremes on small integers, whose many
+/// ties check that the first index wins across unrolled blocks and chunks.
+#[test]
+fn reductions_in_every_layout_match_host() {
+    let mut r = rng(34);
+    let cases: [(&[usize], &[usize]); 11] = [
+        (&[3, 700, 40], &[0, 1]),
+        (&[300, 64], &[0]),
+        (&[1, 33], &[0]),
+        (&[7, 33], &[0]),
+        (&[8, 33], &[0]),
+        (&[9, 33], &[0]),
+        (&[17, 1, 33], &[0, 1]),
+        (&[50, 5], &[1]),
+        (&[6, 40, 4], &[0, 2]),
+        (&[2, 5000], &[0]),
+        (&[2000, 3], &[0]),
+    ];
+    for (dtype, rtol, atol) in [(DType::F32, 2e-5, 1e-4), (DType::F64, 1e-12, 1e-12)] {
+        for (shape, axes) in cases {
+            let n: usize = shape.iter().product();
+            let what = |name: &str| format!("{name} {shape:?} over {axes:?} {dtype}");
+            let ia: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
+            let raw = r.vec(n, -2.0, 3.0);
+            let xr = rounded(&raw, dtype);
+            let x = upload(&raw, shape, dtype);
+            let got = x.sum(&ia, false).unwrap().to_f64_vec().unwrap();
+            assert_close(
+                &what("sum"),
+                &got,
+                &host_reduce(&xr, shape, axes, sum),
+                rtol,
+                atol,
+            );
+            let got = x.var(&ia, 0, false).unwrap().to_f64_vec().unwrap();
+            let want = host_reduce(&xr, shape, axes, |g| var(g, 0));
+            assert_close(&what("var"), &got, &want, rtol * 10.0, atol);
+
+            let ints: Vec<f64> = r.vec(n, 0.0, 4.0).iter().map(|v| v.floor()).collect();
+            let xi = upload(&ints, shape, dtype);
+            let fold =
+                |g: &[f64], sign: f64| g.iter().map(|v| v * sign).fold(f64::MIN, f64::max) * sign;
+            let got = xi.max(&ia, false).unwrap().to_f64_vec().unwrap();
+            assert_eq!(
+                got,
+                host_reduce(&ints, shape, axes, |g| fold(g, 1.0)),
+                "{}",
+                what("max")
+            );
+            let got = xi.min(&ia, false).unwrap().to_f64_vec().unwrap();
+            assert_eq!(
+                got,
+                host_reduce(&ints, shape, axes, |g| fold(g, -1.0)),
+                "{}",
+                what("min")
+            );
+            let a = axes[0];
+            for (name, sign) in [("argmax", 1.0), ("argmin", -1.0)] {
+                let t = if sign > 0.0 {
+                    xi.argmax(a as isize, false)
+                } else {
+                    xi.argmin(a as isize, false)
+                };
+                let got: Vec<f64> = t
+                    .unwrap()
+                    .to_vec::<u32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&i| i as f64)
+                    .collect();
+                let want = host_reduce(&ints, shape, &[a], |g| first_extreme(g, sign));
+                assert_eq!(got, want, "{}", what(name));
+            }
+        }
+    }
+}
+
+/// Outputs or reduced ranges of length zero: empty results, and zero sums.
+#[test]
+fn reductions_of_empty_extents() {
+    let d = ssm_runtime::testing::device();
+    let x = Tensor::zeros(&[0, 300], DType::F32, &d).unwrap();
+    assert_eq!(x.sum(&[1], false).unwrap().shape(), &[0]);
+    assert_eq!(x.argmax(1, false).unwrap().shape(), &[0]);
+    let y = Tensor::zeros(&[3, 0], DType::F32, &d).unwrap();
+    let s = y.sum(&[1], false).unwrap();
+    assert_eq!(s.to_f64_vec().unwrap(), vec![0.0; 3]);
+    assert!(y.max(&[1], false).is_err());
+}
