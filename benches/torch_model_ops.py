@@ -61,6 +61,7 @@ def conv_cases():
                 args = (dy, x, wt, None, [1, 1, 1], [1, 1, 1], [1, 1, 1], False, [0, 0, 0], 1)
                 yield f"{tag}/bwd_data", lambda: torch.ops.aten.convolution_backward(*args, [True, False, False])
                 yield f"{tag}/bwd_weight", lambda: torch.ops.aten.convolution_backward(*args, [False, True, False])
+                yield f"{tag}/bwd", lambda: torch.ops.aten.convolution_backward(*args, [True, True, False])
 
 
 def norm_cases():

@@ -8,8 +8,10 @@
 //!   tensor-core GEMM with bf16 fragments where the device has them; f32 accumulation and
 //!   f32 results — PyTorch's `bf16` writes bf16 results) and `cubek` (cubek-convolution,
 //!   TF32, channels-last, for comparison); passes `fwd`,
-//!   `bwd_data`, `bwd_weight` (weight gradient including the sum over splits). Throughput
-//!   counts 2·N·C²·27·H·W·D FLOP as "elements".
+//!   `bwd_data`, `bwd_weight` (weight gradient including the sum over splits), and for the
+//!   `bf16` and `tf32` kernels `bwd` (both gradients through `Tensor::conv_backward`, as a
+//!   training step takes them: a channels-first dy is converted once for both). Throughput
+//!   counts 2·N·C²·27·H·W·D FLOP a pass as "elements".
 //! - `norm/<op>/<pass>` on (2, 48, 112, 112, 32): LayerNorm over channels with affine
 //!   (`ln_cl` channels-last, `ln_cf` channels-first) and InstanceNorm without affine
 //!   (`in_cf`, `in_cl`); `bwd` computes every gradient (x, and weight and bias for
@@ -107,7 +109,7 @@ fn wanted(group: &str, case: &str, passes: &[&str]) -> bool {
     FILTER.get_or_init(Filter::from_args).any(&ids)
 }
 
-const CONV_PASSES: &[&str] = &["fwd", "bwd_data", "bwd_weight"];
+const CONV_PASSES: &[&str] = &["fwd", "bwd_data", "bwd_weight", "bwd"];
 
 /// (N, C, H, W, D) shapes.
 fn conv_shapes(gpu: bool) -> Vec<[usize; 5]> {
@@ -229,6 +231,18 @@ fn conv_group(c: &mut Criterion, k: ConvKernel) {
                     })
                 })
             });
+            // `conv_backward` picks kernels as `Auto` does: the same ones as these kernels.
+            if matches!(which, ConvImpl::Auto | ConvImpl::TensorCore) {
+                g.throughput(Throughput::Elements(2 * flop as u64));
+                g.bench_with_input(BenchmarkId::new(&id, "bwd"), &(), |b, _| {
+                    b.iter_custom(|it| {
+                        time_batched(&d, it, || {
+                            drop(Tensor::conv_backward(&x, &weight, &dy, &spec, (true, true)))
+                        })
+                    })
+                });
+                g.throughput(Throughput::Elements(flop as u64));
+            }
         }
     }
     g.finish();

@@ -6,7 +6,7 @@
 use ssm_runtime::ops::conv::Layout;
 use ssm_runtime::shape::normalize_axis;
 use ssm_runtime::{
-    ConvImpl, ConvSpec, Error, Norm, NormNeeds, PoolSpec, ResizeMode, ResizeTo, Result, Tensor,
+    ConvSpec, Error, Norm, NormNeeds, PoolSpec, ResizeMode, ResizeTo, Result, Tensor,
 };
 
 use crate::var::Var;
@@ -43,14 +43,10 @@ impl Var {
         let spec = spec.clone();
         let has_bias = bias.is_some();
         Ok(Var::from_op("conv", y, &all, move |g| {
-            let dx = need[0]
-                .then(|| Tensor::conv_backward_input(g, &w, x.shape(), &spec, ConvImpl::Auto))
-                .transpose()?
-                .map(|r| r.0);
-            let dw = need[1]
-                .then(|| Tensor::conv_backward_weight(&x, g, w.shape(), &spec, ConvImpl::Auto))
-                .transpose()?
-                .map(|r| r.0);
+            // Both gradients from one call: a channels-first `g` is converted for the
+            // tensor cores once. (x is converted again rather than kept from the forward:
+            // that would hold an activation-sized copy per convolution until the backward.)
+            let (dx, dw) = Tensor::conv_backward(&x, &w, g, &spec, (need[0], need[1]))?;
             let mut out = vec![dx, dw];
             if has_bias {
                 out.push(

@@ -6,8 +6,9 @@
 //! strided views in place, except that the pipelined tensor-core kernels read channel-fastest
 //! memory: channels-first operands they take are transposed to it (skipped for a view that
 //! already is; results are written channels-first directly), so keep activations
-//! channels-last to pay no copies. Outputs come back in the input's layout. Which kernel
-//! runs ([`ConvImpl`]):
+//! channels-last to pay no copies. [`Tensor::conv_backward`] takes both gradients with one
+//! copy of a channels-first `dy` (the autodiff op's backward uses it). Outputs come back in
+//! the input's layout. Which kernel runs ([`ConvImpl`]):
 //!
 //! | kernel | used for | prefers |
 //! | --- | --- | --- |
@@ -914,6 +915,44 @@ impl Tensor {
             let parts = k::wgrad_direct(x, dy, &geo, n_weights);
             Ok((summed_parts(parts, 1, weight_shape)?, ConvImpl::Direct))
         }
+    }
+
+    /// Input and weight gradients of one convolution, each when wanted, with `Auto`
+    /// kernels: [`conv_backward_input`](Self::conv_backward_input) and
+    /// [`conv_backward_weight`](Self::conv_backward_weight), except that a channels-first
+    /// `dy` which both passes would copy to channel-fastest memory for the tensor cores is
+    /// copied once for both (a training step's backward converts its output gradient once,
+    /// not per pass).
+    pub fn conv_backward(
+        x: &Tensor,
+        weight: &Tensor,
+        dy: &Tensor,
+        spec: &ConvSpec,
+        (want_input, want_weight): (bool, bool),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = "conv_backward";
+        let auto = ConvImpl::Auto;
+        let shared = want_input
+            && want_weight
+            && match spec.resolve(op, x.shape(), weight.shape()) {
+                Ok(p) if dy.shape() == p.output_shape().as_slice() => {
+                    let (c_in, c_out) = (p.c_in_g(), p.c_out_g());
+                    let tf32 = spec.allow_tf32;
+                    channel_fastest_pass(&p, dy.dtype(), dy.device()).1
+                        && use_tensor_cores(op, auto, &[dy, weight], tf32, c_out, c_in)?
+                        && use_tensor_cores(op, auto, &[x, dy], tf32, c_in, c_out)?
+                }
+                // The passes report what is wrong.
+                _ => false,
+            };
+        let dy = pass_operand(dy, shared)?;
+        let dx = want_input
+            .then(|| Tensor::conv_backward_input(&dy, weight, x.shape(), spec, auto))
+            .transpose()?;
+        let dw = want_weight
+            .then(|| Tensor::conv_backward_weight(x, &dy, weight.shape(), spec, auto))
+            .transpose()?;
+        Ok((dx.map(|r| r.0), dw.map(|r| r.0)))
     }
 
     /// Gradient of a convolution bias: the output gradient summed over batch and space.

@@ -829,3 +829,96 @@ fn conv_tensor_cores_match_host() {
         }
     }
 }
+
+/// `conv_backward` gives what the two passes give on their own, bit for bit (the same
+/// kernels on the same values), and where the tensor-core passes copy a channels-first
+/// output gradient to channel-fastest memory it copies it once for both: one launch fewer.
+/// f64 everywhere; bf16 and TF32 where the device has tensor cores.
+#[test]
+fn conv_backward_converts_the_output_gradient_once() {
+    let d = device();
+    let mut r = rng(109);
+    let pipelined = |t: DType| {
+        d.has_pipelined_mma(t) && std::env::var("SSM_CONV_PIPELINE").as_deref() != Ok("0")
+    };
+    let mut dtypes = vec![DType::F64];
+    dtypes.extend(
+        [DType::BF16, DType::F32]
+            .into_iter()
+            .filter(|&t| d.has_tensor_cores(t)),
+    );
+    let (input, c_out, kernel) = (vec![2usize, 16, 4, 5, 6], 24, vec![3usize, 3, 3]);
+    for dtype in dtypes {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let what = format!("{dtype} {layout:?}");
+            let spec = ConvSpec::new().same().layout(layout).allow_tf32(true);
+            let in_shape = to_layout(&input, layout);
+            let w_shape = [&[c_out, input[1]][..], &kernel].concat();
+            let p = spec.resolve("test", &in_shape, &w_shape).unwrap();
+            let x = upload(
+                &r.vec(in_shape.iter().product(), -1.0, 1.0),
+                &in_shape,
+                dtype,
+            );
+            let w = upload(&r.vec(w_shape.iter().product(), -1.0, 1.0), &w_shape, dtype);
+            let dy_len = p.output_shape().iter().product();
+            let dy = upload(&r.vec(dy_len, -1.0, 1.0), &p.output_shape(), dtype);
+
+            let before = ssm_runtime::launch_count();
+            let auto = ConvImpl::Auto;
+            let (dx, ran) = Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, auto).unwrap();
+            let (dw, _) = Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, auto).unwrap();
+            let apart = ssm_runtime::launch_count() - before;
+            let before = ssm_runtime::launch_count();
+            let (dx2, dw2) = Tensor::conv_backward(&x, &w, &dy, &spec, (true, true)).unwrap();
+            let together = ssm_runtime::launch_count() - before;
+
+            let vals = |t: Option<Tensor>| t.expect(&what).to_f64_vec().unwrap();
+            assert_eq!(vals(dx2), dx.to_f64_vec().unwrap(), "{what} input grad");
+            assert_eq!(vals(dw2), dw.to_f64_vec().unwrap(), "{what} weight grad");
+            // What one channel-fastest copy of dy launches (with its poisoning fill).
+            let before = ssm_runtime::launch_count();
+            drop(dy.permute(&[0, 2, 3, 4, 1]).unwrap().contiguous().unwrap());
+            let one_copy = ssm_runtime::launch_count() - before;
+            let copies =
+                layout == Layout::ChannelsFirst && ran == ConvImpl::TensorCore && pipelined(dtype);
+            assert_eq!(
+                apart - together,
+                copies as u64 * one_copy,
+                "{what}: launches {apart} apart, {together} together"
+            );
+
+            // One gradient alone: the pass as it is.
+            let (dx3, dw3) = Tensor::conv_backward(&x, &w, &dy, &spec, (true, false)).unwrap();
+            assert!(dw3.is_none(), "{what}");
+            assert_eq!(
+                vals(dx3),
+                dx.to_f64_vec().unwrap(),
+                "{what} input grad alone"
+            );
+            let (dx4, dw4) = Tensor::conv_backward(&x, &w, &dy, &spec, (false, true)).unwrap();
+            assert!(dx4.is_none(), "{what}");
+            assert_eq!(
+                vals(dw4),
+                dw.to_f64_vec().unwrap(),
+                "{what} weight grad alone"
+            );
+        }
+    }
+    // A mismatched output gradient is the passes' error, not a failed copy.
+    let x = upload(
+        &r.vec(2 * 16 * 6 * 5, -1.0, 1.0),
+        &[2, 16, 6, 5],
+        DType::F32,
+    );
+    let w = upload(&r.vec(16 * 16 * 9, -1.0, 1.0), &[16, 16, 3, 3], DType::F32);
+    let dy = upload(
+        &r.vec(2 * 16 * 4 * 3, -1.0, 1.0),
+        &[2, 16, 4, 3],
+        DType::F32,
+    );
+    let e = Tensor::conv_backward(&x, &w, &dy, &ConvSpec::new().same(), (true, true))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not match"), "{e}");
+}
