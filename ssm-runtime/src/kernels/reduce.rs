@@ -6,8 +6,8 @@
 //! one chunk of the reduced range, issuing up to [`UNROLL`] loads before it combines them (in
 //! order: the same sums as a plain loop). Two layouts:
 //! - *cube per item* when the reduced range is contiguous and at least a warp long, or
-//!   when there are fewer than a warp of outputs: the cube's threads stride over the range,
-//!   then combine in shared memory;
+//!   when there are fewer than 8 outputs: the cube's threads stride over the range, then
+//!   combine in shared memory;
 //! - *unit per item* otherwise: neighbouring threads own neighbouring outputs (of one chunk),
 //!   so their loads coalesce along the kept axes.
 //!
@@ -297,9 +297,10 @@ pub(crate) fn reduce(
 
     // A cube per output when the reduced range is contiguous and long enough to occupy a
     // cube's threads with coalesced loads, or when there are too few outputs for units to
-    // coalesce along the kept axes; otherwise a unit per output (chunked when few).
+    // coalesce along the kept axes (fewer than the eight f32 values of a 32-byte sector);
+    // otherwise a unit per output (chunked when few: a warp then spans several chunks).
     let inner_contiguous = x.strides[x.rank() - 1] == 1;
-    let cube_per_item = (inner_contiguous && reduce_len >= 32) || num_out < 32;
+    let cube_per_item = (inner_contiguous && reduce_len >= 32) || num_out < 8;
     let block = if cube_per_item {
         (reduce_len.next_power_of_two()).clamp(32, ELEMWISE_CUBE as usize)
     } else {

@@ -231,7 +231,7 @@ fn first_extreme(g: &[f64], sign: f64) -> f64 {
 #[test]
 fn reductions_in_every_layout_match_host() {
     let mut r = rng(34);
-    let cases: [(&[usize], &[usize]); 11] = [
+    let cases: [(&[usize], &[usize]); 12] = [
         (&[3, 700, 40], &[0, 1]),
         (&[300, 64], &[0]),
         (&[1, 33], &[0]),
@@ -242,6 +242,7 @@ fn reductions_in_every_layout_match_host() {
         (&[50, 5], &[1]),
         (&[6, 40, 4], &[0, 2]),
         (&[2, 5000], &[0]),
+        (&[700, 12], &[0]),
         (&[2000, 3], &[0]),
     ];
     for (dtype, rtol, atol) in [(DType::F32, 2e-5, 1e-4), (DType::F64, 1e-12, 1e-12)] {
