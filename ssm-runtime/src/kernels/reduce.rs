@@ -12,7 +12,9 @@
 //!   so their loads coalesce along the kept axes.
 //!
 //! When there are too few outputs to fill the device, the reduced range is split into
-//! chunks whose partial results a second launch combines.
+//! chunks whose partial results a second launch combines. Reduced axes that do not merge
+//! under a long innermost one are reduced in two passes (the innermost first), so no
+//! element's offset takes a division.
 //!
 //! `cubek-reduce` reduces one axis per launch and needs float atomics for its full-tensor
 //! sum; this kernel covers any axis set, argmax/argmin with first-index tie-breaking and
@@ -61,6 +63,10 @@ fn better<F: Float>(cand: F, ci: u32, best: F, bi: u32, #[comptime] op: ReduceOp
 /// moved ~1 TB/s on an H200 (see [`super::split_sum`], which does the same for split
 /// partials). Fewer when a unit has fewer elements (a cube over a short row).
 const UNROLL: usize = 8;
+
+/// Shortest innermost reduced axis that [`reduce`] reduces on its own first when other
+/// reduced axes do not merge with it: its partials are then at most 1/256 of the input.
+const SPLIT_INNER: usize = 256;
 
 /// Offset of element `r` of the reduced range from `base`: one multiply when the reduced
 /// axes merged into one (`single_axis`), else a decode over axes `k_rank..` (at least two).
@@ -294,12 +300,34 @@ pub(crate) fn reduce(
         );
     }
     let (x, k_rank) = &merged_axes(x, k_rank);
+    let (rank, k_rank) = (x.rank(), *k_rank);
+    // Reduced axes that do not merge (a channels-first bias gradient: batch and space) cost
+    // a division and a remainder per axis per element, several times the time of the read
+    // on a GPU. With a long innermost axis, reduce it first (stepped by a multiply), then
+    // its partials over the rest. (Arg-extremes reduce one axis: never here.)
+    if rank - k_rank >= 2 && x.shape[rank - 1] >= SPLIT_INNER && !is_arg {
+        let outer: usize = x.shape[k_rank..rank - 1].iter().product();
+        let row_center = center.map(|c| {
+            c.reshape(&[num_out, 1])
+                .and_then(|c| c.expand(&[num_out, outer]))
+                .and_then(|c| c.contiguous())
+                .expect("a [num_out] centre repeated per row")
+        });
+        let (rows, _) = reduce(x, rank - 1, op, 1.0, row_center.as_ref());
+        let rows = rows.reshape(&[num_out, outer]).expect("same numel");
+        let op2 = if op == ReduceOp::SqDevSum {
+            ReduceOp::Sum
+        } else {
+            op
+        };
+        return reduce(&rows, 1, op2, scale, None);
+    }
 
     // A cube per output when the reduced range is contiguous and long enough to occupy a
     // cube's threads with coalesced loads, or when there are too few outputs for units to
     // coalesce along the kept axes (fewer than the eight f32 values of a 32-byte sector);
     // otherwise a unit per output (chunked when few: a warp then spans several chunks).
-    let inner_contiguous = x.strides[x.rank() - 1] == 1;
+    let inner_contiguous = x.strides[rank - 1] == 1;
     let cube_per_item = (inner_contiguous && reduce_len >= 32) || num_out < 8;
     let block = if cube_per_item {
         (reduce_len.next_power_of_two()).clamp(32, ELEMWISE_CUBE as usize)
@@ -322,14 +350,14 @@ pub(crate) fn reduce(
     };
     let n_chunks = reduce_len.div_ceil(chunk_len.max(1)).max(1);
     let first = Pass {
-        k_rank: *k_rank,
+        k_rank,
         num_out,
         reduce_len,
         chunk_len,
         n_chunks,
         cube_per_item,
         block,
-        single_axis: x.rank() - k_rank == 1,
+        single_axis: rank - k_rank == 1,
     };
     let stage_scale = if n_chunks > 1 { 1.0 } else { scale };
 

@@ -225,13 +225,14 @@ fn first_extreme(g: &[f64], sign: f64) -> f64 {
 
 /// Shapes that take each layout of the kernel: a unit per output, chunked or not (reduced
 /// axes strided, merged or not, a size-1 axis among them), short contiguous rows, reduced
-/// lengths around the unroll of 8 loads, and a cube per output (few outputs). Sums and
+/// lengths around the unroll of 8 loads, a cube per output (few outputs), and unmerged
+/// reduced axes under a long innermost one (reduced in two passes). Sums and
 /// variances on random values; extremes and arg-extremes on small integers, whose many
 /// ties check that the first index wins across unrolled blocks and chunks.
 #[test]
 fn reductions_in_every_layout_match_host() {
     let mut r = rng(34);
-    let cases: [(&[usize], &[usize]); 12] = [
+    let cases: [(&[usize], &[usize]); 14] = [
         (&[3, 700, 40], &[0, 1]),
         (&[300, 64], &[0]),
         (&[1, 33], &[0]),
@@ -241,6 +242,8 @@ fn reductions_in_every_layout_match_host() {
         (&[17, 1, 33], &[0, 1]),
         (&[50, 5], &[1]),
         (&[6, 40, 4], &[0, 2]),
+        (&[3, 5, 300], &[0, 2]),
+        (&[2, 4, 3, 260], &[0, 2, 3]),
         (&[2, 5000], &[0]),
         (&[700, 12], &[0]),
         (&[2000, 3], &[0]),
