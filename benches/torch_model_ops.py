@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch (cuDNN) timings of the shapes in benches/benches/model_ops.rs.
 
-Prints one line per case: `name  ms` with the same names as the criterion benchmark
-(`conv3d/<shape>/<kernel>_<layout>/<pass>`, `norm/<op>/<pass>`). Times are the median of
+Prints one line per case: `name  ms` with the same names as the criterion benchmarks
+(`conv3d/<shape>/<kernel>_<layout>/<pass>`, `norm/<op>/<pass>`; `reduce/<case>/<n>` of
+`benches/benches/primitives.rs`). Times are the median of
 CUDA-event timings over repeated batches after a warm-up. Kernels:
 
 - `fp32`: torch.backends.cudnn.allow_tf32 = False (exact f32, compare with our `gemm`);
@@ -108,6 +109,19 @@ def norm_cases():
     yield "norm/in_cl/bwd", lambda: torch.autograd.grad(y, (x_cl3,), dy_cl3, retain_graph=True)
 
 
+def reduce_cases():
+    # The f32 sums of `benches/benches/primitives.rs` (`reduce/*`): over the rows of the
+    # channels-last (2, 96, 56, 56, 16) activation, over each row, and over batch and space
+    # of the channels-first layout.
+    rows, c = 2 * 56 * 56 * 16, 96
+    x = torch.randn(rows, c, device="cuda")
+    cf = torch.randn(2, c, rows // 2, device="cuda")
+    n = rows * c
+    yield f"reduce/rows/{n}", lambda: x.sum(0)
+    yield f"reduce/row_each/{n}", lambda: x.sum(1)
+    yield f"reduce/cf_bias/{n}", lambda: cf.sum((0, 2))
+
+
 def main():
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -116,7 +130,7 @@ def main():
     torch.backends.cudnn.benchmark = True
     # Optional filters: run the cases whose name contains any of them.
     only = sys.argv[1:]
-    for gen in (conv_cases, norm_cases):
+    for gen in (conv_cases, norm_cases, reduce_cases):
         for name, fn in gen():
             if only and not any(f in name for f in only):
                 continue
