@@ -237,7 +237,10 @@ fn conv_group(c: &mut Criterion, k: ConvKernel) {
                 g.bench_with_input(BenchmarkId::new(&id, "bwd"), &(), |b, _| {
                     b.iter_custom(|it| {
                         time_batched(&d, it, || {
-                            drop(Tensor::conv_backward(&x, &weight, &dy, &spec, (true, true)))
+                            drop(
+                                Tensor::conv_backward(&x, &weight, &dy, &spec, (true, true))
+                                    .unwrap(),
+                            )
                         })
                     })
                 });
