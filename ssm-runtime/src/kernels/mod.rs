@@ -24,4 +24,5 @@ pub mod resize;
 pub mod reverse_attention;
 pub mod rows;
 pub(crate) mod split_sum;
+pub(crate) mod strided;
 pub(crate) mod transpose;

@@ -27,6 +27,7 @@ use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::launch::ELEMWISE_CUBE;
 use crate::kernels::math;
+use crate::kernels::strided::{elem_offset, item_offset};
 use crate::tensor::Tensor as SsmTensor;
 
 /// What a reduction computes.
@@ -68,33 +69,6 @@ const UNROLL: usize = 8;
 /// reduced axes do not merge with it: its partials are then at most 1/256 of the input.
 const SPLIT_INNER: usize = 256;
 
-/// Offset of element `r` of the reduced range from `base`: one multiply when the reduced
-/// axes merged into one (`single_axis`), else a decode over axes `k_rank..` (at least two).
-#[cube]
-fn reduced_offset<F: Float>(
-    x: &Tensor<F>,
-    base: usize,
-    r: usize,
-    k_rank: usize,
-    #[comptime] single_axis: bool,
-) -> usize {
-    let rank = x.rank();
-    if single_axis {
-        base + r * x.stride(rank - 1)
-    } else {
-        let mut off = base;
-        let mut rr = r;
-        // r < the reduced length: the outermost reduced axis takes what is left whole.
-        for k in 0..rank - k_rank - 1 {
-            let d = rank - 1 - k;
-            let size = x.shape(d);
-            off += (rr % size) * x.stride(d);
-            rr /= size;
-        }
-        off + rr * x.stride(k_rank)
-    }
-}
-
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn reduce_kernel<F: Float>(
@@ -134,15 +108,7 @@ fn reduce_kernel<F: Float>(
         } else {
             (item % num_out, item / num_out)
         };
-        // Offset of output `o` from the kept axes 0..k_rank.
-        let mut base = x_off;
-        let mut rem = o;
-        for k in 0..k_rank {
-            let d = k_rank - 1 - k;
-            let size = x.shape(d);
-            base += (rem % size) * x.stride(d);
-            rem /= size;
-        }
+        let base = item_offset::<F>(x, x, x_off, o, k_rank);
         let c = if comptime![matches!(op, ReduceOp::SqDevSum)] {
             center[o]
         } else {
@@ -173,7 +139,7 @@ fn reduce_kernel<F: Float>(
                 let i = q * unroll + k;
                 let live = i < count;
                 let r = first + select(live, i, count - 1) * step;
-                let v = x[reduced_offset::<F>(x, base, r, k_rank, single_axis)];
+                let v = x[elem_offset::<F>(x, x, base, r, k_rank, single_axis)];
                 if is_sum {
                     let term = if comptime![matches!(op, ReduceOp::SqDevSum)] {
                         (v - c) * (v - c)

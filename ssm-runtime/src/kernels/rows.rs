@@ -27,6 +27,7 @@ use crate::device::record_launch;
 use crate::dispatch;
 use crate::kernels::launch::{ELEMWISE_CUBE, elemwise_grid};
 use crate::kernels::math;
+use crate::kernels::strided::{elem_offset, item_offset};
 use crate::tensor::Tensor as SsmTensor;
 
 /// What a row launch computes.
@@ -55,52 +56,6 @@ pub enum RowOp {
     SoftmaxBwd,
     /// `out = dy − e^y·Σ dy` with x = y (log-softmax output).
     LogSoftmaxBwd,
-}
-
-/// Offset of reduced index `r` in operand `t` (base `base` already covers the kept axes).
-#[cube]
-fn elem_offset<F: Float>(
-    shape_src: &Tensor<F>,
-    t: &Tensor<F>,
-    base: usize,
-    r: usize,
-    k_rank: usize,
-    #[comptime] fast: bool,
-) -> usize {
-    let rank = shape_src.rank();
-    if fast {
-        base + r * t.stride(rank - 1)
-    } else {
-        let mut off = base;
-        let mut rr = r;
-        for k in 0..rank - k_rank {
-            let d = rank - 1 - k;
-            let size = shape_src.shape(d);
-            off += (rr % size) * t.stride(d);
-            rr /= size;
-        }
-        off
-    }
-}
-
-/// Offset of item `o` (kept coordinates) in operand `t`.
-#[cube]
-fn item_offset<F: Float>(
-    shape_src: &Tensor<F>,
-    t: &Tensor<F>,
-    off0: usize,
-    o: usize,
-    k_rank: usize,
-) -> usize {
-    let mut off = off0;
-    let mut rem = o;
-    for k in 0..k_rank {
-        let d = k_rank - 1 - k;
-        let size = shape_src.shape(d);
-        off += (rem % size) * t.stride(d);
-        rem /= size;
-    }
-    off
 }
 
 /// Combine (a1, a2, a3) with (b1, b2, b3) under the op's reduction.
