@@ -2,17 +2,20 @@
 //! through the tape. Semantics follow PyTorch and MONAI (1.4 / 1.5):
 //!
 //! - [`bce_with_logits`]: `BCEWithLogitsLoss` (mean over all elements).
-//! - [`cross_entropy`]: `CrossEntropyLoss` on logits `[N, C, *]` with class labels or class
-//!   probabilities and optional label smoothing (mean over `N·*`).
+//! - [`cross_entropy`]: `CrossEntropyLoss` on logits `[N, C, *]` with class labels (optionally
+//!   an `ignore_index`) or class probabilities and optional label smoothing (mean over the
+//!   positions that count).
 //! - [`dice_loss`]: MONAI `DiceLoss`: per sample and channel
 //!   `1 − (2·Σpg + smooth_nr)/(Σp + Σg + smooth_dr)` (p² with `squared_pred`), then the
-//!   mean; sigmoid or softmax applied to the logits first; `include_background = false`
-//!   drops channel 0 (after the softmax); `batch = true` sums over the batch too.
+//!   mean; sigmoid or softmax applied to the logits first (softmax needs two channels or
+//!   more: MONAI skips it with a warning over one, here it is an error);
+//!   `include_background = false` drops channel 0 (after the softmax); `batch = true` sums
+//!   over the batch too.
 //! - [`dice_ce_loss`]: MONAI `DiceCELoss` = λ_dice·Dice + λ_ce·CE where CE is on the raw
 //!   logits over all channels, and becomes `BCEWithLogitsLoss` when there is one channel.
 //! - [`masked_mse`], [`masked_l1`]: reconstruction losses over the masked elements only
-//!   (masked image modelling): `Σ mask·err / Σ mask` with the mask broadcast to the
-//!   prediction (the count is at least 1).
+//!   (masked image modelling): `Σ mask·err / Σ mask` with the mask (of the prediction's rank,
+//!   size-1 axes broadcasting) expanded to the prediction; 0 when the mask is empty.
 
 use ssm_runtime::{Error, Layout, Result, Tensor};
 
@@ -36,8 +39,15 @@ pub fn bce_with_logits(logits: &Var, target: &Tensor) -> Result<Var> {
 #[derive(Debug, Clone, Copy)]
 pub enum CeTarget<'a> {
     /// Class indices stored as floats, shaped like the logits without the channel axis
-    /// (or with a size-1 channel axis).
+    /// (or with a size-1 channel axis). Each must be an integer in `0..C`: any other label
+    /// makes the loss and its gradient NaN (checked on the device, without a sync; PyTorch
+    /// stops with an error instead).
     Labels(&'a Tensor),
+    /// Class indices as in `Labels`, where positions labelled with the second value
+    /// (PyTorch's `ignore_index`: −100 by default there, 255 in many segmentation sets)
+    /// count neither in the sum nor in the mean's denominator. NaN when every position is
+    /// ignored (0/0, as PyTorch).
+    LabelsIgnoring(&'a Tensor, f64),
     /// Class probabilities shaped like the logits (e.g. one-hot).
     Probs(&'a Tensor),
 }
@@ -60,33 +70,68 @@ pub fn cross_entropy(
     }
     let ca = logits.channel_axis(layout)?;
     let c = logits.shape()[ca];
-    let probs = match target {
-        CeTarget::Labels(l) => Tensor::one_hot(l, c, layout)?,
-        CeTarget::Probs(p) => p.clone(),
+    let (q, kept) = match target {
+        CeTarget::Labels(l) => label_target(l, None, c, label_smoothing, layout)?,
+        CeTarget::LabelsIgnoring(l, ignore) => {
+            label_target(l, Some(ignore), c, label_smoothing, layout)?
+        }
+        CeTarget::Probs(p) => (smoothed(p.clone(), c, label_smoothing)?, None),
     };
-    if probs.shape() != logits.shape() {
+    if q.shape() != logits.shape() {
         return Err(Error::Shape {
             op,
             msg: format!(
                 "target {:?} does not match logits {:?}",
-                probs.shape(),
+                q.shape(),
                 logits.shape()
             ),
         });
     }
-    let q = if label_smoothing > 0.0 {
-        probs
-            .mul_scalar(1.0 - label_smoothing)?
-            .add_scalar(label_smoothing / c as f64)?
-    } else {
-        probs
-    };
-    logits
+    let per_position = logits
         .log_softmax(ca as isize)?
         .mul(&Var::constant(q))?
-        .sum(&[ca as isize], false)?
-        .mean(&[], false)?
-        .neg()
+        .sum(&[ca as isize], false)?;
+    match kept {
+        None => per_position.mean(&[], false)?.neg(),
+        Some(count) => per_position.sum_all()?.div(&Var::constant(count))?.neg(),
+    }
+}
+
+/// `(1 − ε)·target + ε/C` (the target itself without smoothing).
+fn smoothed(target: Tensor, c: usize, eps: f64) -> Result<Tensor> {
+    if eps > 0.0 {
+        target.mul_scalar(1.0 - eps)?.add_scalar(eps / c as f64)
+    } else {
+        Ok(target)
+    }
+}
+
+/// The smoothed one-hot target of class `labels` over `c` classes and, with an `ignore`
+/// label, the number of positions that count. Ignored positions get a zero row; a label
+/// that is neither a class nor `ignore` gets a NaN row (`sqrt(−1)`; `sqrt(−0)` = 0 on the
+/// others), so a bad label poisons the loss and its gradient instead of vanishing.
+fn label_target(
+    labels: &Tensor,
+    ignore: Option<f64>,
+    c: usize,
+    eps: f64,
+    layout: Layout,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let onehot = Tensor::one_hot(labels, c, layout)?;
+    let ca = layout.channel_axis(onehot.rank()) as isize;
+    // 1 where the label is a class, 0 elsewhere; [N, 1, *] (or channels-last).
+    let class = onehot.sum(&[ca], true)?;
+    let Some(ignore) = ignore else {
+        let poison = class.rsub_scalar(1.0)?.neg()?.sqrt()?;
+        return Ok((smoothed(onehot, c, eps)?.add(&poison)?, None));
+    };
+    let mark = Tensor::scalar(ignore, labels.dtype(), labels.device())?;
+    let kept = Tensor::with_label_channel(labels, layout)?
+        .eq(&mark)?
+        .rsub_scalar(1.0)?;
+    let poison = class.rsub_scalar(1.0)?.mul(&kept)?.neg()?.sqrt()?;
+    let q = smoothed(onehot, c, eps)?.mul(&kept)?.add(&poison)?;
+    Ok((q, Some(kept.sum_all()?)))
 }
 
 /// Activation applied to the logits before the Dice term.
@@ -183,6 +228,12 @@ pub fn dice_loss(logits: &Var, target: &Tensor, opts: &DiceOptions) -> Result<Va
     let layout = opts.layout;
     let ca = logits.channel_axis(layout)?;
     let c = logits.shape()[ca];
+    if opts.activation == DiceActivation::Softmax && c == 1 {
+        return Err(Error::Argument {
+            op: "dice_loss",
+            msg: "softmax over one channel is 1 everywhere; use DiceActivation::Sigmoid".into(),
+        });
+    }
     let target = dice_target(logits, target, layout)?;
     let p = match opts.activation {
         DiceActivation::None => logits.clone(),
@@ -261,17 +312,28 @@ fn masked(
             ),
         });
     }
-    let m = mask.expand(pred.shape()).map_err(|_| Error::Shape {
+    // Same rank only: NumPy's right-aligned broadcast would put an MAE mask `[N, L]`
+    // along the pixel axis of a `[N, L, P]` prediction whenever L == P.
+    let expanded = if mask.rank() == pred.shape().len() {
+        mask.expand(pred.shape()).ok()
+    } else {
+        None
+    };
+    let m = expanded.ok_or_else(|| Error::Shape {
         op,
         msg: format!(
-            "mask {:?} does not broadcast to prediction {:?}",
+            "mask {:?} does not broadcast to prediction {:?} (same rank, size-1 axes \
+             broadcast: e.g. [N, L, 1] for one mask value per patch)",
             mask.shape(),
             pred.shape()
         ),
     })?;
     let diff = pred.sub(&Var::constant(target.clone()))?;
     let err = if squared { diff.square()? } else { diff.abs()? };
-    let count = m.sum_all()?.max_scalar(1.0)?;
+    // An empty mask divides 0 by 1; any other count (soft masks too) is used as it is.
+    let total = m.sum_all()?;
+    let zero = Tensor::scalar(0.0, total.dtype(), total.device())?;
+    let count = total.add(&total.eq(&zero)?)?;
     err.mul(&Var::constant(m))?
         .sum_all()?
         .div(&Var::constant(count))

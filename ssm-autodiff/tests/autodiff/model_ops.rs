@@ -670,3 +670,190 @@ fn dropout_masks_match_the_host_generator_and_pixel_shuffle_matches_host() {
         }
     }
 }
+
+/// Host cross-entropy over `[N, C, S]` logits with labels `[N, S]`: positions labelled
+/// `ignore` are skipped (neither summed nor counted), as PyTorch's `ignore_index`.
+fn host_ce(x: &[f64], labels: &[f64], c: usize, s: usize, eps: f64, ignore: f64) -> f64 {
+    let (mut total, mut count) = (0.0, 0.0);
+    for (p, &l) in labels.iter().enumerate() {
+        if l == ignore {
+            continue;
+        }
+        let (b, k) = (p / s, p % s);
+        let row: Vec<f64> = (0..c).map(|ch| x[(b * c + ch) * s + k]).collect();
+        let m = row.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        let nll = lse - row[l as usize];
+        let smooth = row.iter().map(|v| lse - v).sum::<f64>() / c as f64;
+        total += (1.0 - eps) * nll + eps * smooth;
+        count += 1.0;
+    }
+    total / count
+}
+
+#[test]
+fn cross_entropy_ignores_marked_labels_and_poisons_bad_ones() {
+    let mut r = rng(8);
+    let d = device();
+    let (n, c, s) = (2usize, 3usize, 6usize);
+    let xv = r.vec(n * c * s, -3.0, 3.0);
+    let x = Tensor::from_f64(&xv, &[n, c, s], DType::F64, &d).unwrap();
+    let labels_of = |l: &[f64]| Tensor::from_f64(l, &[n, s], DType::F64, &d).unwrap();
+    let value = |t: CeTarget<'_>, eps: f64| {
+        cross_entropy(&Var::constant(x.clone()), t, eps, Layout::ChannelsFirst)
+            .unwrap()
+            .value()
+            .item()
+            .unwrap()
+    };
+    // −100 ignored (PyTorch's default ignore_index); a class (0) as the ignore label too.
+    let with_ignored = [
+        2.0, -100.0, 0.0, 1.0, -100.0, 2.0, 1.0, 1.0, -100.0, 0.0, 2.0, 0.0,
+    ];
+    let lab = labels_of(&with_ignored);
+    for eps in [0.0, 0.1] {
+        for ignore in [-100.0, 0.0] {
+            let got = if ignore == 0.0 {
+                // Relabel −100 as 1 so every label is a class and 0 is the one ignored.
+                let l: Vec<f64> = with_ignored.iter().map(|&v| v.max(1.0)).collect();
+                let want = host_ce(&xv, &l, c, s, eps, ignore);
+                (
+                    value(CeTarget::LabelsIgnoring(&labels_of(&l), ignore), eps),
+                    want,
+                )
+            } else {
+                let want = host_ce(&xv, &with_ignored, c, s, eps, ignore);
+                (value(CeTarget::LabelsIgnoring(&lab, ignore), eps), want)
+            };
+            assert!(
+                (got.0 - got.1).abs() < 1e-12,
+                "ignore {ignore}, eps {eps}: {} vs host {}",
+                got.0,
+                got.1
+            );
+        }
+    }
+    // Gradients through the ignored positions are zero; the rest gradcheck.
+    let l2 = lab.clone();
+    check(
+        "cross_entropy ignoring",
+        move |v| {
+            cross_entropy(
+                &v[0],
+                CeTarget::LabelsIgnoring(&l2, -100.0),
+                0.1,
+                Layout::ChannelsFirst,
+            )
+        },
+        vec![x.clone()],
+    );
+    let xvar = Var::leaf(x.clone());
+    let loss = cross_entropy(
+        &xvar,
+        CeTarget::LabelsIgnoring(&lab, -100.0),
+        0.1,
+        Layout::ChannelsFirst,
+    )
+    .unwrap();
+    let g = loss
+        .backward()
+        .unwrap()
+        .get(&xvar)
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    for (p, &l) in with_ignored.iter().enumerate() {
+        let (b, k) = (p / s, p % s);
+        for ch in 0..c {
+            let gi = g[(b * c + ch) * s + k];
+            assert_eq!(l == -100.0, gi == 0.0, "position {p} channel {ch}: {gi}");
+        }
+    }
+    // A label that is neither a class nor the ignore label makes the loss NaN, with or
+    // without an ignore label (PyTorch stops with an error).
+    for bad in [3.0, -1.0, 1.5, 255.0] {
+        let mut l = with_ignored;
+        l[3] = bad;
+        let lab = labels_of(&l);
+        assert!(
+            value(CeTarget::LabelsIgnoring(&lab, -100.0), 0.0).is_nan(),
+            "{bad}"
+        );
+        let plain: Vec<f64> = l
+            .iter()
+            .map(|&v| if v == -100.0 { 0.0 } else { v })
+            .collect();
+        assert!(
+            value(CeTarget::Labels(&labels_of(&plain)), 0.1).is_nan(),
+            "{bad}"
+        );
+    }
+    // Every position ignored: 0/0, as PyTorch.
+    let all = labels_of(&[-100.0; 12]);
+    assert!(value(CeTarget::LabelsIgnoring(&all, -100.0), 0.0).is_nan());
+}
+
+#[test]
+fn dice_refuses_softmax_over_one_channel() {
+    let mut r = rng(9);
+    let x = Var::constant(rand(&mut r, &[2, 1, 4], -1.0, 1.0));
+    let t = Tensor::ones(&[2, 1, 4], DType::F64, &device()).unwrap();
+    for f in [
+        dice_loss(&x, &t, &DiceOptions::softmax()),
+        dice_ce_loss(&x, &t, &DiceOptions::softmax(), 1.0, 1.0, 0.0),
+    ] {
+        let err = f.err().expect("softmax over one channel must be refused");
+        assert!(err.to_string().contains("Sigmoid"), "{err}");
+    }
+    assert!(dice_loss(&x, &t, &DiceOptions::sigmoid()).is_ok());
+}
+
+#[test]
+fn masked_losses_divide_by_the_mask_and_check_its_rank() {
+    let mut r = rng(10);
+    let d = device();
+    let (n, l, p) = (2usize, 3usize, 4usize);
+    let pv = r.vec(n * l * p, -1.0, 1.0);
+    let tv = r.vec(n * l * p, -1.0, 1.0);
+    let pred = Tensor::from_f64(&pv, &[n, l, p], DType::F64, &d).unwrap();
+    let target = Tensor::from_f64(&tv, &[n, l, p], DType::F64, &d).unwrap();
+    // A soft mask per patch whose total is below 1.
+    let mv = [0.2, 0.0, 0.3, 0.0, 0.1, 0.0];
+    let mask = Tensor::from_f64(&mv, &[n, l, 1], DType::F64, &d).unwrap();
+    for squared in [true, false] {
+        let f = if squared { masked_mse } else { masked_l1 };
+        let got = f(&Var::constant(pred.clone()), &target, &mask)
+            .unwrap()
+            .value()
+            .item()
+            .unwrap();
+        let (mut num, mut den) = (0.0, 0.0);
+        for i in 0..n * l * p {
+            let e = pv[i] - tv[i];
+            let m = mv[i / p];
+            num += m * if squared { e * e } else { e.abs() };
+            den += m;
+        }
+        assert!((got - num / den).abs() < 1e-12, "{got} vs {}", num / den);
+    }
+    // An empty mask: loss 0, gradient 0.
+    let empty = Tensor::zeros(&[n, l, 1], DType::F64, &d).unwrap();
+    let xv = Var::leaf(pred.clone());
+    let loss = masked_mse(&xv, &target, &empty).unwrap();
+    assert_eq!(loss.value().item().unwrap(), 0.0);
+    let g = loss
+        .backward()
+        .unwrap()
+        .get(&xv)
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    assert!(g.iter().all(|&v| v == 0.0));
+    // MAE's [N, L] mask against [N, L, P] would broadcast along P when L == P: refused.
+    let square = Tensor::from_f64(&pv[..n * l * l], &[n, l, l], DType::F64, &d).unwrap();
+    let flat = Tensor::ones(&[n, l], DType::F64, &d).unwrap();
+    let err = masked_l1(&Var::constant(square.clone()), &square, &flat)
+        .err()
+        .expect("a lower-rank mask must be refused");
+    assert!(err.to_string().contains("same rank"), "{err}");
+}

@@ -51,32 +51,42 @@ impl Tensor {
         Ok(out)
     }
 
+    /// Class labels (`[N, *spatial]`, or already with a size-1 channel axis in `layout`)
+    /// with a size-1 channel axis in place: the shape [`one_hot`](Self::one_hot) compares
+    /// against the classes, and that of per-position masks derived from the labels.
+    pub fn with_label_channel(labels: &Tensor, layout: Layout) -> Result<Tensor> {
+        let r = labels.rank();
+        if r == 0 {
+            return Err(Error::shape(
+                "with_label_channel",
+                "labels need at least a batch axis",
+            ));
+        }
+        if r >= 2 && labels.shape[layout.channel_axis(r)] == 1 {
+            return Ok(labels.clone());
+        }
+        match layout {
+            Layout::ChannelsFirst => labels.unsqueeze(1),
+            Layout::ChannelsLast => labels.unsqueeze(r as isize),
+        }
+    }
+
     /// One-hot encoding of class labels stored as floats (`[N, *spatial]`, or with a size-1
     /// channel axis in `layout`): `[N, classes, *spatial]` (or channels-last). Labels outside
-    /// `0..classes` give all-zero rows.
+    /// `0..classes` (or not integers) give all-zero rows.
     pub fn one_hot(labels: &Tensor, classes: usize, layout: Layout) -> Result<Tensor> {
         let op = "one_hot";
         require_float(op, labels)?;
-        let r = labels.rank();
-        if r < 1 || classes == 0 {
+        if classes == 0 {
             return Err(Error::shape(
                 op,
-                format!("labels {:?} with {classes} classes", labels.shape),
+                format!("labels {:?} with 0 classes", labels.shape),
             ));
         }
-        // Put a size-1 channel axis in place if there is none.
-        let ca = |rank: usize| layout.channel_axis(rank);
-        let with_c = if r >= 2 && labels.shape[ca(r)] == 1 {
-            labels.clone()
-        } else {
-            match layout {
-                Layout::ChannelsFirst => labels.unsqueeze(1)?,
-                Layout::ChannelsLast => labels.unsqueeze(r as isize)?,
-            }
-        };
+        let with_c = Tensor::with_label_channel(labels, layout)?;
         let rank = with_c.rank();
         let mut cls_shape = vec![1; rank];
-        cls_shape[ca(rank)] = classes;
+        cls_shape[layout.channel_axis(rank)] = classes;
         let ids: Vec<f64> = (0..classes).map(|c| c as f64).collect();
         let cls = Tensor::from_f64(&ids, &cls_shape, labels.dtype, &labels.device)?;
         with_c.eq(&cls)
