@@ -1,8 +1,14 @@
 //! Resizing with PyTorch `F.interpolate` semantics: `nearest` (legacy), `nearest-exact`, and
 //! linear interpolation along every spatial axis (linear / bilinear / trilinear), with
 //! `align_corners` false or true, to an output size or by scale factors, and the exact
-//! adjoint as backward. Coordinates are computed on the host in f64.
+//! adjoint as backward. Source coordinates are computed on the host in the precision
+//! PyTorch's CUDA kernels use, so the indices (and linear weights) agree with them bit for
+//! bit, ties included: f32 for `nearest` / `nearest-exact` whatever the data type, and the
+//! data's own precision (f32 or f64) for linear modes. (PyTorch's CPU `nearest` also
+//! special-cases an output of the input's size or twice it; its CUDA kernels, followed
+//! here, do not.)
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::resize::{self as k, RGeo};
 use crate::ops::conv::{Layout, layout_strides, pad3};
@@ -37,52 +43,125 @@ struct AxisTable {
     wt: Vec<[f64; 2]>,
 }
 
+/// The float type source coordinates are computed in (f32 or f64).
+trait Coord:
+    Copy
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    fn of(v: f64) -> Self;
+    fn idx(i: usize) -> Self;
+    fn wide(self) -> f64;
+}
+
+impl Coord for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn idx(i: usize) -> Self {
+        i as f32
+    }
+    fn wide(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Coord for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn idx(i: usize) -> Self {
+        i as f64
+    }
+    fn wide(self) -> f64 {
+        self
+    }
+}
+
+/// PyTorch's `compute_scales_value`: `1/scale` when a factor is given, else `in/out`, in `P`.
+fn source_step<P: Coord>(inp: usize, out: usize, scale: Option<f64>) -> P {
+    match scale.filter(|s| *s > 0.0) {
+        Some(s) => P::of(1.0 / s),
+        None => P::idx(inp) / P::idx(out),
+    }
+}
+
+/// Nearest source index of every output index, in f32 as PyTorch's CUDA kernels:
+/// `floorf(o·s)` (`nearest`), `floorf((o + ½)·s)` with the product taken in f64 and
+/// rounded to f32 (`nearest-exact`), clamped to the last input index.
+fn nearest_table(inp: usize, out: usize, scale: Option<f64>, exact: bool) -> AxisTable {
+    let s: f32 = source_step(inp, out, scale);
+    let (idx, wt) = (0..out)
+        .map(|o| {
+            let src = if exact {
+                (((o as f64 + 0.5) * f64::from(s)) as f32).floor()
+            } else {
+                (o as f32 * s).floor()
+            };
+            let i = (src.max(0.0) as usize).min(inp - 1) as u32;
+            ([i, i], [1.0, 0.0])
+        })
+        .unzip();
+    AxisTable { idx, wt }
+}
+
+/// Linear source indices and weights in `P` (PyTorch's `area_pixel_compute_scale` and
+/// `area_pixel_compute_source_index`): the lower index truncates the coordinate, its
+/// weight is `1 − λ` with `λ` the remainder, and the upper index stays on the last input.
+fn linear_table<P: Coord>(
+    inp: usize,
+    out: usize,
+    scale: Option<f64>,
+    align_corners: bool,
+) -> AxisTable {
+    let last = inp - 1;
+    let (zero, half, one) = (P::of(0.0), P::of(0.5), P::of(1.0));
+    let step: P = if !align_corners {
+        source_step(inp, out, scale)
+    } else if out > 1 {
+        P::idx(last) / P::idx(out - 1)
+    } else {
+        zero
+    };
+    let (idx, wt) = (0..out)
+        .map(|o| {
+            let src = if align_corners {
+                step * P::idx(o)
+            } else {
+                let c = step * (P::idx(o) + half) - half;
+                if c < zero { zero } else { c }
+            };
+            let i0 = (src.wide() as usize).min(last);
+            let lambda = src - P::idx(i0);
+            let i1 = if i0 < last { i0 + 1 } else { i0 };
+            (
+                [i0 as u32, i1 as u32],
+                [(one - lambda).wide(), lambda.wide()],
+            )
+        })
+        .unzip();
+    AxisTable { idx, wt }
+}
+
 fn axis_table(
     inp: usize,
     out: usize,
     scale: Option<f64>,
     mode: ResizeMode,
     align_corners: bool,
+    dtype: DType,
 ) -> AxisTable {
-    let given = scale.filter(|s| *s > 0.0).map(|s| 1.0 / s);
-    let mut idx = Vec::with_capacity(out);
-    let mut wt = Vec::with_capacity(out);
-    let last = inp - 1;
-    for o in 0..out {
-        let of = o as f64;
-        match mode {
-            ResizeMode::Nearest | ResizeMode::NearestExact => {
-                let s = given.unwrap_or(inp as f64 / out as f64);
-                let src = if mode == ResizeMode::Nearest {
-                    (of * s).floor()
-                } else {
-                    ((of + 0.5) * s).floor()
-                };
-                let i = (src.max(0.0) as usize).min(last) as u32;
-                idx.push([i, i]);
-                wt.push([1.0, 0.0]);
-            }
-            ResizeMode::Linear => {
-                let src = if align_corners {
-                    let s = if out > 1 {
-                        last as f64 / (out - 1) as f64
-                    } else {
-                        0.0
-                    };
-                    s * of
-                } else {
-                    let s = given.unwrap_or(inp as f64 / out as f64);
-                    (s * (of + 0.5) - 0.5).max(0.0)
-                };
-                let i0 = (src as usize).min(last);
-                let lambda = (src - i0 as f64).clamp(0.0, 1.0);
-                let i1 = if i0 < last { i0 + 1 } else { i0 };
-                idx.push([i0 as u32, i1 as u32]);
-                wt.push([1.0 - lambda, lambda]);
-            }
+    match mode {
+        ResizeMode::Nearest => nearest_table(inp, out, scale, false),
+        ResizeMode::NearestExact => nearest_table(inp, out, scale, true),
+        ResizeMode::Linear if dtype == DType::F64 => {
+            linear_table::<f64>(inp, out, scale, align_corners)
         }
+        ResizeMode::Linear => linear_table::<f32>(inp, out, scale, align_corners),
     }
-    AxisTable { idx, wt }
 }
 
 /// The resolved problem: per-axis tables (d, h, w), padded to three axes.
@@ -100,6 +179,7 @@ fn plan(
     mode: ResizeMode,
     align_corners: bool,
     layout: Layout,
+    dtype: DType,
 ) -> Result<Plan> {
     let r = input_shape.len();
     if !(3..=5).contains(&r) {
@@ -174,7 +254,14 @@ fn plan(
         })
         .collect();
     for a in 0..nd {
-        tables.push(axis_table(sp[a], output[a], scales[a], mode, align_corners));
+        tables.push(axis_table(
+            sp[a],
+            output[a],
+            scales[a],
+            mode,
+            align_corners,
+            dtype,
+        ));
     }
     Ok(Plan {
         input: sp,
@@ -194,11 +281,24 @@ fn strides5(strides: &[usize], layout: Layout) -> [u32; 5] {
     layout_strides(strides, layout).map(|x| x as u32)
 }
 
+/// The kernels address elements with `u32`s.
 fn check_size(op: &'static str, t: &Tensor) -> Result<()> {
     if t.buffer_len() > u32::MAX as usize {
         return Err(Error::arg(
             op,
             format!("tensor {:?} exceeds 2^32 elements", t.shape),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_size`] for a tensor about to be created.
+fn check_elems(op: &'static str, shape: &[usize]) -> Result<()> {
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if n.is_none_or(|n| n > u32::MAX as usize) {
+        return Err(Error::arg(
+            op,
+            format!("result {shape:?} would exceed 2^32 elements"),
         ));
     }
     Ok(())
@@ -216,9 +316,10 @@ impl Tensor {
         let op = "resize";
         require_float(op, self)?;
         check_size(op, self)?;
-        let p = plan(op, &self.shape, to, mode, align_corners, layout)?;
+        let p = plan(op, &self.shape, to, mode, align_corners, layout, self.dtype)?;
         let (n, c, _) = layout.split(&self.shape);
         let out_shape = layout.shape(n, c, &p.output);
+        check_elems(op, &out_shape)?;
         let y = Tensor::empty(&out_shape, self.dtype, &self.device);
         let mut idx = Vec::new();
         let mut wt = Vec::new();
@@ -263,7 +364,8 @@ impl Tensor {
         let op = "resize_backward";
         require_float(op, dy)?;
         check_size(op, dy)?;
-        let p = plan(op, input_shape, to, mode, align_corners, layout)?;
+        let p = plan(op, input_shape, to, mode, align_corners, layout, dy.dtype)?;
+        check_elems(op, input_shape)?;
         let (n, c, _) = layout.split(input_shape);
         let out_shape = layout.shape(n, c, &p.output);
         if dy.shape != out_shape {

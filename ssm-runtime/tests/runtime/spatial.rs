@@ -270,16 +270,15 @@ fn host_weights(
                 vec![(i0, 1.0 - l), (i1, l)]
             }
             _ => {
-                let s = scale.map_or(inp as f64 / out as f64, |s| 1.0 / s);
-                let off = if mode == ResizeMode::NearestExact {
-                    0.5
+                // PyTorch's CUDA nearest kernels take an f32 scale: `floorf(o·s)`, and
+                // `floorf((o + 0.5)·s)` whose product is a double rounded to f32.
+                let s = scale.map_or(inp as f32 / out as f32, |s| (1.0 / s) as f32);
+                let src = if mode == ResizeMode::NearestExact {
+                    ((o as f64 + 0.5) * f64::from(s)) as f32
                 } else {
-                    0.0
+                    o as f32 * s
                 };
-                vec![(
-                    ((o as f64 + off) * s).floor().min((inp - 1) as f64) as usize,
-                    1.0,
-                )]
+                vec![((src.floor() as usize).min(inp - 1), 1.0)]
             }
         })
         .collect()
@@ -364,6 +363,27 @@ fn resize_matches_pytorch_vectors() {
         1e-15,
         1e-15,
     );
+    // Nearest indices where PyTorch's f32 arithmetic and exact (or f64) arithmetic part
+    // ways, whatever the data type: (input, target, output index, PyTorch's source index).
+    // 39·(1/1.3) is 30 in f32 (29.999… in f64); 41·(2/82) is 0.99999994 in f32 (1 in f64);
+    // 46·(39/69) is 26.000002 in f32 (25.999… in f64).
+    let cases = [
+        (31, ResizeTo::Scale(vec![1.3]), 39, 30.0),
+        (2, ResizeTo::Size(vec![82]), 41, 0.0),
+        (39, ResizeTo::Size(vec![69]), 46, 26.0),
+    ];
+    for (inp, to, o, want) in cases {
+        for dtype in [DType::F32, DType::F64] {
+            let ramp: Vec<f64> = (0..inp).map(|i| i as f64).collect();
+            let x = Tensor::from_f64(&ramp, &[1, 1, inp], dtype, &d).unwrap();
+            let y = x
+                .resize(&to, ResizeMode::Nearest, false, Layout::ChannelsFirst)
+                .unwrap()
+                .to_f64_vec()
+                .unwrap();
+            assert_eq!(y[o], want, "nearest {inp} {to:?} {dtype}: output {o}");
+        }
+    }
 }
 
 #[test]
@@ -547,4 +567,15 @@ fn resize_rejects_bad_arguments() {
         )
         .is_err()
     );
+    // The kernels address with u32: a result past 2^32 elements is refused up front.
+    let e = x
+        .resize(
+            &ResizeTo::Scale(vec![32768.0]),
+            ResizeMode::Nearest,
+            false,
+            Layout::ChannelsFirst,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2^32"), "{e}");
 }
