@@ -93,6 +93,13 @@ fn grouping(op: &'static str, shape: &[usize], norm: Norm, layout: Layout) -> Re
             chan: vec![ca],
             channels: c,
         },
+        Norm::Instance if layout.split(shape).2.iter().product::<usize>() < 2 => {
+            // Each (sample, channel) would normalise a single value to 0; PyTorch refuses.
+            return Err(Error::shape(
+                op,
+                format!("instance norm needs more than one spatial element, input {shape:?}"),
+            ));
+        }
         Norm::Instance => Grouping {
             view: shape.to_vec(),
             split: None,

@@ -601,6 +601,11 @@ fn norm_errors_name_the_problem() {
         .to_string();
     assert!(e.contains("weight") && e.contains("[6]"), "{e}");
     assert!(x.softmax(3).is_err());
+    for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+        let single = Tensor::zeros(&layout.shape(2, 6, &[1, 1, 1]), DType::F32, &d).unwrap();
+        let e = single.instance_norm(1e-5, layout).unwrap_err().to_string();
+        assert!(e.contains("more than one spatial element"), "{e}");
+    }
     let one = Tensor::zeros(&[1, 6], DType::F32, &d).unwrap();
     let rm = Tensor::zeros(&[6], DType::F32, &d).unwrap();
     let rv = Tensor::ones(&[6], DType::F32, &d).unwrap();
