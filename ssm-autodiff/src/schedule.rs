@@ -92,10 +92,10 @@ pub enum ThresholdMode {
 /// are skipped), then wait `cooldown` epochs.
 #[derive(Debug, Clone)]
 pub struct ReduceLrOnPlateau {
-    /// Direction of improvement.
-    pub mode: PlateauMode,
-    /// Reduction factor (< 1).
-    pub factor: f64,
+    /// Direction of improvement (fixed at construction: the initial best depends on it).
+    mode: PlateauMode,
+    /// Reduction factor in [0, 1) (set through [`Self::factor`], which checks it).
+    factor: f64,
     /// Epochs without improvement tolerated.
     pub patience: u32,
     /// Minimum improvement.
@@ -142,9 +142,21 @@ impl ReduceLrOnPlateau {
     }
 
     /// Set the factor.
+    ///
+    /// # Panics
+    /// If `f` is not in [0, 1) (PyTorch raises there too: the rate would not decrease).
     pub fn factor(mut self, f: f64) -> Self {
+        assert!(
+            (0.0..1.0).contains(&f),
+            "ReduceLrOnPlateau: factor {f} must be in [0, 1)"
+        );
         self.factor = f;
         self
+    }
+
+    /// Direction of improvement.
+    pub fn mode(&self) -> PlateauMode {
+        self.mode
     }
 
     /// Best metric seen so far.

@@ -2,7 +2,7 @@
 
 use ssm_autodiff::{
     Adam, CosineWarmup, DecayExclusions, GradAccumulator, Optimizer, Param, PlateauMode,
-    ReduceLrOnPlateau, Sgd, Var,
+    ReduceLrOnPlateau, Sgd, ThresholdMode, Var,
 };
 use ssm_runtime::testing::{HostRng, assert_close, device};
 use ssm_runtime::{DType, Tensor};
@@ -59,6 +59,29 @@ fn reduce_on_plateau_replays_pytorch() {
         .collect();
     assert_eq!(got, vec![false, true, false, false, true, false, false]);
     assert!((o3.lr() - 0.05).abs() < 1e-15, "bounded by min_lr");
+    // Absolute threshold: 0.8 − 0.01 must be beaten; a reduction smaller than eps is
+    // skipped (and the counter still resets).
+    let mut s4 = ReduceLrOnPlateau::new(PlateauMode::Min).patience(0);
+    s4.threshold_mode = ThresholdMode::Abs;
+    s4.threshold = 0.01;
+    s4.eps = 0.2;
+    let mut o4 = Sgd::new(1.0);
+    s4.step(0.8, &mut o4);
+    assert!(s4.step(0.795, &mut o4), "1.0 → 0.1 is 0.9 > eps: reduced");
+    assert!((o4.lr() - 0.1).abs() < 1e-15, "{}", o4.lr());
+    assert_eq!(s4.best(), 0.8, "0.795 is within the absolute threshold");
+    assert!(
+        !s4.step(0.7905, &mut o4),
+        "0.1 → 0.01 is below eps: skipped"
+    );
+    assert!((o4.lr() - 0.1).abs() < 1e-15);
+    assert_eq!(s4.mode(), PlateauMode::Min);
+}
+
+#[test]
+#[should_panic(expected = "factor 1 must be in [0, 1)")]
+fn reduce_on_plateau_refuses_a_factor_that_does_not_reduce() {
+    let _ = ReduceLrOnPlateau::new(PlateauMode::Min).factor(1.0);
 }
 
 #[test]
