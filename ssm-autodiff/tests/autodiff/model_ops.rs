@@ -611,6 +611,13 @@ fn dropout_masks_match_the_host_generator_and_pixel_shuffle_matches_host() {
             tol,
             tol,
         );
+        // p = 1 drops everything (no division by the zero keep probability).
+        for y in [
+            Var::constant(x.clone()).dropout(1.0, seed, true).unwrap(),
+            Var::constant(x.clone()).drop_path(1.0, seed, true).unwrap(),
+        ] {
+            assert!(y.value().to_f64_vec().unwrap().iter().all(|&v| v == 0.0));
+        }
         // Drop-path: one draw per sample.
         let y = Var::constant(x.clone()).drop_path(0.5, seed, true).unwrap();
         let yv = y.value().to_f64_vec().unwrap();
@@ -634,9 +641,22 @@ fn dropout_masks_match_the_host_generator_and_pixel_shuffle_matches_host() {
         let n: usize = shape.iter().product();
         let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
         let x = Tensor::from_f64(&v, &shape, DType::F64, &d).unwrap();
-        let y = Var::constant(x)
+        let y = Var::constant(x.clone())
             .pixel_shuffle(r2, Layout::ChannelsFirst)
             .unwrap();
+        // Channels-last: the same values in channels-last order.
+        let r = shape.len();
+        let to_cl: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+        let to_cf: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+        let x_cl = x.permute(&to_cl).unwrap().contiguous().unwrap();
+        let y_cl = Var::constant(x_cl)
+            .pixel_shuffle(r2, Layout::ChannelsLast)
+            .unwrap();
+        assert_eq!(
+            y_cl.value().permute(&to_cf).unwrap().to_f64_vec().unwrap(),
+            y.value().to_f64_vec().unwrap(),
+            "pixel shuffle channels-last {shape:?}"
+        );
         let nd = shape.len() - 2;
         let rd = r2.pow(nd as u32);
         let co = shape[1] / rd;

@@ -22,6 +22,16 @@ fn cosine_warmup_follows_its_formula() {
     let mut opt = Sgd::new(1.0);
     s.apply(&mut opt, 5);
     assert!(close(opt.lr(), 5e-4));
+    // Warm-up from a fraction of the peak; a schedule no longer than its warm-up ends at
+    // the floor.
+    let s = CosineWarmup {
+        warmup_start_factor: 0.1,
+        ..CosineWarmup::new(1e-3, 10, 10).min_lr(1e-5)
+    };
+    assert!(close(s.lr_at(0), 1e-4));
+    assert!(close(s.lr_at(5), 1e-3 * (0.1 + 0.9 * 0.5)));
+    assert!(close(s.lr_at(10), 1e-5));
+    assert!(close(s.lr_at(11), 1e-5));
 }
 
 #[test]
@@ -176,11 +186,26 @@ fn accumulated_micro_batches_equal_the_full_batch() {
     assert_eq!(acc.micro_batches(), 2);
     let mean = acc.take_mean().unwrap();
     assert_eq!(acc.micro_batches(), 0);
+    let full_g = full.get(w.var()).unwrap().to_f64_vec().unwrap();
     assert_close(
         "accumulated",
         &mean.get(w.var()).unwrap().to_f64_vec().unwrap(),
-        &full.get(w.var()).unwrap().to_f64_vec().unwrap(),
+        &full_g,
         1e-13,
         1e-14,
     );
+    // The sum of the same micro-batches is twice the mean.
+    for i in 0..2 {
+        acc.add(loss(&x.narrow(0, 2 * i, 2).unwrap()).backward().unwrap())
+            .unwrap();
+    }
+    let twice: Vec<f64> = full_g.iter().map(|g| 2.0 * g).collect();
+    assert_close(
+        "summed",
+        &acc.take_sum().get(w.var()).unwrap().to_f64_vec().unwrap(),
+        &twice,
+        1e-13,
+        1e-14,
+    );
+    assert_eq!(acc.micro_batches(), 0);
 }

@@ -432,6 +432,26 @@ fn resize_matches_host_and_backward_is_the_adjoint() {
             ResizeMode::NearestExact,
             false,
         ),
+        // Size-1 axes in and out: align_corners maps an output of 1 to source 0, an input
+        // of 1 is read by every output.
+        (
+            vec![2, 2, 1, 6],
+            ResizeTo::Size(vec![5, 1]),
+            ResizeMode::Linear,
+            true,
+        ),
+        (
+            vec![2, 2, 1, 6],
+            ResizeTo::Size(vec![5, 1]),
+            ResizeMode::Linear,
+            false,
+        ),
+        (
+            vec![1, 2, 1, 7],
+            ResizeTo::Size(vec![3, 1]),
+            ResizeMode::Nearest,
+            false,
+        ),
     ];
     for (shape, to, mode, ac) in cases {
         let nd = shape.len() - 2;
