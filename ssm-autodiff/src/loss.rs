@@ -280,6 +280,14 @@ pub fn dice_ce_loss(
     lambda_ce: f64,
     label_smoothing: f64,
 ) -> Result<Var> {
+    if !(lambda_dice >= 0.0 && lambda_ce >= 0.0) {
+        return Err(Error::Argument {
+            op: "dice_ce_loss",
+            msg: format!(
+                "weights must be non-negative, got λ_dice {lambda_dice}, λ_ce {lambda_ce}"
+            ),
+        });
+    }
     let layout = opts.layout;
     let ca = logits.channel_axis(layout)?;
     let c = logits.shape()[ca];

@@ -826,6 +826,11 @@ fn dice_refuses_softmax_over_one_channel() {
         assert!(err.to_string().contains("Sigmoid"), "{err}");
     }
     assert!(dice_loss(&x, &t, &DiceOptions::sigmoid()).is_ok());
+    // MONAI refuses negative weights too.
+    let e = dice_ce_loss(&x, &t, &DiceOptions::sigmoid(), -1.0, 1.0, 0.0)
+        .err()
+        .expect("a negative weight must be refused");
+    assert!(e.to_string().contains("non-negative"), "{e}");
 }
 
 #[test]
