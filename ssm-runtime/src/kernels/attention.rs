@@ -13,7 +13,9 @@
 //! `dK_j = scale·Σ_i dS_ij·Q_i` and `dV_j = Σ_i P_ij·dO_i`.
 //!
 //! The head dimension is a compile-time parameter (registers); shared memory holds
-//! `cols × (dh + dv)` elements per stage.
+//! `cols × (dh + dv)` elements per stage. Batch·heads run along the grid's y axis, in
+//! launches of at most [`MAX_GRID_Y`] (CUDA's and Vulkan's limit there), each told its
+//! first batch·head.
 
 use cubecl::prelude::*;
 
@@ -21,6 +23,17 @@ use crate::device::record_launch;
 use crate::dispatch;
 use crate::kernels::math;
 use crate::tensor::Tensor as SsmTensor;
+
+/// Most cubes along the grid's y axis (CUDA's `gridDim.y` and Vulkan's usual
+/// `maxComputeWorkGroupCount[1]`).
+const MAX_GRID_Y: usize = 65_535;
+
+/// (first batch·head, count) of each launch over `bh` batch·heads.
+fn bh_chunks(bh: usize) -> impl Iterator<Item = (usize, u32)> {
+    (0..bh)
+        .step_by(MAX_GRID_Y)
+        .map(move |b0| (b0, (bh - b0).min(MAX_GRID_Y) as u32))
+}
 
 /// Offset of element (b·h flat, row, 0) in a rank-4 `[B, H, L, D]` view.
 #[cube]
@@ -70,6 +83,7 @@ fn attn_fwd<F: Float>(
     v_off: usize,
     lq: usize,
     lk: usize,
+    bh0: usize,
     scale: InputScalar,
     #[comptime] dh: usize,
     #[comptime] dv: usize,
@@ -78,7 +92,7 @@ fn attn_fwd<F: Float>(
     #[define(F)] _d: StorageType,
 ) {
     let t = UNIT_POS as usize;
-    let bh = CUBE_POS_Y as usize;
+    let bh = bh0 + CUBE_POS_Y as usize;
     let row = CUBE_POS_X as usize * rows + t;
     let active = row < lq;
     let sc = scale.get::<F>();
@@ -158,6 +172,7 @@ fn attn_bwd_dq<F: Float>(
     do_off: usize,
     lq: usize,
     lk: usize,
+    bh0: usize,
     scale: InputScalar,
     #[comptime] dh: usize,
     #[comptime] dv: usize,
@@ -166,7 +181,7 @@ fn attn_bwd_dq<F: Float>(
     #[define(F)] _d: StorageType,
 ) {
     let t = UNIT_POS as usize;
-    let bh = CUBE_POS_Y as usize;
+    let bh = bh0 + CUBE_POS_Y as usize;
     let row = CUBE_POS_X as usize * rows + t;
     let active = row < lq;
     let rr = select(active, row, 0usize);
@@ -243,6 +258,7 @@ fn attn_bwd_dkv<F: Float>(
     do_off: usize,
     lq: usize,
     lk: usize,
+    bh0: usize,
     scale: InputScalar,
     #[comptime] dh: usize,
     #[comptime] dv: usize,
@@ -251,7 +267,7 @@ fn attn_bwd_dkv<F: Float>(
     #[define(F)] _d: StorageType,
 ) {
     let t = UNIT_POS as usize;
-    let bh = CUBE_POS_Y as usize;
+    let bh = bh0 + CUBE_POS_Y as usize;
     let col = CUBE_POS_X as usize * cols + t;
     let active = col < lk;
     let cc = select(active, col, 0usize);
@@ -378,18 +394,20 @@ pub(crate) fn forward(
     let bs = blocks(dh, dv, q.dtype.size(), max_smem(q));
     let dtype = q.dtype.storage();
     dispatch!(q.device, c => {
-        let count = CubeCount::Static(lq.div_ceil(bs) as u32, (b * h) as u32, 1);
-        record_launch();
-        unsafe {
-            attn_fwd::launch_unchecked(
-                c, count, CubeDim::new_1d(bs as u32),
-                q.arg(), k.arg(), v.arg(),
-                out.array_arg(out.numel()), lse.array_arg(lse.numel()),
-                q.offset, k.offset, v.offset, lq, lk,
-                InputScalar::new(scale, dtype),
-                dh, dv, bs, bs,
-                dtype,
-            )
+        for (bh0, n) in bh_chunks(b * h) {
+            let count = CubeCount::Static(lq.div_ceil(bs) as u32, n, 1);
+            record_launch();
+            unsafe {
+                attn_fwd::launch_unchecked(
+                    c, count, CubeDim::new_1d(bs as u32),
+                    q.arg(), k.arg(), v.arg(),
+                    out.array_arg(out.numel()), lse.array_arg(lse.numel()),
+                    q.offset, k.offset, v.offset, lq, lk, bh0,
+                    InputScalar::new(scale, dtype),
+                    dh, dv, bs, bs,
+                    dtype,
+                )
+            }
         }
     });
     (out, lse)
@@ -417,35 +435,37 @@ pub(crate) fn backward(
     let bs = blocks(dh, dvs, q.dtype.size(), max_smem(q));
     let dtype = q.dtype.storage();
     dispatch!(q.device, c => {
-        record_launch();
-        unsafe {
-            attn_bwd_dq::launch_unchecked(
-                c,
-                CubeCount::Static(lq.div_ceil(bs) as u32, (b * h) as u32, 1),
-                CubeDim::new_1d(bs as u32),
-                q.arg(), k.arg(), v.arg(), dout.arg(),
-                lse.array_arg(lse.numel()), delta.array_arg(delta.numel()),
-                dq.array_arg(dq.numel()),
-                q.offset, k.offset, v.offset, dout.offset, lq, lk,
-                InputScalar::new(scale, dtype),
-                dh, dvs, bs, bs,
-                dtype,
-            );
-        }
-        record_launch();
-        unsafe {
-            attn_bwd_dkv::launch_unchecked(
-                c,
-                CubeCount::Static(lk.div_ceil(bs) as u32, (b * h) as u32, 1),
-                CubeDim::new_1d(bs as u32),
-                q.arg(), k.arg(), v.arg(), dout.arg(),
-                lse.array_arg(lse.numel()), delta.array_arg(delta.numel()),
-                dk.array_arg(dk.numel()), dvt.array_arg(dvt.numel()),
-                q.offset, k.offset, v.offset, dout.offset, lq, lk,
-                InputScalar::new(scale, dtype),
-                dh, dvs, bs, bs,
-                dtype,
-            );
+        for (bh0, n) in bh_chunks(b * h) {
+            record_launch();
+            unsafe {
+                attn_bwd_dq::launch_unchecked(
+                    c,
+                    CubeCount::Static(lq.div_ceil(bs) as u32, n, 1),
+                    CubeDim::new_1d(bs as u32),
+                    q.arg(), k.arg(), v.arg(), dout.arg(),
+                    lse.array_arg(lse.numel()), delta.array_arg(delta.numel()),
+                    dq.array_arg(dq.numel()),
+                    q.offset, k.offset, v.offset, dout.offset, lq, lk, bh0,
+                    InputScalar::new(scale, dtype),
+                    dh, dvs, bs, bs,
+                    dtype,
+                );
+            }
+            record_launch();
+            unsafe {
+                attn_bwd_dkv::launch_unchecked(
+                    c,
+                    CubeCount::Static(lk.div_ceil(bs) as u32, n, 1),
+                    CubeDim::new_1d(bs as u32),
+                    q.arg(), k.arg(), v.arg(), dout.arg(),
+                    lse.array_arg(lse.numel()), delta.array_arg(delta.numel()),
+                    dk.array_arg(dk.numel()), dvt.array_arg(dvt.numel()),
+                    q.offset, k.offset, v.offset, dout.offset, lq, lk, bh0,
+                    InputScalar::new(scale, dtype),
+                    dh, dvs, bs, bs,
+                    dtype,
+                );
+            }
         }
     });
     (dq, dk, dvt)

@@ -91,6 +91,11 @@ impl Tensor {
                 ),
             ));
         }
+        if q.shape[2] == 0 {
+            // No query reads the keys: their gradients are zero (the kernels would leave
+            // them unwritten).
+            return Ok((q.zeros_like()?, k.zeros_like()?, v.zeros_like()?));
+        }
         let s = scale.unwrap_or(1.0 / (q.shape[3] as f64).sqrt());
         let delta = dout.mul(out)?.sum(&[-1], false)?.contiguous()?;
         Ok(k::backward(q, k, v, dout, &lse.contiguous()?, &delta, s))

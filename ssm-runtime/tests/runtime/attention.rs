@@ -79,6 +79,8 @@ fn fused_attention_matches_host() {
         (2usize, 2usize, 5usize, 7usize, 8usize, 6usize),
         (1, 2, 67, 70, 4, 4),
         (1, 1, 1, 130, 16, 8),
+        // More batch·heads than one launch's grid y axis holds (65 535).
+        (2, 35_000, 1, 2, 1, 1),
     ] {
         let qv = r.vec(b * h * lq * d, -1.0, 1.0);
         let kv = r.vec(b * h * lk * d, -1.0, 1.0);
@@ -187,4 +189,22 @@ fn attention_rejects_bad_shapes() {
     assert!(e.contains("attention") && e.contains("[1, 2, 5, 3]"), "{e}");
     let big = Tensor::zeros(&[1, 1, 2, 300], DType::F32, &d).unwrap();
     assert!(Tensor::attention(&big, &big, &big, None).is_err());
+}
+
+#[test]
+fn attention_without_queries_has_zero_key_gradients() {
+    let mut r = rng(402);
+    let q = upload(&[], &[1, 2, 0, 4], DType::F32);
+    let k = upload(&r.vec(2 * 3 * 4, -1.0, 1.0), &[1, 2, 3, 4], DType::F32);
+    let v = upload(&r.vec(2 * 3 * 5, -1.0, 1.0), &[1, 2, 3, 5], DType::F32);
+    let (o, lse) = Tensor::attention(&q, &k, &v, None).unwrap();
+    assert_eq!(
+        (o.shape(), lse.shape()),
+        (&[1, 2, 0, 5][..], &[1, 2, 0][..])
+    );
+    let g = upload(&[], &[1, 2, 0, 5], DType::F32);
+    let (dq, dk, dv) = Tensor::attention_backward(&q, &k, &v, &o, &lse, &g, None).unwrap();
+    assert_eq!(dq.shape(), &[1, 2, 0, 4]);
+    assert_eq!(dk.to_f64_vec().unwrap(), vec![0.0; 24]);
+    assert_eq!(dv.to_f64_vec().unwrap(), vec![0.0; 30]);
 }
