@@ -1069,12 +1069,26 @@ mod cubek_conv {
         }
     }
 
+    /// cubek takes one padding per axis, applied on both sides.
+    fn symmetric(p: &ConvProblem) -> std::result::Result<(), String> {
+        if p.pad_before == p.pad_after {
+            Ok(())
+        } else {
+            Err(format!(
+                "cubek pads both sides alike; padding before {:?} and after {:?} differ \
+                 (use the default implementation)",
+                p.pad_before, p.pad_after
+            ))
+        }
+    }
+
     pub(super) fn forward(
         x: &Tensor,
         w: &Tensor,
         bias: Option<&Tensor>,
         p: &ConvProblem,
     ) -> std::result::Result<Tensor, String> {
+        symmetric(p)?;
         let xc = channels_last(x, p.layout)?;
         let wc = weight_cl(w)?;
         let bc = bias
@@ -1108,6 +1122,7 @@ mod cubek_conv {
         w: &Tensor,
         p: &ConvProblem,
     ) -> std::result::Result<Tensor, String> {
+        symmetric(p)?;
         let dyc = channels_last(dy, p.layout)?;
         let wc = weight_cl(w)?;
         let in_cl = Layout::ChannelsLast.shape(p.n, p.c_in, &p.input);
@@ -1137,6 +1152,7 @@ mod cubek_conv {
         dy: &Tensor,
         p: &ConvProblem,
     ) -> std::result::Result<Tensor, String> {
+        symmetric(p)?;
         let xc = channels_last(x, p.layout)?;
         let dyc = channels_last(dy, p.layout)?;
         let w_cl = [&[p.c_out][..], &p.kernel, &[p.c_in]].concat();

@@ -374,6 +374,19 @@ fn conv_cubek_path_refuses_cleanly_or_matches_in_tf32() {
         );
         return;
     }
+    // cubek pads both sides alike: an even kernel's "same" padding is refused, not run
+    // shifted.
+    let even = ConvSpec::new().same().layout(Layout::ChannelsLast);
+    let w4 = upload(
+        &r.vec(16 * 16 * 4, -1.0, 1.0),
+        &[16, 16, 1, 1, 4],
+        DType::F32,
+    );
+    let e = x
+        .conv_with(&w4, None, &even, ConvImpl::Cubek)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("both sides"), "{e}");
     // TF32 keeps 10 mantissa bits: compare in relative L2.
     let (y, _) = fwd.unwrap();
     assert!(
@@ -430,6 +443,30 @@ fn conv_large_shapes_on_gpu() {
             Tensor::conv_backward_weight(&x, &g, &[48, 48, 3, 3, 3], &spec, ConvImpl::Direct)
                 .unwrap();
         assert!(rel_l2(&dw_g.to_f64_vec().unwrap(), &dw_d.to_f64_vec().unwrap()) < 1e-5);
+    }
+}
+
+#[test]
+fn conv_padding_resolves_as_pytorch() {
+    // PyTorch's padding="same": total dilation·(k − 1), total/2 before, the rest after;
+    // causal (Mamba's conv1d(padding=k − 1) then [..., :L]): all of it before.
+    // (kernel, dilation, spec, before, after)
+    let cases = [
+        (4, 1, ConvSpec::new().same(), 1, 2),
+        (3, 2, ConvSpec::new().same(), 2, 2),
+        (4, 3, ConvSpec::new().same(), 4, 5),
+        (4, 1, ConvSpec::new().causal(), 3, 0),
+        (4, 2, ConvSpec::new().causal(), 6, 0),
+    ];
+    for (k, dil, spec, before, after) in cases {
+        let spec = spec.dilation(&[dil]);
+        let p = spec.resolve("test", &[1, 2, 20], &[2, 2, k]).unwrap();
+        assert_eq!(
+            (p.pad_before[0], p.pad_after[0], p.output[0]),
+            (before, after, 20),
+            "kernel {k}, dilation {dil}, {:?}",
+            spec
+        );
     }
 }
 
