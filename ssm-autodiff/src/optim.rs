@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use ssm_runtime::{OptimRule, OptimScalars, Result, Tensor, optimizer_step};
+use ssm_runtime::{Error, OptimRule, OptimScalars, Result, Tensor, optimizer_step};
 
 use crate::param::Param;
 use crate::var::Gradients;
@@ -124,6 +124,16 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &[Param], grads: &Gradients) -> Result<()> {
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(Error::Argument {
+                op: "sgd",
+                msg: format!(
+                    "Nesterov momentum needs a momentum and zero dampening (as PyTorch), got \
+                     momentum {} and dampening {}",
+                    self.momentum, self.dampening
+                ),
+            });
+        }
         for p in params {
             let Some(g) = grads.get_id(p.id()) else {
                 continue;

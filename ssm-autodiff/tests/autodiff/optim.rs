@@ -58,6 +58,18 @@ fn sgd_variants_follow_pytorch() {
             1e-12,
         );
     }
+    // Nesterov without momentum, or with dampening, is refused (PyTorch raises too).
+    let p = Param::new("w", &tensor(&[1.0, 2.0])).unwrap();
+    for (momentum, dampening) in [(0.0, 0.0), (0.9, 0.1)] {
+        let mut opt = Sgd::new(0.1).with_momentum(momentum);
+        (opt.dampening, opt.nesterov) = (dampening, true);
+        let e = opt
+            .step(std::slice::from_ref(&p), &grads_for(&p, &[1.0, 1.0]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Nesterov"), "{e}");
+    }
+    assert_eq!(p.value().to_f64_vec().unwrap(), vec![1.0, 2.0], "untouched");
 }
 
 #[test]
