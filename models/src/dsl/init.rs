@@ -55,6 +55,14 @@ pub fn inverse_softplus(x: &Tensor) -> Result<Tensor> {
     Tensor::from_f64(&v, x.shape(), x.dtype(), x.device())
 }
 
+/// Mamba's A_log: ln(1), …, ln(N) in every row (`rows × N`).
+pub fn a_log(rows: usize, n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let v: Vec<f64> = (0..rows)
+        .flat_map(|_| (1..=n).map(|i| (i as f64).ln()))
+        .collect();
+    Tensor::from_f64(&v, &[rows, n], dtype, device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,12 +82,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Mamba's A_log: ln(1), …, ln(N) in every row (`rows × N`).
-pub fn a_log(rows: usize, n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let v: Vec<f64> = (0..rows)
-        .flat_map(|_| (1..=n).map(|i| (i as f64).ln()))
-        .collect();
-    Tensor::from_f64(&v, &[rows, n], dtype, device)
 }

@@ -822,14 +822,13 @@ fn dice_refuses_softmax_over_one_channel() {
         dice_loss(&x, &t, &DiceOptions::softmax()),
         dice_ce_loss(&x, &t, &DiceOptions::softmax(), 1.0, 1.0, 0.0),
     ] {
-        let err = f.err().expect("softmax over one channel must be refused");
+        let err = f.expect_err("softmax over one channel must be refused");
         assert!(err.to_string().contains("Sigmoid"), "{err}");
     }
     assert!(dice_loss(&x, &t, &DiceOptions::sigmoid()).is_ok());
     // MONAI refuses negative weights too.
     let e = dice_ce_loss(&x, &t, &DiceOptions::sigmoid(), -1.0, 1.0, 0.0)
-        .err()
-        .expect("a negative weight must be refused");
+        .expect_err("a negative weight must be refused");
     assert!(e.to_string().contains("non-negative"), "{e}");
 }
 
@@ -878,7 +877,6 @@ fn masked_losses_divide_by_the_mask_and_check_its_rank() {
     let square = Tensor::from_f64(&pv[..n * l * l], &[n, l, l], DType::F64, &d).unwrap();
     let flat = Tensor::ones(&[n, l], DType::F64, &d).unwrap();
     let err = masked_l1(&Var::constant(square.clone()), &square, &flat)
-        .err()
-        .expect("a lower-rank mask must be refused");
+        .expect_err("a lower-rank mask must be refused");
     assert!(err.to_string().contains("same rank"), "{err}");
 }
