@@ -82,4 +82,36 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn mamba_inits_stay_in_their_ranges() {
+        let d = device();
+        // Δ log-uniform in [1e-3, 0.1] (the floor 1e-4 below it does not bind).
+        let bias = dt_bias(&[4096], 1e-3, 0.1, 1e-4, 7, DType::F32, &d).unwrap();
+        let dt = bias.softplus().unwrap().to_f64_vec().unwrap();
+        assert!(
+            dt.iter()
+                .all(|&v| (1e-3 * 0.999..=0.1 * 1.001).contains(&v))
+        );
+        // Log-uniform: about half the draws below the geometric mean 1e-2.
+        let below = dt.iter().filter(|&&v| v < 1e-2).count();
+        assert!((1800..2300).contains(&below), "{below} of 4096 below 1e-2");
+        // The floor binds when the range starts below it.
+        let floored = dt_bias(&[256], 1e-6, 1e-5, 1e-4, 8, DType::F64, &d).unwrap();
+        for v in floored.softplus().unwrap().to_f64_vec().unwrap() {
+            assert!((v - 1e-4).abs() < 1e-12, "{v}");
+        }
+        let a = a_log(3, 4, DType::F64, &d).unwrap().to_f64_vec().unwrap();
+        let row: Vec<f64> = (1..=4).map(|i| (i as f64).ln()).collect();
+        assert_eq!(a, [row.clone(), row.clone(), row].concat());
+        // PyTorch's default bound 1/√fan_in, fan_in = 3·5 (in/groups × kernel).
+        let w = fan_in_uniform(&[8, 3, 5], 9, DType::F64, &d).unwrap();
+        let bound = 1.0 / 15f64.sqrt();
+        let v = w.to_f64_vec().unwrap();
+        assert!(v.iter().all(|x| x.abs() <= bound));
+        assert!(
+            v.iter().any(|x| x.abs() > 0.8 * bound),
+            "spread over the range"
+        );
+    }
 }

@@ -208,3 +208,60 @@ fn attention_without_queries_has_zero_key_gradients() {
     assert_eq!(dk.to_f64_vec().unwrap(), vec![0.0; 24]);
     assert_eq!(dv.to_f64_vec().unwrap(), vec![0.0; 30]);
 }
+
+#[test]
+fn attention_keeps_large_scores_finite() {
+    // Scores (scale 1) of a few hundred: e^s overflows f32 past 88 unless the running maximum is
+    // subtracted; the result must match the host (which subtracts the row maximum).
+    let mut r = rng(403);
+    let (b, h, lq, lk, d) = (1usize, 2usize, 9usize, 40usize, 16usize);
+    let qv = r.vec(b * h * lq * d, -8.0, 8.0);
+    let kv = r.vec(b * h * lk * d, -8.0, 8.0);
+    let vv = r.vec(b * h * lk * d, -1.0, 1.0);
+    let gv = r.vec(b * h * lq * d, -1.0, 1.0);
+    for dtype in [DType::F32, DType::F64] {
+        let (qr, kr, vr, gr) = (
+            rounded(&qv, dtype),
+            rounded(&kv, dtype),
+            rounded(&vv, dtype),
+            rounded(&gv, dtype),
+        );
+        let want = host(&qr, &kr, &vr, &gr, b * h, lq, lk, d, d, 1.0);
+        let q = upload(&qv, &[b, h, lq, d], dtype);
+        let k = upload(&kv, &[b, h, lk, d], dtype);
+        let v = upload(&vv, &[b, h, lk, d], dtype);
+        let g = upload(&gv, &[b, h, lq, d], dtype);
+        // f32 scores of ~250 carry ~3e-5 absolute rounding, which the exponent passes on.
+        let tol = if dtype == DType::F32 { 3e-4 } else { 1e-11 };
+        let (o, lse) = Tensor::attention(&q, &k, &v, Some(1.0)).unwrap();
+        assert_close(
+            &format!("large out {dtype}"),
+            &o.to_f64_vec().unwrap(),
+            &want.out,
+            tol,
+            tol,
+        );
+        let lse_v = lse.to_f64_vec().unwrap();
+        assert!(
+            lse_v.iter().any(|&l| l > 100.0),
+            "scores are large: {lse_v:?}"
+        );
+        assert_close(&format!("large lse {dtype}"), &lse_v, &want.lse, tol, tol);
+        let (dq, dk, dvt) =
+            Tensor::attention_backward(&q, &k, &v, &o, &lse, &g, Some(1.0)).unwrap();
+        for (name, got, w) in [
+            ("dq", dq, &want.dq),
+            ("dk", dk, &want.dk),
+            ("dv", dvt, &want.dv),
+        ] {
+            let scale = w.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            assert_close(
+                &format!("large {name} {dtype}"),
+                &got.to_f64_vec().unwrap(),
+                w,
+                tol,
+                tol * scale,
+            );
+        }
+    }
+}
