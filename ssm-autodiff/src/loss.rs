@@ -108,8 +108,9 @@ fn smoothed(target: Tensor, c: usize, eps: f64) -> Result<Tensor> {
 
 /// The smoothed one-hot target of class `labels` over `c` classes and, with an `ignore`
 /// label, the number of positions that count. Ignored positions get a zero row; a label
-/// that is neither a class nor `ignore` gets a NaN row (`sqrt(−1)`; `sqrt(−0)` = 0 on the
-/// others), so a bad label poisons the loss and its gradient instead of vanishing.
+/// that is neither a class nor `ignore` gets a NaN row, so a bad label poisons the loss
+/// and its gradient instead of vanishing. (The NaN is uploaded, not computed: Vulkan
+/// leaves `sqrt` and `log` of out-of-domain values undefined.)
 fn label_target(
     labels: &Tensor,
     ignore: Option<f64>,
@@ -117,21 +118,25 @@ fn label_target(
     eps: f64,
     layout: Layout,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    let (dtype, device) = (labels.dtype(), labels.device());
     let onehot = Tensor::one_hot(labels, c, layout)?;
     let ca = layout.channel_axis(onehot.rank()) as isize;
     // 1 where the label is a class, 0 elsewhere; [N, 1, *] (or channels-last).
     let class = onehot.sum(&[ca], true)?;
-    let Some(ignore) = ignore else {
-        let poison = class.rsub_scalar(1.0)?.neg()?.sqrt()?;
-        return Ok((smoothed(onehot, c, eps)?.add(&poison)?, None));
+    let (q, kept) = match ignore {
+        None => (smoothed(onehot, c, eps)?, class.ones_like()?),
+        Some(v) => {
+            let kept = Tensor::with_label_channel(labels, layout)?
+                .eq(&Tensor::scalar(v, dtype, device)?)?
+                .rsub_scalar(1.0)?;
+            (smoothed(onehot, c, eps)?.mul(&kept)?, kept)
+        }
     };
-    let mark = Tensor::scalar(ignore, labels.dtype(), labels.device())?;
-    let kept = Tensor::with_label_channel(labels, layout)?
-        .eq(&mark)?
-        .rsub_scalar(1.0)?;
-    let poison = class.rsub_scalar(1.0)?.mul(&kept)?.neg()?.sqrt()?;
-    let q = smoothed(onehot, c, eps)?.mul(&kept)?.add(&poison)?;
-    Ok((q, Some(kept.sum_all()?)))
+    // Neither a class nor ignored: class 0 and kept 1.
+    let bad = class.lt(&kept)?;
+    let q = Tensor::where_cond(&bad, &Tensor::scalar(f64::NAN, dtype, device)?, &q)?;
+    let count = ignore.map(|_| kept.sum_all()).transpose()?;
+    Ok((q, count))
 }
 
 /// Activation applied to the logits before the Dice term.
