@@ -569,13 +569,16 @@ impl Tensor {
         let (y, stats, var_u) = forward_stats(self, &g, weight, bias, eps)?;
         let var_u = match var_u {
             Some(v) => v,
-            // var = 1/rstd² − eps, unbiased by n/(n − 1).
-            None => stats
-                .rstd
-                .square()?
-                .recip()?
-                .add_scalar(-eps)?
-                .mul_scalar(n as f64 / (n - 1) as f64)?,
+            // The one-launch path keeps rstd only, and 1/rstd² − eps loses the variance
+            // when it is far below eps (a residue, even a negative one, at zero variance,
+            // where PyTorch stores 0): a second pass over this (small) input instead.
+            None => {
+                let reduced: Vec<isize> = (0..self.rank())
+                    .filter(|&a| a != layout.channel_axis(self.rank()))
+                    .map(|a| a as isize)
+                    .collect();
+                self.var(&reduced, 1, false)?
+            }
         };
         let new_mean = running_mean
             .mul_scalar(1.0 - momentum)?

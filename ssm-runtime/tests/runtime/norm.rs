@@ -384,7 +384,19 @@ fn batch_norm_running_statistics_follow_pytorch() {
     let d = device();
     let mut r = rng(203);
     let shape = [4usize, 3, 5, 2];
-    let xv: Vec<f64> = r.vec(40 * 3, -1.0, 1.0).iter().map(|v| v + 0.5).collect();
+    let (gid, _, _) = groups(&shape, Norm::Batch, Layout::ChannelsFirst);
+    // Channel 1 constant (zero variance: PyTorch's running variance gets exactly 0 from
+    // it), channel 2 with a variance far below eps.
+    let xv: Vec<f64> = r
+        .vec(40 * 3, -1.0, 1.0)
+        .iter()
+        .zip(&gid)
+        .map(|(v, &c)| match c {
+            1 => 0.75,
+            2 => 0.5 + 1e-4 * v,
+            _ => v + 0.5,
+        })
+        .collect();
     for dtype in [DType::F32, DType::F64] {
         let (rtol, atol) = tol(dtype);
         let xr = rounded(&xv, dtype);
@@ -395,9 +407,9 @@ fn batch_norm_running_statistics_follow_pytorch() {
         let x = upload(&xv, &shape, dtype);
         x.batch_norm_train(None, None, &rm, &rv, 0.1, 1e-5, Layout::ChannelsFirst)
             .unwrap();
-        let (gid, _, _) = groups(&shape, Norm::Batch, Layout::ChannelsFirst);
         let mut want_m = rm0.to_vec();
         let mut want_v = rv0.to_vec();
+        let mut batch_var = [0.0; 3];
         for c in 0..3 {
             let vals: Vec<f64> = xr
                 .iter()
@@ -410,6 +422,7 @@ fn batch_norm_running_statistics_follow_pytorch() {
             let var_u = vals.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0);
             want_m[c] = 0.9 * rm0[c] + 0.1 * m;
             want_v[c] = 0.9 * rv0[c] + 0.1 * var_u;
+            batch_var[c] = var_u;
         }
         assert_close(
             &format!("running mean {dtype}"),
@@ -422,8 +435,23 @@ fn batch_norm_running_statistics_follow_pytorch() {
             &format!("running var {dtype}"),
             &rv.to_f64_vec().unwrap(),
             &want_v,
-            rtol * 10.0,
+            rtol,
             atol,
+        );
+        // Momentum 1 stores the batch's unbiased variance itself: exactly 0 for the
+        // constant channel (1/rstd² − eps left −9e-13 there), the tiny one as closely as
+        // the input's precision allows.
+        let rv1 = upload(&rv0, &[3], dtype);
+        x.batch_norm_train(None, None, &rm, &rv1, 1.0, 1e-5, Layout::ChannelsFirst)
+            .unwrap();
+        let got = rv1.to_f64_vec().unwrap();
+        assert_eq!(got[1], 0.0, "constant channel {dtype}");
+        assert_close(
+            &format!("batch variance {dtype}"),
+            &got,
+            &batch_var,
+            rtol,
+            0.0,
         );
         // Evaluation uses the running statistics; its input gradient is dy·w·rstd.
         let w = upload(&[0.5, 1.0, 2.0], &[3], dtype);
