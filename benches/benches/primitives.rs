@@ -10,6 +10,9 @@
 //!   over batch and space of the channels-first `[2, 96, 50176]` (`cf_bias`); throughput
 //!   counts the bytes read.
 //!
+//! - `mma_peak/<bf16|tf32>`: tensor-core products from registers only (the `mma.sync`
+//!   ceiling the pipelined convolutions work under); throughput counts FLOPs as elements.
+//!
 //! Sizes are scaled down on Vulkan (which in CI is a CPU).
 
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented functions
@@ -90,9 +93,35 @@ fn reduce(c: &mut Criterion) {
     g.finish();
 }
 
+/// The `mma.sync` ceiling (`ssm_runtime::kernels::mma_probe`): products from registers
+/// only, 4 cubes of 8 warps per multiprocessor. Devices without `mma.sync` skip it.
+fn mma_peak(c: &mut Criterion) {
+    use ssm_runtime::kernels::mma_probe::{mma_peak, mma_peak_flops};
+    let d = device();
+    let Some(sms) = d.multiprocessors() else {
+        return;
+    };
+    let (cubes, reps) = (4 * sms, 256);
+    let mut g = c.benchmark_group("mma_peak");
+    for (name, dtype) in [("bf16", DType::BF16), ("tf32", DType::F32)] {
+        if !d.has_pipelined_mma(dtype) {
+            continue;
+        }
+        g.throughput(Throughput::Elements(mma_peak_flops(dtype, cubes, reps)));
+        g.bench_function(BenchmarkId::new(name, "flop"), |bench| {
+            bench.iter_custom(|iters| {
+                time_batched(&d, iters, || {
+                    drop(mma_peak(&d, dtype, cubes, reps, 1.0).unwrap())
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1));
-    targets = elementwise, matmul, reduce
+    targets = elementwise, matmul, reduce, mma_peak
 }
 criterion_main!(benches);

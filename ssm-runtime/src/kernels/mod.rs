@@ -16,6 +16,7 @@ pub(crate) mod launch;
 pub mod loss;
 pub mod math;
 pub mod matmul;
+pub mod mma_probe;
 pub mod optim;
 pub mod pool;
 pub mod random;

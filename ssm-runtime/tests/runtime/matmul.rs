@@ -122,3 +122,41 @@ fn matmul_shape_errors_name_the_operands() {
     let v = Tensor::zeros(&[3], DType::F32, &d).unwrap();
     assert!(a.matmul(&v).unwrap_err().to_string().contains("rank"));
 }
+
+/// The `mma.sync` probe does every product it claims (its throughput bench divides by
+/// that count): each lane's accumulators sum to `CHAINS · 4 · reps · k · one²`, with
+/// `one` chosen so the sums are exact in f32 and differ per run. Refused cleanly where
+/// the device has no `mma.sync` for the type.
+#[test]
+fn mma_probe_counts_every_product() {
+    use ssm_runtime::kernels::mma_probe::{CHAINS, mma_peak, mma_peak_flops};
+    let d = ssm_runtime::testing::device();
+    let mut r = rng(811);
+    for (dtype, k) in [(DType::BF16, 16usize), (DType::F32, 8)] {
+        // A power of two in [1/4, 2): exact in bf16 and TF32, and so is its square.
+        let one = 2f64.powi((r.uniform(-2.0, 1.0)).floor() as i32) as f32;
+        let (cubes, reps) = (3, 5 + (r.uniform(0.0, 10.0) as usize));
+        match mma_peak(&d, dtype, cubes, reps, one) {
+            Ok(out) => {
+                let want = (CHAINS * 4 * reps * k) as f64 * (one as f64).powi(2);
+                let got = out.to_f64_vec().unwrap();
+                assert_eq!(got.len(), cubes * 256);
+                for (i, v) in got.iter().enumerate() {
+                    assert_eq!(*v, want, "{dtype} lane {i}");
+                }
+                let per_warp = (CHAINS * reps * 2 * 16 * 8 * k) as u64;
+                assert_eq!(
+                    mma_peak_flops(dtype, cubes, reps),
+                    cubes as u64 * 8 * per_warp
+                );
+            }
+            Err(e) => {
+                assert!(!d.has_pipelined_mma(dtype), "{dtype}: {e}");
+                assert!(e.to_string().contains("no mma.sync"), "{e}");
+                crate::skip("mma_probe_counts_every_product", &format!("{dtype}: {e}"));
+            }
+        }
+    }
+    let e = mma_peak(&d, DType::F64, 1, 1, 1.0).unwrap_err();
+    assert!(e.to_string().contains("mma_peak"), "{e}");
+}
