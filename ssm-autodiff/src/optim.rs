@@ -279,7 +279,10 @@ impl Optimizer for Adam {
 
 /// Scale all gradients so that their global L2 norm is at most `max_norm` (PyTorch's
 /// `clip_grad_norm_`: coefficient min(1, max_norm / (norm + 1e-6))). Returns the norm
-/// before clipping as a rank-0 tensor; nothing is read back to the host.
+/// before clipping as a rank-0 tensor; nothing is read back to the host. A NaN gradient
+/// makes the norm and the coefficient NaN, so every gradient comes out NaN, as in PyTorch
+/// (whose `error_if_nonfinite` defaults to off): a step on them shows the failure instead
+/// of applying the finite gradients unscaled.
 pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<Option<Tensor>> {
     let ids: Vec<u64> = grads.ids().collect();
     let mut total: Option<Tensor> = None;

@@ -181,4 +181,13 @@ fn clipping_scales_to_the_max_norm() {
         0.0,
         0.0,
     );
+    // A NaN anywhere poisons every gradient (PyTorch's clamp keeps the NaN coefficient).
+    let mut bad = grads_for(&p, &[0.1, 0.2]);
+    bad.insert(q.id(), tensor(&[f64::NAN]));
+    let norm = clip_grad_norm(&mut bad, 1.0).unwrap().unwrap();
+    assert!(norm.item().unwrap().is_nan());
+    for id in [p.id(), q.id()] {
+        let g = bad.get_id(id).unwrap().to_f64_vec().unwrap();
+        assert!(g.iter().all(|v| v.is_nan()), "{g:?}");
+    }
 }

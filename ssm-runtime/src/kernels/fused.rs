@@ -121,7 +121,7 @@ fn unary<F: Float>(x: F, #[comptime] op: FusedUnary) -> F {
                 math::exp::<F>(F::new(-0.5) * x * x) * math::constant::<F>(0.398_942_280_401_432_7);
             cdf + x * pdf
         }
-        FusedUnary::Relu => F::max(x, zero),
+        FusedUnary::Relu => math::max_nan::<F>(x, zero),
         FusedUnary::Step => select(x > zero, one, zero),
         FusedUnary::Abs => F::abs(x),
         FusedUnary::Sign => select(x > zero, one, select(x < zero, -one, zero)),

@@ -75,6 +75,19 @@ pub fn is_nan<F: Float>(x: F) -> bool {
     !(x > zero || x <= zero)
 }
 
+/// max(a, b) where a NaN operand wins, as in PyTorch's `maximum`, `clamp` and `relu` (the
+/// hardware's `max` returns the other operand).
+#[cube]
+pub fn max_nan<F: Float>(a: F, b: F) -> F {
+    select(a > b || is_nan::<F>(a), a, b)
+}
+
+/// min(a, b) where a NaN operand wins (see [`max_nan`]).
+#[cube]
+pub fn min_nan<F: Float>(a: F, b: F) -> F {
+    select(a < b || is_nan::<F>(a), a, b)
+}
+
 /// 2^k for an integer k in [-1100, 1100], exact where the result is representable.
 #[cube]
 fn pow2i_f64(k: i32) -> f64 {

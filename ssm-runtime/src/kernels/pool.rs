@@ -88,9 +88,9 @@ fn pool_fwd<F: Float>(
                             src[usize::cast_from(base + sd * g.ss_d + sh * g.ss_h + sw * g.ss_w)];
                         if is_max {
                             let flat = (sd * g.src_h + sh) * g.src_w + sw;
-                            // NaN wins (and the first NaN stays).
-                            let take = best < 0
-                                || (!math::is_nan::<F>(acc) && (v > acc || math::is_nan::<F>(v)));
+                            // NaN wins, and a later NaN takes over (PyTorch's
+                            // `val > max || isnan(val)`: the index of the last NaN).
+                            let take = best < 0 || v > acc || math::is_nan::<F>(v);
                             if take {
                                 acc = v;
                                 best = flat;

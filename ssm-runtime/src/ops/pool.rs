@@ -2,8 +2,8 @@
 //! input gradients. Semantics follow PyTorch's `avg_poolNd` / `max_poolNd` with
 //! `ceil_mode=False` and dilation 1: zero padding of at most half the window, the average
 //! divided by the full window (`count_include_pad`, the default) or by the number of real
-//! elements, the max over real elements with NaN propagating and the first maximum
-//! reported (as a flat spatial index into the input, PyTorch's `return_indices`).
+//! elements, the max over real elements with NaN propagating and the first maximum (or the
+//! last NaN) reported (as a flat spatial index into the input, PyTorch's `return_indices`).
 
 use crate::DType;
 use crate::error::Result as R;

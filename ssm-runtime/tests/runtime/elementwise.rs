@@ -213,6 +213,51 @@ fn binary_ops_broadcast_like_numpy() {
 }
 
 #[test]
+fn extrema_propagate_nan_like_pytorch() {
+    // torch.relu / clamp / maximum / minimum return NaN when either operand is NaN; the
+    // hardware's max / min return the other operand.
+    let d = ssm_runtime::testing::device();
+    let nan = f64::NAN;
+    for dtype in [DType::F32, DType::F64] {
+        let a = Tensor::from_f64(&[nan, -2.0, 3.0, nan, 1.5], &[5], dtype, &d).unwrap();
+        let b = Tensor::from_f64(&[1.0, nan, 2.0, nan, 1.5], &[5], dtype, &d).unwrap();
+        let same = |got: Tensor, want: &[f64], what: &str| {
+            let got = got.to_f64_vec().unwrap();
+            let ok = got
+                .iter()
+                .zip(want)
+                .all(|(g, w)| (g.is_nan() && w.is_nan()) || g == w);
+            assert!(ok, "{what} {dtype}: {got:?}, want {want:?}");
+        };
+        same(
+            a.unary(UnaryOp::Relu, 0.0).unwrap(),
+            &[nan, 0.0, 3.0, nan, 1.5],
+            "relu",
+        );
+        same(
+            a.unary(UnaryOp::MaxScalar, 2.0).unwrap(),
+            &[nan, 2.0, 3.0, nan, 2.0],
+            "max_scalar",
+        );
+        same(
+            a.unary(UnaryOp::MinScalar, 2.0).unwrap(),
+            &[nan, -2.0, 2.0, nan, 1.5],
+            "min_scalar",
+        );
+        same(
+            a.binary(&b, BinaryOp::Max, 0.0).unwrap(),
+            &[nan, nan, 3.0, nan, 1.5],
+            "maximum",
+        );
+        same(
+            a.binary(&b, BinaryOp::Min, 0.0).unwrap(),
+            &[nan, nan, 2.0, nan, 1.5],
+            "minimum",
+        );
+    }
+}
+
+#[test]
 fn pow_follows_c_conventions_for_negative_bases() {
     for (dtype, rtol, atol) in FLOATS {
         let a = upload(&[-2.0, -2.0, -0.5, 0.0, 0.0, 3.0], &[6], dtype);
