@@ -5,11 +5,15 @@
 #   bash stage/gpu-run.sh ssm ARGS...      the CLI
 # Logs and criterion output go to $OUT when set (the device tool returns that folder).
 set -uo pipefail
-BIN=/tmp/ssm-bin
+# The staged folder this script sits in (stage/, or another STAGE of gpu-stage.sh); each
+# unpacks into its own /tmp folder, so two builds can run in one call.
+HERE=$(cd "$(dirname "$0")" && pwd)
+BIN="${SSM_BIN:-/tmp/ssm-bin}"
+[ "$(basename "$HERE")" = stage ] || BIN="${SSM_BIN:-/tmp/ssm-bin-$(basename "$HERE")}"
 # Unpack once per staged build (a sweep calls this script per line; xz takes seconds).
-stamp=$(cksum < stage/bin.tar.xz)
+stamp=$(cksum < "$HERE/bin.tar.xz")
 if [ "$(cat "$BIN/.stamp" 2>/dev/null)" != "$stamp" ]; then
-  rm -rf "$BIN" && mkdir -p "$BIN" && tar -C "$BIN" --strip-components=1 -xJf stage/bin.tar.xz
+  rm -rf "$BIN" && mkdir -p "$BIN" && tar -C "$BIN" --strip-components=1 -xJf "$HERE/bin.tar.xz"
   echo "$stamp" > "$BIN/.stamp"
 fi
 export SSM_DEVICE="${SSM_DEVICE:-cuda}"

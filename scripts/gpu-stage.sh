@@ -2,6 +2,8 @@
 # Build the CUDA test, bench and CLI binaries here and stage them for the GPU machine.
 #
 #   bash scripts/gpu-stage.sh            # build + stage into ./stage (git-ignored)
+#   STAGE=stage-b bash scripts/gpu-stage.sh   # into ./stage-b (keep ./stage for a call
+#                                        # in flight, or as the baseline of an A/B run)
 #
 # The GPU machine has no Rust toolchain and no network: binaries built here (release,
 # stripped, CUDA through NVRTC at run time, CUDARC_CUDA_VERSION=13000 for driver 580)
@@ -12,7 +14,8 @@ cd "$(dirname "$0")/.."
 
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
 FEATURES="ssm-runtime/cuda,ssm-autodiff/cuda,ssm/cuda,ssm-benches/cuda,ssm-integration-tests/cuda"
-STAGE=stage
+STAGE="${STAGE:-stage}"
+case "$STAGE" in stage*) ;; *) echo "STAGE must name a git-ignored stage* folder" >&2; exit 2 ;; esac
 rm -rf "$STAGE" && mkdir -p "$STAGE/bin"
 
 # Print "name path" for every executable cargo reports in its JSON messages.
@@ -60,6 +63,6 @@ tar -C "$STAGE" -I "xz -T0 -6" -cf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin
 size=$(du -sm "$STAGE" | cut -f1)
 echo "== staged ${size} MiB in $STAGE/ (limit 64 MiB with the working tree)" >&2
 echo
-echo "Run on the GPU machine (device tool, carry [\"stage\"]):"
-echo "  bash stage/gpu-run.sh tests            # whole suite with SSM_DEVICE=cuda"
-echo "  bash stage/gpu-run.sh bench primitives # one criterion bench"
+echo "Run on the GPU machine (device tool, carry [\"$STAGE\"]):"
+echo "  bash $STAGE/gpu-run.sh tests            # whole suite with SSM_DEVICE=cuda"
+echo "  bash $STAGE/gpu-run.sh bench primitives # one criterion bench"

@@ -3,6 +3,7 @@
 # a sweep file, each with its own environment, every log kept under $OUT.
 #
 #   bash scripts/gpu-sweep.sh SWEEP_FILE
+#   STAGE=stage-b bash scripts/gpu-sweep.sh SWEEP_FILE   # the build staged in stage-b/
 #
 # A line is `label filter [VAR=value ...]` (blank lines and `#` comments skipped), e.g.
 #   base   conv3d/2x96.*/bf16_cl/(fwd|bwd_data)
@@ -22,7 +23,7 @@ while read -r label filter vars; do
     exit 2
   fi
   # shellcheck disable=SC2086 # vars is a list of VAR=value words
-  env $vars bash stage/gpu-run.sh bench model_ops "$filter" > /dev/null 2>&1
+  env $vars bash "${STAGE:-stage}/gpu-run.sh" bench model_ops "$filter" > /dev/null 2>&1
   mv "$OUT/bench-model_ops.log" "$OUT/sweep-$label.log"
   # The first `time:` line after a bench's name holds its median; a second one (criterion's
   # change against an earlier run in the same folder) is skipped.
