@@ -821,6 +821,8 @@ pub(crate) struct PipeTile {
     pub bk: usize,
     /// Stage slots in shared memory.
     pub stages: usize,
+    /// The cubes give every multiprocessor one ([`balanced`]): the taps are not split.
+    pub one_per_sm: bool,
 }
 
 impl PipeTile {
@@ -911,6 +913,7 @@ pub(crate) fn pipe_tile(
         rows_per_seg,
         bk,
         stages: 0, // stage_slots, once the slot size is known
+        one_per_sm: false,
     };
     tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     tile
@@ -971,6 +974,7 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
     if let Some(frags_m) = tune.fwd_frags_m {
         tile.frags_m = frags_m;
         tile.stages = stage_slots(tile.stage_bytes(elem), elem);
+        tile.one_per_sm = false;
     }
     if let Some(slots) = tune.fwd_slots {
         tile.stages = slots;
@@ -979,12 +983,21 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
     tile
 }
 
-/// bf16 warps of three segments (two stage slots) where that evens out the cubes: when
-/// two-segment cubes would give some multiprocessors one cube and others two (between one
-/// and two per multiprocessor) and three-segment ones fit one each. On an H200 (132
-/// multiprocessors) the 192-channel benchmark shape went from 196 cubes to 132: forward /
-/// backward-data 14 / 15 % faster; at 96 channels (784 → 523 cubes, several per
-/// multiprocessor either way) three segments ran 9 % slower. `cubes` counts a tile's cubes.
+/// Taller warps where they even out or thin the cubes, `cubes` counting a tile's cubes:
+///
+/// - Three segments a warp (two stage slots) when two-segment cubes would give some
+///   multiprocessors one cube and others two (between one and two per multiprocessor) and
+///   three-segment ones fit one each; such a tile is `one_per_sm` (its taps are not split).
+///   The 192-channel benchmark shape went from 196 cubes to 132: on an H200 bf16 forward /
+///   backward-data 14 / 15 % faster; on an H100 (2026-12-06) TF32 17 / 17 % faster than
+///   two segments in two tap splits (265 → 219 µs, 260 → 216), while three segments in two
+///   tap splits gained only 3 / 5 %.
+/// - TF32 only: four segments a warp where four-segment cubes still fill every
+///   multiprocessor twice and two of them fit one (its shared memory): each B fragment serves four A
+///   fragments, 149 shared bytes per MMA instead of 213. 96 channels (784 → 392 cubes):
+///   forward / backward-data 10 / 11 % faster on an H100 (449 → 404 µs, 446 → 397); at 192
+///   channels (98 cubes) 11 / 16 % slower. bf16 at 96 channels ran 9 % slower in three
+///   segments (H200), so bf16 keeps two there.
 fn balanced(
     tile: PipeTile,
     cubes: impl Fn(&PipeTile) -> usize,
@@ -995,20 +1008,24 @@ fn balanced(
     let Some(sms) = multiprocessors else {
         return tile;
     };
-    let three = PipeTile {
-        frags_m: 3,
+    if tile.frags_m != 2 {
+        return tile;
+    }
+    let taller = |frags_m| PipeTile {
+        frags_m,
         stages: 2,
         ..tile
     };
-    let (now, then) = (cubes(&tile), cubes(&three));
+    let (three, four) = (taller(3), taller(4));
+    let now = cubes(&tile);
     let uneven = now > sms && now < 2 * sms;
-    if elem == 2
-        && tile.frags_m == 2
-        && uneven
-        && then <= sms
-        && three.shared_bytes(elem) <= max_shared
-    {
-        three
+    if uneven && cubes(&three) <= sms && three.shared_bytes(elem) <= max_shared {
+        PipeTile {
+            one_per_sm: true,
+            ..three
+        }
+    } else if elem == 4 && cubes(&four) >= 2 * sms && 2 * four.shared_bytes(elem) <= max_shared {
+        four
     } else {
         tile
     }
@@ -1134,10 +1151,11 @@ pub(crate) fn gemm(
     let (m_tiles, n_tiles) = tile.tiles(rows, dst_w, geo.c_out as usize);
     let cubes = m_tiles * n_tiles * geo.groups as usize;
     let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
-    let target = conv_tune()
-        .fwd_split_target
-        .unwrap_or_else(|| split_target(src.dtype));
-    let k_splits = tap_splits(cubes, tap_groups, target);
+    let k_splits = match conv_tune().fwd_split_target {
+        Some(target) => tap_splits(cubes, tap_groups, target),
+        None if tile.one_per_sm => 1,
+        None => tap_splits(cubes, tap_groups, split_target(src.dtype)),
+    };
     let out = SsmTensor::empty(&[k_splits * numel], DType::F32, &src.device);
     let (frag_ty, mk) = fragment(src.dtype);
     let vec = copy_granule(src.dtype);
@@ -1231,25 +1249,40 @@ mod tests {
     }
 
     #[test]
-    fn three_segment_warps_only_where_they_even_out_the_cubes() {
+    fn taller_warps_only_where_they_even_out_or_thin_the_cubes() {
         let hopper = 227 * 1024;
         // (channels, dst rows, dst_w) of the benchmark shapes.
         let tile = |c: usize, rows: usize, dst_w: usize, elem: usize, sms: Option<usize>| {
             let bk = reduce_depth(c, elem);
             let t = tile_for(c, 3, 1, 1, dst_w, bk, elem, hopper);
             let b = balanced(t, |t| t.cubes(rows, dst_w, c, 1), elem, sms, hopper);
-            (b.frags_m, b.stages, b.cubes(rows, dst_w, c, 1))
+            (
+                b.frags_m,
+                b.stages,
+                b.cubes(rows, dst_w, c, 1),
+                b.one_per_sm,
+            )
         };
-        // 192 channels on 132 multiprocessors: 196 cubes → 132, one each.
-        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(132)), (3, 2, 132));
-        // Unknown multiprocessors, TF32, or fewer multiprocessors than three-segment cubes:
-        // unchanged.
-        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, None), (2, 3, 196));
-        assert_eq!(tile(192, 2 * 28 * 28, 8, 4, Some(132)).0, 2);
-        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(114)), (2, 3, 196));
-        // Many cubes per multiprocessor either way (96 and 48 channels): unchanged.
+        // 192 channels on 132 multiprocessors: 196 cubes → 132, one each, in both types.
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(132)), (3, 2, 132, true));
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 4, Some(132)), (3, 2, 132, true));
+        // Unknown multiprocessors, or fewer multiprocessors than three-segment cubes (and
+        // too few four-segment TF32 cubes to fill them twice): unchanged.
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, None), (2, 3, 196, false));
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(114)), (2, 3, 196, false));
+        assert_eq!(tile(192, 2 * 28 * 28, 8, 4, Some(114)), (2, 2, 196, false));
+        // 96 channels: TF32 in four-segment warps (784 → 392 cubes, three waves of two an
+        // SM); bf16 unchanged. 48 channels: 8-warp tiles, unchanged (two four-segment
+        // ones would not fit one SM).
+        assert_eq!(tile(96, 2 * 56 * 56, 16, 4, Some(132)), (4, 2, 392, false));
         assert_eq!(tile(96, 2 * 56 * 56, 16, 2, Some(132)).0, 2);
-        assert_eq!(tile(48, 2 * 112 * 112, 32, 2, Some(132)).0, 2);
+        assert_eq!(tile(96, 2 * 56 * 56, 16, 4, Some(200)).0, 2);
+        for elem in [2, 4] {
+            assert_eq!(tile(48, 2 * 112 * 112, 32, elem, Some(132)).0, 2);
+        }
+        // The taps of a one-per-SM tile are not split; others as `split_target` says.
+        let t = tile(192, 2 * 28 * 28, 8, 4, Some(132));
+        assert!(t.3 && tap_splits(t.2, 9, split_target(DType::F32)) == 2);
     }
 
     #[test]

@@ -761,6 +761,10 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
         elem,
         tune.wgrad_ks.unwrap_or_else(|| stage_segments(dst_w, elem)),
     );
+    if let Some(cc) = tune.wgrad_cc {
+        tile.cc = cc;
+        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
+    }
     if let Some(slots) = tune.wgrad_slots {
         tile.stages = slots;
     }

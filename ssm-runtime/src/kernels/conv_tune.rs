@@ -10,6 +10,7 @@
 //! | `fwd.slots` | stage slots | `stage_slots` |
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
+//! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
 //! | `wgrad.target` | cubes the row splits aim for | 512 |
 //!
@@ -28,12 +29,13 @@ pub(crate) struct ConvTune {
     pub fwd_slots: Option<usize>,
     pub fwd_split_target: Option<usize>,
     pub wgrad_ks: Option<usize>,
+    pub wgrad_cc: Option<usize>,
     pub wgrad_slots: Option<usize>,
     pub wgrad_target: Option<usize>,
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.slots, fwd.split_target, wgrad.ks, \
-                    wgrad.slots, wgrad.target";
+                    wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -58,6 +60,7 @@ impl ConvTune {
                 "fwd.slots" => (&mut t.fwd_slots, 4),
                 "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
+                "wgrad.cc" => (&mut t.wgrad_cc, 64),
                 "wgrad.slots" => (&mut t.wgrad_slots, 4),
                 "wgrad.target" => (&mut t.wgrad_target, usize::MAX),
                 other => return Err(format!("unknown key `{other}` (known: {KEYS})")),
@@ -65,6 +68,9 @@ impl ConvTune {
             let min = if key.trim().ends_with(".slots") { 2 } else { 1 };
             if !(min..=max).contains(&n) {
                 return Err(format!("`{item}`: the value must lie in {min}..={max}"));
+            }
+            if key.trim() == "wgrad.cc" && !n.is_multiple_of(16) {
+                return Err(format!("`{item}`: the value must be a multiple of 16"));
             }
             *slot = Some(n);
         }
@@ -122,6 +128,9 @@ mod tests {
             e.contains("unknown key `wgrad.kz`") && e.contains("wgrad.ks"),
             "{e}"
         );
+        let e = ConvTune::parse("wgrad.cc=24").unwrap_err();
+        assert!(e.contains("multiple of 16"), "{e}");
+        assert_eq!(ConvTune::parse("wgrad.cc=48").unwrap().wgrad_cc, Some(48));
         let e = ConvTune::parse("fwd.slots").unwrap_err();
         assert!(e.contains("not key=value"), "{e}");
         for bad in ["fwd.slots=0", "fwd.slots=-1", "fwd.slots=two"] {

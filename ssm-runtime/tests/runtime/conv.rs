@@ -447,6 +447,122 @@ fn conv_large_shapes_on_gpu() {
 }
 
 #[test]
+fn conv_tensor_cores_on_the_benchmark_shapes_on_gpu() {
+    // The tile rules choose differently at the GSC shapes on a GPU of many multiprocessors
+    // (three-segment warps one cube an SM and unsplit at 192 channels, four-segment TF32
+    // warps at 96, the weight gradient's row splits): every pass there against the exact
+    // f32 GEMM on CUDA cores, on the same (for bf16: bf16-rounded) operands.
+    let d = device();
+    if d.kind() != DeviceKind::Cuda {
+        crate::skip(
+            "conv_tensor_cores_on_the_benchmark_shapes_on_gpu",
+            "CUDA only (full-size shapes)",
+        );
+        return;
+    }
+    let mut r = rng(109);
+    let dtypes: Vec<DType> = [DType::F32, DType::BF16]
+        .into_iter()
+        .filter(|&t| d.has_tensor_cores(t))
+        .collect();
+    // Per element against Σ|terms| and in relative L2: TF32 as `assert_tf32_close`; bf16
+    // sums of up to 12 544 exact products in f32 on both sides (√K·2⁻²⁴ ≈ 7e-6 typical),
+    // where results rounded to bf16 would be ~2e-3 off.
+    let check = |what: &str, dtype: DType, got: &Tensor, want: &Tensor, mag: &Tensor| {
+        let (tol, l2) = if dtype == DType::F32 {
+            (4e-3, 2e-3)
+        } else {
+            (2e-4, 1e-4)
+        };
+        assert_eq!(got.dtype(), DType::F32, "{what}: results are f32");
+        let (g, w, m) = (
+            got.to_f64_vec().unwrap(),
+            want.to_f64_vec().unwrap(),
+            mag.to_f64_vec().unwrap(),
+        );
+        assert_eq!(g.len(), w.len(), "{what}");
+        for (i, ((g, w), m)) in g.iter().zip(&w).zip(&m).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * m + 1e-30,
+                "{what}: element {i} is {g}, expected {w} (Σ|terms| {m})"
+            );
+        }
+        let e = rel_l2(&g, &w);
+        assert!(e < l2, "{what}: relative L2 error {e:e}");
+    };
+    for (c, sp) in [(96usize, [56usize, 56, 16]), (192, [28, 28, 8])] {
+        let spec = ConvSpec::new()
+            .same()
+            .layout(Layout::ChannelsLast)
+            .allow_tf32(true);
+        let in_shape = Layout::ChannelsLast.shape(2, c, &sp);
+        let w_shape = [c, c, 3, 3, 3];
+        let n_in: usize = in_shape.iter().product();
+        let (xv, wv, dyv) = (
+            r.vec(n_in, -1.0, 1.0),
+            r.vec(c * c * 27, -1.0, 1.0),
+            r.vec(n_in, -1.0, 1.0),
+        );
+        for &dtype in &dtypes {
+            let what = format!("{c} channels {dtype}");
+            let (xr, wr, dyr) = (
+                rounded(&xv, dtype),
+                rounded(&wv, dtype),
+                rounded(&dyv, dtype),
+            );
+            let exact = |v: &[f64], shape: &[usize]| upload(v, shape, DType::F32);
+            let (x32, w32, dy32) = (
+                exact(&xr, &in_shape),
+                exact(&wr, &w_shape),
+                exact(&dyr, &in_shape),
+            );
+            let (xa, wa, dya) = (
+                exact(&abs(&xr), &in_shape),
+                exact(&abs(&wr), &w_shape),
+                exact(&abs(&dyr), &in_shape),
+            );
+            let (x, w, dy) = (
+                upload(&xv, &in_shape, dtype),
+                upload(&wv, &w_shape, dtype),
+                upload(&dyv, &in_shape, dtype),
+            );
+            let tc = ConvImpl::TensorCore;
+            let gemm = ConvImpl::Gemm;
+
+            let (y, _) = x.conv_with(&w, None, &spec, tc).unwrap();
+            let (y_want, _) = x32.conv_with(&w32, None, &spec, gemm).unwrap();
+            let (y_mag, _) = xa.conv_with(&wa, None, &spec, gemm).unwrap();
+            check(&format!("{what} forward"), dtype, &y, &y_want, &y_mag);
+
+            let dx = |dy: &Tensor, w: &Tensor, which| {
+                Tensor::conv_backward_input(dy, w, &in_shape, &spec, which)
+                    .unwrap()
+                    .0
+            };
+            check(
+                &format!("{what} input grad"),
+                dtype,
+                &dx(&dy, &w, tc),
+                &dx(&dy32, &w32, gemm),
+                &dx(&dya, &wa, gemm),
+            );
+            let dw = |x: &Tensor, dy: &Tensor, which| {
+                Tensor::conv_backward_weight(x, dy, &w_shape, &spec, which)
+                    .unwrap()
+                    .0
+            };
+            check(
+                &format!("{what} weight grad"),
+                dtype,
+                &dw(&x, &dy, tc),
+                &dw(&x32, &dy32, gemm),
+                &dw(&xa, &dya, gemm),
+            );
+        }
+    }
+}
+
+#[test]
 fn conv_padding_resolves_as_pytorch() {
     // PyTorch's padding="same": total dilation·(k − 1), total/2 before, the rest after;
     // causal (Mamba's conv1d(padding=k − 1) then [..., :L]): all of it before.
