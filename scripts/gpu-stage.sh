@@ -4,6 +4,8 @@
 #   bash scripts/gpu-stage.sh            # build + stage into ./stage (git-ignored)
 #   STAGE=stage-b bash scripts/gpu-stage.sh   # into ./stage-b (keep ./stage for a call
 #                                        # in flight, or as the baseline of an A/B run)
+#   LEAVE_OUT="bench-scan bench-scan_profile" bash scripts/gpu-stage.sh
+#                                        # binaries left out, so a baseline fits beside it
 #
 # The GPU machine has no Rust toolchain and no network: binaries built here (release,
 # stripped, CUDA through NVRTC at run time, CUDARC_CUDA_VERSION=13000 for driver 580)
@@ -56,6 +58,7 @@ while read -r name path; do
   if [ -f "benches/benches/$name.rs" ]; then cp "$path" "$STAGE/bin/bench-$name"; fi
 done < "$STAGE/benches.txt"
 while read -r name path; do if [ "$name" = ssm ]; then cp "$path" "$STAGE/bin/ssm"; fi; done < "$STAGE/cli.txt"
+for name in ${LEAVE_OUT:-}; do rm -f "$STAGE/bin/$name"; done
 strip "$STAGE"/bin/* 2>/dev/null || true
 cp scripts/gpu-run.sh "$STAGE/"
 tar -C "$STAGE" -I "xz -T0 -6" -cf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin"
