@@ -216,32 +216,22 @@ fn pooling_matches_host() {
 #[test]
 fn max_pool_ties_and_nan_follow_pytorch() {
     let d = device();
-    let x = Tensor::from_f64(
-        &[1.0, 3.0, 3.0, 2.0, f64::NAN, 5.0],
-        &[1, 1, 6],
-        DType::F32,
-        &d,
-    )
-    .unwrap();
-    let (y, idx) = x.max_pool(&PoolSpec::new(&[3])).unwrap();
-    let y = y.to_f64_vec().unwrap();
+    // Windows of 3 over 6 values: (maxima, flat indices).
+    let pool = |v: &[f64]| {
+        let x = Tensor::from_f64(v, &[1, 1, 6], DType::F32, &d).unwrap();
+        let (y, idx) = x.max_pool(&PoolSpec::new(&[3])).unwrap();
+        (y.to_f64_vec().unwrap(), idx.to_vec::<u32>().unwrap())
+    };
+    let (y, idx) = pool(&[1.0, 3.0, 3.0, 2.0, f64::NAN, 5.0]);
     assert_eq!(y[0], 3.0);
     assert!(y[1].is_nan());
-    assert_eq!(idx.to_vec::<u32>().unwrap(), vec![1, 4]);
+    assert_eq!(idx, vec![1, 4]);
     // Two NaNs in a window: PyTorch's `val > max || isnan(val)` keeps the last one, and a
     // number after a NaN does not replace it.
-    let x = Tensor::from_f64(
-        &[f64::NAN, 9.0, f64::NAN, 1.0, 7.0, 7.0],
-        &[1, 1, 6],
-        DType::F32,
-        &d,
-    )
-    .unwrap();
-    let (y, idx) = x.max_pool(&PoolSpec::new(&[3])).unwrap();
-    let y = y.to_f64_vec().unwrap();
+    let (y, idx) = pool(&[f64::NAN, 9.0, f64::NAN, 1.0, 7.0, 7.0]);
     assert!(y[0].is_nan());
     assert_eq!(y[1], 7.0);
-    assert_eq!(idx.to_vec::<u32>().unwrap(), vec![2, 4]);
+    assert_eq!(idx, vec![2, 4]);
 }
 
 #[test]
