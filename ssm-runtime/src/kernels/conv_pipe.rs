@@ -982,8 +982,8 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
 ///   two segments in two tap splits (265 → 219 µs, 260 → 216), while three segments in two
 ///   tap splits gained only 3 / 5 %.
 /// - TF32 only: four segments a warp where four-segment cubes still fill every
-///   multiprocessor twice and two of them fit one (its shared memory): each B fragment serves four A
-///   fragments, 149 shared bytes per MMA instead of 213. 96 channels (784 → 392 cubes):
+///   multiprocessor twice and two of them fit one (its shared memory): each B fragment
+///   serves four A fragments, 149 shared bytes per MMA instead of 213. 96 channels (784 → 392 cubes):
 ///   forward / backward-data 10 / 11 % faster on an H100 (449 → 404 µs, 446 → 397); at 192
 ///   channels (98 cubes) 11 / 16 % slower. bf16 at 96 channels ran 9 % slower in three
 ///   segments (H200), so bf16 keeps two there.
@@ -1260,7 +1260,7 @@ mod tests {
         assert_eq!(tile(192, 2 * 28 * 28, 8, 2, None), (2, 3, 196, false));
         assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(114)), (2, 3, 196, false));
         assert_eq!(tile(192, 2 * 28 * 28, 8, 4, Some(114)), (2, 2, 196, false));
-        // 96 channels: TF32 in four-segment warps (784 → 392 cubes, three waves of two an
+        // 96 channels: TF32 in four-segment warps (784 → 392 cubes, 1.5 waves of two an
         // SM); bf16 unchanged. 48 channels: 8-warp tiles, unchanged (two four-segment
         // ones would not fit one SM).
         assert_eq!(tile(96, 2 * 56 * 56, 16, 4, Some(132)), (4, 2, 392, false));
