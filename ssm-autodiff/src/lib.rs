@@ -11,11 +11,11 @@
 //!   their operands' shapes. Each op's saved tensors are freed as soon as its backward
 //!   has run; intermediate gradients are dropped once propagated.
 //! - [`no_grad`] runs inference without recording anything.
-//! - [`gradcheck`] compares analytic gradients with f64 central differences.
+//! - [`gradcheck()`] compares analytic gradients with f64 central differences.
 //! - [`Param`], [`Sgd`], [`Adam`] (and AdamW) with one fused kernel per parameter update,
-//!   weight-decay exclusions ([`DecayExclusions`]) and [`clip_grad_norm`]; learning-rate
-//!   schedules ([`CosineWarmup`], [`ReduceLrOnPlateau`]) and gradient accumulation
-//!   ([`GradAccumulator`]).
+//!   weight-decay exclusions ([`DecayExclusions`]), [`clip_grad_norm`] and
+//!   [`clip_grad_value`]; learning-rate schedules ([`CosineWarmup`],
+//!   [`ReduceLrOnPlateau`]) and gradient accumulation ([`GradAccumulator`]).
 //! - Model ops on `Var` (convolution, normalisations, softmax, pooling, resizing,
 //!   attention, dropout, drop-path, pixel shuffle) and the [`loss`] functions.
 
@@ -29,7 +29,7 @@ pub mod var;
 
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
 pub use ops::scan::{ScanVars, selective_scan, selective_scan_with};
-pub use optim::{Adam, DecayExclusions, Optimizer, Sgd, clip_grad_norm};
+pub use optim::{Adam, DecayExclusions, Optimizer, Sgd, clip_grad_norm, clip_grad_value};
 pub use param::Param;
 pub use schedule::{CosineWarmup, GradAccumulator, PlateauMode, ReduceLrOnPlateau, ThresholdMode};
 pub use var::{BackwardFn, Gradients, NoGradGuard, Var, grad_enabled, no_grad};

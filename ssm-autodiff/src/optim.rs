@@ -305,3 +305,22 @@ pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<Option<Ten
     }
     Ok(Some(norm))
 }
+
+/// Clamp every gradient element to [−`clip_value`, `clip_value`] (PyTorch's
+/// `clip_grad_value_`; a NaN element stays NaN, as `clamp` keeps it). `clip_value` must be
+/// finite and at least 0.
+pub fn clip_grad_value(grads: &mut Gradients, clip_value: f64) -> Result<()> {
+    if !(clip_value.is_finite() && clip_value >= 0.0) {
+        return Err(Error::Argument {
+            op: "clip_grad_value",
+            msg: format!("the clip value must be finite and at least 0, got {clip_value}"),
+        });
+    }
+    let ids: Vec<u64> = grads.ids().collect();
+    for id in ids {
+        let g = grads.get_id(id).expect("listed id");
+        let clipped = g.max_scalar(-clip_value)?.min_scalar(clip_value)?;
+        grads.insert(id, clipped);
+    }
+    Ok(())
+}

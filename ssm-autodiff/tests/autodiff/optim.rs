@@ -1,6 +1,6 @@
 //! Optimizer objects against a host replica of PyTorch's update rules.
 
-use ssm_autodiff::{Adam, Gradients, Optimizer, Param, Sgd, clip_grad_norm};
+use ssm_autodiff::{Adam, Gradients, Optimizer, Param, Sgd, clip_grad_norm, clip_grad_value};
 use ssm_runtime::testing::{HostRng, assert_close, device};
 use ssm_runtime::{DType, Tensor};
 
@@ -189,5 +189,25 @@ fn clipping_scales_to_the_max_norm() {
     for id in [p.id(), q.id()] {
         let g = bad.get_id(id).unwrap().to_f64_vec().unwrap();
         assert!(g.iter().all(|v| v.is_nan()), "{g:?}");
+    }
+}
+
+#[test]
+fn value_clipping_clamps_each_element() {
+    let p = Param::new("w", &tensor(&[0.0; 5])).unwrap();
+    let q = Param::new("v", &tensor(&[0.0])).unwrap();
+    let mut grads = grads_for(&p, &[-3.0, -0.5, 0.25, 2.0, f64::NAN]);
+    grads.insert(q.id(), tensor(&[1.5]));
+    clip_grad_value(&mut grads, 1.0).unwrap();
+    let g = grads.get_id(p.id()).unwrap().to_f64_vec().unwrap();
+    assert_eq!(&g[..4], &[-1.0, -0.5, 0.25, 1.0]);
+    assert!(g[4].is_nan(), "a NaN stays NaN, as torch.clamp keeps it");
+    assert_eq!(
+        grads.get_id(q.id()).unwrap().to_f64_vec().unwrap(),
+        vec![1.0]
+    );
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let e = clip_grad_value(&mut grads, bad).unwrap_err().to_string();
+        assert!(e.contains("clip value"), "{bad}: {e}");
     }
 }
