@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine after scripts/gpu-stage.sh: the standing GPU work in one command,
+# so a device call that starts (they often do not) does all of it.
+#
+#   bash scripts/gpu-owed.sh tests [SECONDS]   whole suite: conv tests and the rest as two
+#                                              processes on the one GPU (default limit 300 s)
+#   bash scripts/gpu-owed.sh table             every tensor-core pass, ours then PyTorch's
+#   bash scripts/gpu-owed.sh sweep FILE        one sweep file (scripts/sweeps/)
+#   bash scripts/gpu-owed.sh reduce            the reduce bench, ours then PyTorch's
+#
+# Several steps in one call: `bash scripts/gpu-owed.sh tests 250 && bash
+# scripts/gpu-owed.sh table`. STAGE picks the staged folder (default stage); everything
+# lands under $OUT (each step in its own folder) and a summary line per result goes to
+# stdout, so a call stopped at its limit still returns what finished (the device tool also
+# returns only a handful of files: 8 of 13 came back on 2026-12-06).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STAGE="${STAGE:-stage}"
+OUT="${OUT:-/tmp/ssm-out}"
+run="$STAGE/gpu-run.sh"
+[ -f "$run" ] || { echo "gpu-owed: no $run (stage a build first)" >&2; exit 2; }
+# Unpack once, before steps that run processes side by side.
+bash "$run" ssm --help > /dev/null 2>&1
+
+what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | sweep FILE | reduce}"
+case "$what" in
+  tests)
+    limit="${2:-300}"
+    OUT="$OUT/tests-conv" timeout "$limit" bash "$run" tests conv > /dev/null 2>&1 &
+    OUT="$OUT/tests-rest" timeout "$limit" bash "$run" tests --skip conv > /dev/null 2>&1
+    wait
+    for part in conv rest; do
+      log="$OUT/tests-$part/tests.log"
+      echo "== tests $part: $(grep -E '^test result' "$log" 2>/dev/null \
+        | awk '{p+=$4; f+=$6} END {print "passed", p+0, "failed", f+0}')"
+      grep -E 'FAILED|panicked' "$log" 2>/dev/null | head -20
+    done ;;
+  table)
+    OUT="$OUT/table" STAGE="$STAGE" bash scripts/gpu-sweep.sh scripts/sweeps/tensor-core-passes.txt
+    python3 benches/torch_model_ops.py bf16_c tf32_c > "$OUT/table/torch_model_ops.log" 2>&1
+    cat "$OUT"/table/sweep-*.log > "$OUT/table/bench-model_ops.log"
+    python3 benches/model_ops_table.py "$OUT/table/bench-model_ops.log" \
+      "$OUT/table/torch_model_ops.log" | tee "$OUT/table/table.md" ;;
+  sweep)
+    file="${2:?usage: gpu-owed.sh sweep FILE}"
+    OUT="$OUT/$(basename "$file" .txt)" STAGE="$STAGE" bash scripts/gpu-sweep.sh "$file" ;;
+  reduce)
+    OUT="$OUT/reduce" bash "$run" bench primitives reduce > /dev/null 2>&1
+    python3 benches/torch_model_ops.py reduce/ > "$OUT/reduce/torch_reduce.log" 2>&1
+    python3 benches/model_ops_table.py "$OUT/reduce/bench-primitives.log" \
+      "$OUT/reduce/torch_reduce.log" | tee "$OUT/reduce/table.md" ;;
+  *) echo "gpu-owed: unknown step '$what'" >&2; exit 2 ;;
+esac
