@@ -221,13 +221,15 @@ fn extrema_propagate_nan_like_pytorch() {
     for dtype in [DType::F32, DType::F64] {
         let a = Tensor::from_f64(&[nan, -2.0, 3.0, nan, 1.5], &[5], dtype, &d).unwrap();
         let b = Tensor::from_f64(&[1.0, nan, 2.0, nan, 1.5], &[5], dtype, &d).unwrap();
+        // Exact, NaN only matching NaN.
         let same = |got: Tensor, want: &[f64], what: &str| {
-            let got = got.to_f64_vec().unwrap();
-            let ok = got
-                .iter()
-                .zip(want)
-                .all(|(g, w)| (g.is_nan() && w.is_nan()) || g == w);
-            assert!(ok, "{what} {dtype}: {got:?}, want {want:?}");
+            assert_close(
+                &format!("{what} {dtype}"),
+                &got.to_f64_vec().unwrap(),
+                want,
+                0.0,
+                0.0,
+            )
         };
         same(
             a.unary(UnaryOp::Relu, 0.0).unwrap(),

@@ -80,6 +80,28 @@ fn host(prog: &Program, ins: &[f64], scalars: &[f64]) -> Vec<f64> {
 }
 
 #[test]
+fn fused_relu_keeps_nan_like_pytorch() {
+    let prog = Program {
+        insts: vec![Inst::Input(0), Inst::Unary(U::Relu, 0)],
+        outputs: vec![1],
+        inputs: 1,
+        scalars: 0,
+    };
+    for (dtype, _, _) in FLOATS {
+        let x = upload(&[f64::NAN, -1.5, 2.0], &[3], dtype);
+        let y = run_fused(&prog, &[&x], &[]).unwrap();
+        let want = [f64::NAN, 0.0, 2.0];
+        assert_close(
+            &format!("relu {dtype}"),
+            &y[0].to_f64_vec().unwrap(),
+            &want,
+            0.0,
+            0.0,
+        );
+    }
+}
+
+#[test]
 fn fused_programs_match_host_with_broadcasting_in_one_launch() {
     let mut r = rng(71);
     // Every unary op applied to a positive shifted input, summed, plus broadcast inputs and
