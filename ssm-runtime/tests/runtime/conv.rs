@@ -465,30 +465,15 @@ fn conv_tensor_cores_on_the_benchmark_shapes_on_gpu() {
         .into_iter()
         .filter(|&t| d.has_tensor_cores(t))
         .collect();
-    // Per element against Σ|terms| and in relative L2: TF32 as `assert_tf32_close`; bf16
-    // sums of up to 12 544 exact products in f32 on both sides (√K·2⁻²⁴ ≈ 7e-6 typical),
-    // where results rounded to bf16 would be ~2e-3 off.
+    // TF32 as `assert_tf32_close`; bf16 sums of up to 12 544 exact products in f32 on both
+    // sides (√K·2⁻²⁴ ≈ 7e-6 typical), where results rounded to bf16 would be ~2e-3 off.
     let check = |what: &str, dtype: DType, got: &Tensor, want: &Tensor, mag: &Tensor| {
-        let (tol, l2) = if dtype == DType::F32 {
-            (4e-3, 2e-3)
+        let (want, mag) = (want.to_f64_vec().unwrap(), mag.to_f64_vec().unwrap());
+        if dtype == DType::F32 {
+            assert_tf32_close(what, got, &want, &mag);
         } else {
-            (2e-4, 1e-4)
-        };
-        assert_eq!(got.dtype(), DType::F32, "{what}: results are f32");
-        let (g, w, m) = (
-            got.to_f64_vec().unwrap(),
-            want.to_f64_vec().unwrap(),
-            mag.to_f64_vec().unwrap(),
-        );
-        assert_eq!(g.len(), w.len(), "{what}");
-        for (i, ((g, w), m)) in g.iter().zip(&w).zip(&m).enumerate() {
-            assert!(
-                (g - w).abs() <= tol * m + 1e-30,
-                "{what}: element {i} is {g}, expected {w} (Σ|terms| {m})"
-            );
+            assert_product_sums(what, got, &want, &mag, 2e-4, 1e-4);
         }
-        let e = rel_l2(&g, &w);
-        assert!(e < l2, "{what}: relative L2 error {e:e}");
     };
     for (c, sp) in [(96usize, [56usize, 56, 16]), (192, [28, 28, 8])] {
         let spec = ConvSpec::new()
@@ -625,18 +610,31 @@ fn conv_rejects_bad_arguments() {
 /// accumulator) to bf16 would instead cost ~2⁻⁹ ≈ 2·10⁻³ relative, which the L2 bound
 /// of 10⁻⁴ rejects with a wide margin on both sides.
 fn assert_f32_accumulated(what: &str, got: &Tensor, want: &[f64], magnitude: &[f64]) {
+    assert_product_sums(what, got, want, magnitude, 3e-5, 1e-4);
+}
+
+/// f32 results of sums of products: each element within `per_term`·Σ|terms| (`magnitude`)
+/// of `want`, and the whole within `l2` in relative L2.
+fn assert_product_sums(
+    what: &str,
+    got: &Tensor,
+    want: &[f64],
+    magnitude: &[f64],
+    per_term: f64,
+    l2: f64,
+) {
     assert_eq!(got.dtype(), DType::F32, "{what}: results are f32");
     let g = got.to_f64_vec().unwrap();
     assert_eq!(g.len(), want.len(), "{what}");
+    assert_eq!(magnitude.len(), want.len(), "{what}");
     for (i, ((g, w), m)) in g.iter().zip(want).zip(magnitude).enumerate() {
-        let err = (g - w).abs();
         assert!(
-            err <= 3e-5 * m + 1e-30,
+            (g - w).abs() <= per_term * m + 1e-30,
             "{what}: element {i} is {g}, expected {w} (Σ|terms| {m})"
         );
     }
     let e = rel_l2(&g, want);
-    assert!(e < 1e-4, "{what}: relative L2 error {e:e}");
+    assert!(e < l2, "{what}: relative L2 error {e:e}");
 }
 
 fn abs(v: &[f64]) -> Vec<f64> {
@@ -785,17 +783,7 @@ fn conv_bf16_equals_f32_on_rounded_operands() {
 /// margin below), while dropping a term or a tap would cost far more; the relative L2
 /// error of random data stays far smaller, the products' signs being random.
 fn assert_tf32_close(what: &str, got: &Tensor, want: &[f64], magnitude: &[f64]) {
-    assert_eq!(got.dtype(), DType::F32, "{what}: results are f32");
-    let g = got.to_f64_vec().unwrap();
-    assert_eq!(g.len(), want.len(), "{what}");
-    for (i, ((g, w), m)) in g.iter().zip(want).zip(magnitude).enumerate() {
-        assert!(
-            (g - w).abs() <= 4e-3 * m + 1e-30,
-            "{what}: element {i} is {g}, expected {w} (Σ|terms| {m})"
-        );
-    }
-    let e = rel_l2(&g, want);
-    assert!(e < 2e-3, "{what}: relative L2 error {e:e}");
+    assert_product_sums(what, got, want, magnitude, 4e-3, 2e-3);
 }
 
 #[test]
