@@ -8,8 +8,8 @@ set -uo pipefail
 # The staged folder this script sits in (stage/, or another STAGE of gpu-stage.sh); each
 # unpacks into its own /tmp folder, so two builds can run in one call.
 HERE=$(cd "$(dirname "$0")" && pwd)
-BIN="${SSM_BIN:-/tmp/ssm-bin}"
-[ "$(basename "$HERE")" = stage ] || BIN="${SSM_BIN:-/tmp/ssm-bin-$(basename "$HERE")}"
+BIN=/tmp/ssm-bin
+[ "$(basename "$HERE")" = stage ] || BIN="$BIN-$(basename "$HERE")"
 # Unpack once per staged build (a sweep calls this script per line; xz takes seconds).
 stamp=$(cksum < "$HERE/bin.tar.xz")
 if [ "$(cat "$BIN/.stamp" 2>/dev/null)" != "$stamp" ]; then
