@@ -201,7 +201,9 @@ pub fn apply_binary<F: Float>(a: F, b: F, p: F, #[comptime] op: BinaryOp) -> F {
             let pdf = math::exp::<F>(-half * a * a) * math::constant::<F>(0.398_942_280_401_432_7);
             b * (cdf + a * pdf)
         }
-        BinaryOp::ReluGrad => select(a > zero, b, zero),
+        // `a <= 0` rather than `a > 0`: a NaN input passes its gradient on, as PyTorch's
+        // threshold_backward does (it tests the output, NaN there too).
+        BinaryOp::ReluGrad => select(a <= zero, zero, b),
         BinaryOp::RecipGrad => -(b * a * a),
         BinaryOp::PowScalarGrad => b * p * math::pow::<F>(a, p - one),
     }

@@ -122,7 +122,8 @@ fn unary<F: Float>(x: F, #[comptime] op: FusedUnary) -> F {
             cdf + x * pdf
         }
         FusedUnary::Relu => math::max_nan::<F>(x, zero),
-        FusedUnary::Step => select(x > zero, one, zero),
+        // relu's derivative: 1 at NaN, so a NaN input passes its gradient on (PyTorch).
+        FusedUnary::Step => select(x <= zero, zero, one),
         FusedUnary::Abs => F::abs(x),
         FusedUnary::Sign => select(x > zero, one, select(x < zero, -one, zero)),
         FusedUnary::Square => x * x,

@@ -256,6 +256,15 @@ fn extrema_propagate_nan_like_pytorch() {
             &[nan, nan, 2.0, nan, 1.5],
             "minimum",
         );
+        // relu's backward (input, gradient): a NaN input passes its gradient on, as
+        // PyTorch's threshold_backward does; zero and below give zero.
+        let g = Tensor::from_f64(&[0.5, 0.25, 4.0, nan, 2.0], &[5], dtype, &d).unwrap();
+        let x = Tensor::from_f64(&[nan, -2.0, 0.0, nan, 1.5], &[5], dtype, &d).unwrap();
+        same(
+            x.binary(&g, BinaryOp::ReluGrad, 0.0).unwrap(),
+            &[0.5, 0.0, 0.0, nan, 2.0],
+            "relu backward",
+        );
     }
 }
 

@@ -61,10 +61,10 @@ fn host(prog: &Program, ins: &[f64], scalars: &[f64]) -> Vec<f64> {
                     U::GeluGrad => cdf(x) + x * phi(x),
                     U::Relu => x.max(0.0),
                     U::Step => {
-                        if x > 0.0 {
-                            1.0
-                        } else {
+                        if x <= 0.0 {
                             0.0
+                        } else {
+                            1.0
                         }
                     }
                     U::Abs => x.abs(),
@@ -81,23 +81,35 @@ fn host(prog: &Program, ins: &[f64], scalars: &[f64]) -> Vec<f64> {
 
 #[test]
 fn fused_relu_keeps_nan_like_pytorch() {
+    // relu and its derivative (Step): a NaN input stays NaN and passes its gradient on.
     let prog = Program {
-        insts: vec![Inst::Input(0), Inst::Unary(U::Relu, 0)],
-        outputs: vec![1],
+        insts: vec![
+            Inst::Input(0),
+            Inst::Unary(U::Relu, 0),
+            Inst::Unary(U::Step, 0),
+        ],
+        outputs: vec![1, 2],
         inputs: 1,
         scalars: 0,
     };
     for (dtype, _, _) in FLOATS {
-        let x = upload(&[f64::NAN, -1.5, 2.0], &[3], dtype);
+        let x = upload(&[f64::NAN, -1.5, 0.0, 2.0], &[4], dtype);
         let y = run_fused(&prog, &[&x], &[]).unwrap();
-        let want = [f64::NAN, 0.0, 2.0];
-        assert_close(
-            &format!("relu {dtype}"),
-            &y[0].to_f64_vec().unwrap(),
-            &want,
-            0.0,
-            0.0,
-        );
+        for (i, (what, want)) in [
+            ("relu", [f64::NAN, 0.0, 0.0, 2.0]),
+            ("step", [1.0, 0.0, 0.0, 1.0]),
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_close(
+                &format!("{what} {dtype}"),
+                &y[i].to_f64_vec().unwrap(),
+                want,
+                0.0,
+                0.0,
+            );
+        }
     }
 }
 
