@@ -700,6 +700,68 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
     tile
 }
 
+/// At most this many cubes (`tiles × row splits`): on an H200 the six benchmark shapes ran
+/// 0–10 % faster with 512 than with 1024 (fewer f32 partials to write and sum), and 256
+/// left too few cubes at 48/96 channels (before the splits were fitted to waves). Where the
+/// backend does not report its multiprocessors (Vulkan), the splits aim for this count.
+const MOST_CUBES: usize = 512;
+
+/// (row splits, dst rows a split) for about `target` cubes of `tiles` tiles: [`row_splits`],
+/// with splits starting at stage boundaries (the last stage's rows past the end are masked).
+fn split_rows(geo: &Geo, tile: &WgradTile, tiles: usize, target: usize) -> (usize, usize) {
+    let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, target);
+    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
+    let rows_per_split = rows_per_split.next_multiple_of(tile.stage_rows);
+    (
+        splits.min(rows.div_ceil(rows_per_split)).max(1),
+        rows_per_split,
+    )
+}
+
+/// Cubes of `tile` one multiprocessor runs at once: the least its registers, shared memory
+/// (`max_shared` a cube; one SM holds that plus 1 KiB, and each cube reserves 1 KiB) and
+/// threads allow. Registers a lane are estimated from `ncu` (H100 / H200, 2026-12-06):
+/// 72 + the f32 accumulators (bf16 with 96 accumulators: 167; the 48- and 96-channel tiles,
+/// 72 accumulators, ran two and four cubes an SM), except TF32 with more than 72, which
+/// takes all 255 and spills (one cube an SM).
+fn cubes_per_sm(tile: &WgradTile, elem: usize, max_shared: usize) -> usize {
+    let threads = 32 * tile.warps_m * tile.kw;
+    let accumulators = tile.frags_m * tile.cc / 8 * 4;
+    let regs = if elem == 4 && accumulators > 72 {
+        255
+    } else {
+        72 + accumulators
+    };
+    // Registers go to warps in blocks of 256 (8 a lane).
+    let by_regs = 65536 / (regs.next_multiple_of(8) * threads);
+    let by_shared = (max_shared + 1024) / (tile.stages * tile.stage_bytes(elem) + 1024);
+    let by_threads = 2048 / threads;
+    by_regs.min(by_shared).min(by_threads).max(1)
+}
+
+/// The cube count, at most [`MOST_CUBES`], whose last wave (`wave` cubes run at once) is
+/// fullest; near-ties (within 2 %) go to fewer cubes, which also write and sum fewer
+/// partials. `splits_for(target)` is the split count the rows allow for a target. On an
+/// H200 (channels-last µs, TF32 / bf16), the 192-channel weight gradient (54 tiles, waves
+/// of 132 TF32 and 264 bf16 cubes) ran 406 / 157 in 10 splits (540 cubes: 82 / 68 % of
+/// their last waves used), 363 / 143 in 7 (95 / 72 %), 381 / 135 in 9 (92 / 92 %), 412 / 130
+/// in 4 (82 / 82 %); at 96 channels (18 tiles, waves of 264) 470 / 211 in 29 splits (99 %),
+/// 459 / 197 in 14 (95 %), 662 / 269 in 20 (68 %).
+fn wave_filling_cubes(tiles: usize, wave: usize, splits_for: impl Fn(usize) -> usize) -> usize {
+    let filled = |cubes: usize| cubes as f64 / (cubes.div_ceil(wave) * wave) as f64;
+    let mut best = (0.0, tiles);
+    for splits in 1..=MOST_CUBES.div_ceil(tiles) {
+        let cubes = tiles * splits_for(tiles * splits);
+        if cubes > MOST_CUBES.max(tiles) {
+            break;
+        }
+        if filled(cubes) > best.0 + 0.02 {
+            best = (filled(cubes), cubes);
+        }
+    }
+    best.1
+}
+
 /// Whether [`wgrad`] can run this problem: the device and alignment rules of
 /// [`super::conv_pipe::fits`] ([`usable`], [`rows_aligned`]) for x and dy (dy rows are
 /// copied in 16-byte chunks of dst channels too), a w stride of 1 (the halo), at most 32
@@ -730,14 +792,18 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
     let x_tiles = (geo.k[0] * geo.k[1]) as usize * c_tiles;
     let m_tiles = (geo.c_out as usize).div_ceil(tile.bm());
     let tiles = x_tiles * m_tiles * geo.groups as usize;
-    // About 512 cubes: on an H200 the six benchmark shapes ran 0–10 % faster than with 1024
-    // (fewer f32 partials to write and sum), and 256 left too few cubes at 48/96 channels.
-    let target = conv_tune().wgrad_target.unwrap_or(512);
-    let (splits, rows_per_split) = row_splits(geo, tile.ks * SEG, tiles, target);
-    // Splits start at stage boundaries (the last stage's rows past the end are masked).
-    let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
-    let rows_per_split = rows_per_split.next_multiple_of(tile.stage_rows);
-    let splits = splits.min(rows.div_ceil(rows_per_split)).max(1);
+    let wave = x
+        .device
+        .multiprocessors()
+        .map(|sms| sms * cubes_per_sm(&tile, x.dtype.size(), x.device.max_shared_memory()));
+    let target = match (conv_tune().wgrad_target, wave) {
+        (Some(target), _) => target,
+        (None, Some(wave)) => {
+            wave_filling_cubes(tiles, wave, |t| split_rows(geo, &tile, tiles, t).0)
+        }
+        (None, None) => MOST_CUBES,
+    };
+    let (splits, rows_per_split) = split_rows(geo, &tile, tiles, target);
     let parts = SsmTensor::empty(&[splits, co_total, taps, c_red], DType::F32, &x.device);
     let (frag_ty, mk) = fragment(x.dtype);
     let vec = copy_granule(x.dtype);
@@ -829,5 +895,52 @@ mod tests {
         assert_eq!(stage_segments(32, 2), 2);
         assert_eq!((stage_segments(16, 2), stage_segments(16, 4)), (4, 1));
         assert_eq!((stage_segments(8, 2), stage_segments(8, 4)), (4, 4));
+    }
+
+    /// The benchmark shapes' tiles (3 × 3 × 3, C → C; dst rows of 32, 16 and 8) on an H100
+    /// or H200 (227 KiB of shared memory a cube, 132 SMs).
+    fn bench_tile(c: usize, dst_w: usize, elem: usize) -> WgradTile {
+        wgrad_tile(c, c, 3, 1, dst_w, elem, stage_segments(dst_w, elem))
+    }
+    const HOPPER_SHARED: usize = 227 * 1024;
+
+    #[test]
+    fn cubes_an_sm_as_ncu_counted_them() {
+        // 192 channels: TF32 one (255 registers), bf16 two (167 registers, 74.5 KB).
+        assert_eq!(cubes_per_sm(&bench_tile(192, 8, 4), 4, HOPPER_SHARED), 1);
+        assert_eq!(cubes_per_sm(&bench_tile(192, 8, 2), 2, HOPPER_SHARED), 2);
+        // 96 channels (48 input channels a tile): two in both types; 48 channels (one warp
+        // of dst channels, 96 threads): four.
+        for elem in [2, 4] {
+            assert_eq!(
+                cubes_per_sm(&bench_tile(96, 16, elem), elem, HOPPER_SHARED),
+                2
+            );
+            assert_eq!(
+                cubes_per_sm(&bench_tile(48, 32, elem), elem, HOPPER_SHARED),
+                4
+            );
+        }
+        // Shared memory bounds it where a cube takes most of it.
+        let t = bench_tile(192, 8, 2);
+        assert_eq!(cubes_per_sm(&t, 2, t.stages * t.stage_bytes(2)), 1);
+    }
+
+    #[test]
+    fn cubes_fill_their_last_wave() {
+        let any_split = |target: usize, tiles: usize| target.div_ceil(tiles);
+        let cubes = |tiles, wave| wave_filling_cubes(tiles, wave, |t| any_split(t, tiles));
+        // 192 channels, 54 tiles: TF32 (waves of 132) 7 splits, 378 cubes (95 %); bf16
+        // (264) 9 splits, 486 (92 %), not 4 (82 %) or 10 (540, a 2 % third wave).
+        assert_eq!(cubes(54, 132), 378);
+        assert_eq!(cubes(54, 264), 486);
+        // 96 channels, 18 tiles: 14 splits fill one wave to 95 %, as do 28 (two): fewer.
+        assert_eq!(cubes(18, 264), 252);
+        // 48 channels, 9 tiles, waves of 528: the most cubes under the cap.
+        assert_eq!(cubes(9, 528), 504);
+        // More tiles than the cap: one split.
+        assert_eq!(cubes(600, 264), 600);
+        // Splits the rows cannot give (at most 3 here) are not counted as more cubes.
+        assert_eq!(wave_filling_cubes(54, 264, |t| t.div_ceil(54).min(3)), 162);
     }
 }

@@ -12,7 +12,7 @@
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
-//! | `wgrad.target` | cubes the row splits aim for | 512 |
+//! | `wgrad.target` | cubes the row splits aim for | `wave_filling_cubes` (512 on Vulkan) |
 //!
 //! e.g. `SSM_CONV_TUNE=wgrad.ks=4,wgrad.target=256`. Unset, the rules hold. A tile the
 //! device cannot hold is refused with a panic rather than left to another kernel, so a
