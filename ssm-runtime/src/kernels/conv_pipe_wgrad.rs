@@ -762,6 +762,19 @@ fn wave_filling_cubes(tiles: usize, wave: usize, splits_for: impl Fn(usize) -> u
     best.1
 }
 
+/// (row splits, dst rows a split) of `tiles` tiles: `SSM_CONV_TUNE`'s `wgrad.target` when
+/// set, else [`wave_filling_cubes`] for waves of `wave` cubes, else [`MOST_CUBES`].
+fn wgrad_splits(geo: &Geo, tile: &WgradTile, tiles: usize, wave: Option<usize>) -> (usize, usize) {
+    let target = match (conv_tune().wgrad_target, wave) {
+        (Some(target), _) => target,
+        (None, Some(wave)) => {
+            wave_filling_cubes(tiles, wave, |t| split_rows(geo, tile, tiles, t).0)
+        }
+        (None, None) => MOST_CUBES,
+    };
+    split_rows(geo, tile, tiles, target)
+}
+
 /// Whether [`wgrad`] can run this problem: the device and alignment rules of
 /// [`super::conv_pipe::fits`] ([`usable`], [`rows_aligned`]) for x and dy (dy rows are
 /// copied in 16-byte chunks of dst channels too), a w stride of 1 (the halo), at most 32
@@ -796,14 +809,7 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
         .device
         .multiprocessors()
         .map(|sms| sms * cubes_per_sm(&tile, x.dtype.size(), x.device.max_shared_memory()));
-    let target = match (conv_tune().wgrad_target, wave) {
-        (Some(target), _) => target,
-        (None, Some(wave)) => {
-            wave_filling_cubes(tiles, wave, |t| split_rows(geo, &tile, tiles, t).0)
-        }
-        (None, None) => MOST_CUBES,
-    };
-    let (splits, rows_per_split) = split_rows(geo, &tile, tiles, target);
+    let (splits, rows_per_split) = wgrad_splits(geo, &tile, tiles, wave);
     let parts = SsmTensor::empty(&[splits, co_total, taps, c_red], DType::F32, &x.device);
     let (frag_ty, mk) = fragment(x.dtype);
     let vec = copy_granule(x.dtype);
@@ -942,5 +948,38 @@ mod tests {
         assert_eq!(cubes(600, 264), 600);
         // Splits the rows cannot give (at most 3 here) are not counted as more cubes.
         assert_eq!(wave_filling_cubes(54, 264, |t| t.div_ceil(54).min(3)), 162);
+    }
+
+    #[test]
+    fn benchmark_shapes_split_as_timed() {
+        // (channels, dst (d, h, w)) of the benchmark shapes; 3 × 3 × 3, batch 2, 132 SMs.
+        // The counts each rule picks, all timed with `wgrad.target` on an H200 (the doc of
+        // `wave_filling_cubes`; 48 channels: 57 splits, 812 / 384 µs, before).
+        for (c, dst, tf32, bf16) in [
+            (192, [28, 28, 8], 7, 9),
+            (96, [56, 56, 16], 14, 14),
+            (48, [112, 112, 32], 56, 56),
+        ] {
+            let geo = Geo {
+                dst,
+                k: [3; 3],
+                c_red: c as i32,
+                c_out: c as i32,
+                groups: 1,
+                batch: 2,
+                ..Geo::default()
+            };
+            for (elem, want) in [(4, tf32), (2, bf16)] {
+                let tile = bench_tile(c, dst[2] as usize, elem);
+                let tiles = 9 * c.div_ceil(tile.cc) * c.div_ceil(tile.bm());
+                let wave = 132 * cubes_per_sm(&tile, elem, HOPPER_SHARED);
+                let (splits, rows) = wgrad_splits(&geo, &tile, tiles, Some(wave));
+                assert_eq!(splits, want, "{c} channels, {elem}-byte operands");
+                // The splits cover the rows, each starting at a stage.
+                let all = 2 * dst[0] as usize * dst[1] as usize;
+                assert!(splits * rows >= all && (splits - 1) * rows < all);
+                assert!(rows.is_multiple_of(tile.stage_rows));
+            }
+        }
     }
 }
