@@ -4,7 +4,7 @@
 //! - [`bce_with_logits`]: `BCEWithLogitsLoss` (mean over all elements).
 //! - [`cross_entropy`]: `CrossEntropyLoss` on logits `[N, C, *]` with class labels (optionally
 //!   an `ignore_index`) or class probabilities and optional label smoothing (mean over the
-//!   positions that count).
+//!   positions that count); [`cross_entropy_weighted`] adds PyTorch's per-class `weight`.
 //! - [`dice_loss`]: MONAI `DiceLoss`: per sample and channel
 //!   `1 − (2·Σpg + smooth_nr)/(Σp + Σg + smooth_dr)` (p² with `squared_pred`), then the
 //!   mean; sigmoid or softmax applied to the logits first (softmax needs two channels or
@@ -17,7 +17,7 @@
 //!   (masked image modelling): `Σ mask·err / Σ mask` with the mask (of the prediction's rank,
 //!   size-1 axes broadcasting) expanded to the prediction; 0 when the mask is empty.
 
-use ssm_runtime::{Error, Layout, Result, Tensor};
+use ssm_runtime::{DType, Error, Layout, Result, Tensor};
 
 use crate::var::Var;
 
@@ -61,7 +61,49 @@ pub fn cross_entropy(
     label_smoothing: f64,
     layout: Layout,
 ) -> Result<Var> {
-    let op = "cross_entropy";
+    weighted_ce(
+        "cross_entropy",
+        logits,
+        target,
+        label_smoothing,
+        None,
+        layout,
+    )
+}
+
+/// [`cross_entropy`] with a weight per class, `class_weights` `[C]` (PyTorch's `weight`,
+/// e.g. against class imbalance in segmentation). With labels, each position's term is
+/// weighted by its target row, `−Σ_c w_c·q_c·log p_c`, and the mean divides by the weights
+/// of the positions' labels, `Σ w_label` (PyTorch's weighted mean, label smoothing
+/// included); with probabilities the weighted terms are averaged over the positions, as
+/// PyTorch does there.
+pub fn cross_entropy_weighted(
+    logits: &Var,
+    target: CeTarget<'_>,
+    label_smoothing: f64,
+    class_weights: &Tensor,
+    layout: Layout,
+) -> Result<Var> {
+    let op = "cross_entropy_weighted";
+    weighted_ce(
+        op,
+        logits,
+        target,
+        label_smoothing,
+        Some(class_weights),
+        layout,
+    )
+}
+
+/// [`cross_entropy`], weighted per class when `class_weights` is given.
+fn weighted_ce(
+    op: &'static str,
+    logits: &Var,
+    target: CeTarget<'_>,
+    label_smoothing: f64,
+    class_weights: Option<&Tensor>,
+    layout: Layout,
+) -> Result<Var> {
     if !(0.0..=1.0).contains(&label_smoothing) {
         return Err(Error::Argument {
             op,
@@ -70,12 +112,22 @@ pub fn cross_entropy(
     }
     let ca = logits.channel_axis(layout)?;
     let c = logits.shape()[ca];
+    let w = class_weights
+        .map(|w| channel_weights(op, w, logits.value(), ca))
+        .transpose()?;
     let (q, kept) = match target {
-        CeTarget::Labels(l) => label_target(l, None, c, label_smoothing, layout)?,
+        CeTarget::Labels(l) => label_target(l, None, c, label_smoothing, w.as_ref(), layout)?,
         CeTarget::LabelsIgnoring(l, ignore) => {
-            label_target(l, Some(ignore), c, label_smoothing, layout)?
+            label_target(l, Some(ignore), c, label_smoothing, w.as_ref(), layout)?
         }
-        CeTarget::Probs(p) => (smoothed(p.clone(), c, label_smoothing)?, None),
+        CeTarget::Probs(p) => {
+            let q = smoothed(p.clone(), c, label_smoothing)?;
+            let q = match &w {
+                Some(w) => q.mul(w)?,
+                None => q,
+            };
+            (q, None)
+        }
     };
     if q.shape() != logits.shape() {
         return Err(Error::Shape {
@@ -97,6 +149,49 @@ pub fn cross_entropy(
     }
 }
 
+/// `weights` (`[C]`) in the logits' dtype, shaped to broadcast along their channel axis
+/// `ca` (`[1, C, 1, …]` or `[1, …, C]`).
+fn channel_weights(
+    op: &'static str,
+    weights: &Tensor,
+    logits: &Tensor,
+    ca: usize,
+) -> Result<Tensor> {
+    let c = logits.shape()[ca];
+    if weights.shape() != [c] {
+        return Err(Error::Shape {
+            op,
+            msg: format!(
+                "class weights {:?} must be [{c}] (one per channel of logits {:?})",
+                weights.shape(),
+                logits.shape()
+            ),
+        });
+    }
+    if !(weights.dtype().is_float() || weights.dtype() == DType::BF16) {
+        return Err(Error::DType {
+            op,
+            msg: format!(
+                "class weights are {}, not a floating dtype",
+                weights.dtype()
+            ),
+        });
+    }
+    if weights.device() != logits.device() {
+        return Err(Error::Device {
+            op,
+            msg: format!(
+                "class weights are on {}, logits on {}",
+                weights.device(),
+                logits.device()
+            ),
+        });
+    }
+    let mut shape = vec![1; logits.rank()];
+    shape[ca] = c;
+    weights.to_dtype(logits.dtype())?.reshape(&shape)
+}
+
 /// `(1 − ε)·target + ε/C` (the target itself without smoothing).
 fn smoothed(target: Tensor, c: usize, eps: f64) -> Result<Tensor> {
     if eps > 0.0 {
@@ -106,16 +201,19 @@ fn smoothed(target: Tensor, c: usize, eps: f64) -> Result<Tensor> {
     }
 }
 
-/// The smoothed one-hot target of class `labels` over `c` classes and, with an `ignore`
-/// label, the number of positions that count. Ignored positions get a zero row; a label
-/// that is neither a class nor `ignore` gets a NaN row, so a bad label poisons the loss
-/// and its gradient instead of vanishing. (The NaN is uploaded, not computed: Vulkan
-/// leaves `sqrt` and `log` of out-of-domain values undefined.)
+/// The smoothed one-hot target of class `labels` over `c` classes (times the class
+/// `weights`, broadcast along the channel axis, when given) and, with an `ignore` label or
+/// weights, what the mean divides by: the positions that count, or the sum of their
+/// labels' weights. Ignored positions get a zero row; a label that is neither a class nor
+/// `ignore` gets a NaN row, so a bad label poisons the loss and its gradient instead of
+/// vanishing. (The NaN is uploaded, not computed: Vulkan leaves `sqrt` and `log` of
+/// out-of-domain values undefined.)
 fn label_target(
     labels: &Tensor,
     ignore: Option<f64>,
     c: usize,
     eps: f64,
+    weights: Option<&Tensor>,
     layout: Layout,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (dtype, device) = (labels.dtype(), labels.device());
@@ -124,18 +222,25 @@ fn label_target(
     // 1 where the label is a class, 0 elsewhere; [N, 1, *] (or channels-last).
     let class = onehot.sum(&[ca], true)?;
     let (q, kept) = match ignore {
-        None => (smoothed(onehot, c, eps)?, class.ones_like()?),
+        None => (smoothed(onehot.clone(), c, eps)?, class.ones_like()?),
         Some(v) => {
             let kept = Tensor::with_label_channel(labels, layout)?
                 .eq(&Tensor::scalar(v, dtype, device)?)?
                 .rsub_scalar(1.0)?;
-            (smoothed(onehot, c, eps)?.mul(&kept)?, kept)
+            (smoothed(onehot.clone(), c, eps)?.mul(&kept)?, kept)
+        }
+    };
+    let (q, count) = match weights {
+        None => (q, ignore.map(|_| kept.sum_all()).transpose()?),
+        // Σ over the kept positions of their label's weight.
+        Some(w) => {
+            let label_weight = onehot.mul(w)?.sum(&[ca], true)?.mul(&kept)?;
+            (q.mul(w)?, Some(label_weight.sum_all()?))
         }
     };
     // Neither a class nor ignored: class 0 and kept 1.
     let bad = class.lt(&kept)?;
     let q = Tensor::where_cond(&bad, &Tensor::scalar(f64::NAN, dtype, device)?, &q)?;
-    let count = ignore.map(|_| kept.sum_all()).transpose()?;
     Ok((q, count))
 }
 

@@ -3,8 +3,8 @@
 //! dropout / drop-path, pixel shuffle, and the losses.
 
 use ssm_autodiff::loss::{
-    CeTarget, DiceActivation, DiceOptions, bce_with_logits, cross_entropy, dice_ce_loss, dice_loss,
-    masked_l1, masked_mse,
+    CeTarget, DiceActivation, DiceOptions, bce_with_logits, cross_entropy, cross_entropy_weighted,
+    dice_ce_loss, dice_loss, masked_l1, masked_mse,
 };
 use ssm_autodiff::{GradcheckOptions, Var, gradcheck};
 use ssm_runtime::testing::{HostRng, device};
@@ -694,21 +694,153 @@ fn dropout_masks_match_the_host_generator_and_pixel_shuffle_matches_host() {
 /// Host cross-entropy over `[N, C, S]` logits with labels `[N, S]`: positions labelled
 /// `ignore` are skipped (neither summed nor counted), as PyTorch's `ignore_index`.
 fn host_ce(x: &[f64], labels: &[f64], c: usize, s: usize, eps: f64, ignore: f64) -> f64 {
-    let (mut total, mut count) = (0.0, 0.0);
+    host_weighted_ce(x, labels, &vec![1.0; c], s, eps, ignore)
+}
+
+/// Log-softmax of `[N, C, S]` logits at position `p` (batch-major) over the `c` channels.
+fn host_log_softmax(x: &[f64], c: usize, s: usize, p: usize) -> Vec<f64> {
+    let (b, k) = (p / s, p % s);
+    let row: Vec<f64> = (0..c).map(|ch| x[(b * c + ch) * s + k]).collect();
+    let m = row.iter().cloned().fold(f64::MIN, f64::max);
+    let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    row.iter().map(|v| v - lse).collect()
+}
+
+/// PyTorch's `cross_entropy(x, labels, weight=w, ignore_index, label_smoothing=eps)`, as
+/// its source computes it: `(1 − ε)·Σ w_y·nll / Σ w_y + ε/C · Σ Σ_c w_c·(−log p_c) / Σ w_y`
+/// over the positions not ignored.
+fn host_weighted_ce(x: &[f64], labels: &[f64], w: &[f64], s: usize, eps: f64, ignore: f64) -> f64 {
+    let c = w.len();
+    let (mut nll, mut smooth, mut norm) = (0.0, 0.0, 0.0);
     for (p, &l) in labels.iter().enumerate() {
         if l == ignore {
             continue;
         }
-        let (b, k) = (p / s, p % s);
-        let row: Vec<f64> = (0..c).map(|ch| x[(b * c + ch) * s + k]).collect();
-        let m = row.iter().cloned().fold(f64::MIN, f64::max);
-        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-        let nll = lse - row[l as usize];
-        let smooth = row.iter().map(|v| lse - v).sum::<f64>() / c as f64;
-        total += (1.0 - eps) * nll + eps * smooth;
-        count += 1.0;
+        let lsm = host_log_softmax(x, c, s, p);
+        nll -= w[l as usize] * lsm[l as usize];
+        smooth -= (0..c).map(|ch| w[ch] * lsm[ch]).sum::<f64>();
+        norm += w[l as usize];
     }
-    total / count
+    (1.0 - eps) * nll / norm + eps / c as f64 * smooth / norm
+}
+
+#[test]
+fn cross_entropy_class_weights_follow_pytorch() {
+    let mut r = rng(9);
+    let d = device();
+    let (n, c, s) = (2usize, 3usize, 6usize);
+    let xv = r.vec(n * c * s, -3.0, 3.0);
+    let wv = [0.2, 1.5, 3.0];
+    let x = Tensor::from_f64(&xv, &[n, c, s], DType::F64, &d).unwrap();
+    let w = Tensor::from_f64(&wv, &[c], DType::F64, &d).unwrap();
+    let labels = [
+        2.0, -100.0, 0.0, 1.0, 1.0, 2.0, 1.0, 1.0, -100.0, 0.0, 2.0, 0.0,
+    ];
+    let lab = Tensor::from_f64(&labels, &[n, s], DType::F64, &d).unwrap();
+    let plain: Vec<f64> = labels.iter().map(|&v| v.max(0.0)).collect();
+    let lab_plain = Tensor::from_f64(&plain, &[n, s], DType::F64, &d).unwrap();
+    // The same logits channels-last ([N, S, C]).
+    let x_cl = x.permute(&[0, 2, 1]).unwrap().contiguous().unwrap();
+    let value = |x: &Tensor, t: CeTarget<'_>, eps: f64, layout: Layout| {
+        cross_entropy_weighted(&Var::constant(x.clone()), t, eps, &w, layout)
+            .unwrap()
+            .value()
+            .item()
+            .unwrap()
+    };
+    for eps in [0.0, 0.1] {
+        let want = host_weighted_ce(&xv, &plain, &wv, s, eps, f64::NAN);
+        let want_ignoring = host_weighted_ce(&xv, &labels, &wv, s, eps, -100.0);
+        for (x, layout) in [(&x, Layout::ChannelsFirst), (&x_cl, Layout::ChannelsLast)] {
+            let got = value(x, CeTarget::Labels(&lab_plain), eps, layout);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{layout:?} eps {eps}: {got} vs {want}"
+            );
+            let got = value(x, CeTarget::LabelsIgnoring(&lab, -100.0), eps, layout);
+            assert!(
+                (got - want_ignoring).abs() < 1e-12,
+                "{layout:?} eps {eps}, ignoring: {got} vs {want_ignoring}"
+            );
+        }
+        // Probabilities: the weighted terms averaged over the positions (not over the
+        // weights), PyTorch's rule for probability targets.
+        let pv = r.vec(n * c * s, 0.0, 1.0);
+        let probs = Tensor::from_f64(&pv, &[n, c, s], DType::F64, &d).unwrap();
+        let mut total = 0.0;
+        for p in 0..n * s {
+            let lsm = host_log_softmax(&xv, c, s, p);
+            let (b, k) = (p / s, p % s);
+            for ch in 0..c {
+                let q = (1.0 - eps) * pv[(b * c + ch) * s + k] + eps / c as f64;
+                total -= wv[ch] * q * lsm[ch];
+            }
+        }
+        let want = total / (n * s) as f64;
+        let got = value(&x, CeTarget::Probs(&probs), eps, Layout::ChannelsFirst);
+        assert!(
+            (got - want).abs() < 1e-12,
+            "probs eps {eps}: {got} vs {want}"
+        );
+    }
+    // Unit weights are the unweighted loss.
+    let ones = Tensor::from_f64(&[1.0; 3], &[c], DType::F64, &d).unwrap();
+    let unit = cross_entropy_weighted(
+        &Var::constant(x.clone()),
+        CeTarget::LabelsIgnoring(&lab, -100.0),
+        0.1,
+        &ones,
+        Layout::ChannelsFirst,
+    )
+    .unwrap()
+    .value()
+    .item()
+    .unwrap();
+    let want = host_ce(&xv, &labels, c, s, 0.1, -100.0);
+    assert!((unit - want).abs() < 1e-12, "{unit} vs {want}");
+    // Gradients, both target kinds.
+    let (l2, w2) = (lab.clone(), w.clone());
+    check(
+        "cross_entropy weighted, ignoring, smoothed",
+        move |v| {
+            cross_entropy_weighted(
+                &v[0],
+                CeTarget::LabelsIgnoring(&l2, -100.0),
+                0.1,
+                &w2,
+                Layout::ChannelsFirst,
+            )
+        },
+        vec![x.clone()],
+    );
+    let probs = Tensor::from_f64(&r.vec(n * c * s, 0.0, 1.0), &[n, c, s], DType::F64, &d).unwrap();
+    let w3 = w.clone();
+    check(
+        "cross_entropy weighted, probs",
+        move |v| {
+            cross_entropy_weighted(
+                &v[0],
+                CeTarget::Probs(&probs),
+                0.0,
+                &w3,
+                Layout::ChannelsFirst,
+            )
+        },
+        vec![x.clone()],
+    );
+    // One weight per channel, or a clear error.
+    let three = Var::constant(x.clone());
+    let bad = Tensor::from_f64(&[1.0; 4], &[4], DType::F64, &d).unwrap();
+    let err = cross_entropy_weighted(
+        &three,
+        CeTarget::Labels(&lab_plain),
+        0.0,
+        &bad,
+        Layout::ChannelsFirst,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("class weights [4] must be [3]"), "{err}");
 }
 
 #[test]
