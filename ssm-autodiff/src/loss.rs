@@ -1,7 +1,8 @@
 //! Losses for segmentation, classification and masked image modelling, differentiable
 //! through the tape. Semantics follow PyTorch and MONAI (1.4 / 1.5):
 //!
-//! - [`bce_with_logits`]: `BCEWithLogitsLoss` (mean over all elements).
+//! - [`bce_with_logits`]: `BCEWithLogitsLoss` (mean over all elements);
+//!   [`bce_with_logits_pos_weight`] with its `pos_weight`.
 //! - [`cross_entropy`]: `CrossEntropyLoss` on logits `[N, C, *]` with class labels (optionally
 //!   an `ignore_index`) or class probabilities and optional label smoothing (mean over the
 //!   positions that count); [`cross_entropy_weighted`] adds PyTorch's per-class `weight`.
@@ -17,6 +18,7 @@
 //!   (masked image modelling): `Σ mask·err / Σ mask` with the mask (of the prediction's rank,
 //!   size-1 axes broadcasting) expanded to the prediction; 0 when the mask is empty.
 
+use ssm_runtime::shape::broadcast_shapes;
 use ssm_runtime::{DType, Error, Layout, Result, Tensor};
 
 use crate::var::Var;
@@ -33,6 +35,44 @@ fn bce_terms(logits: &Var, target: &Tensor) -> Result<Var> {
 /// Binary cross-entropy on logits, averaged over all elements (`target` broadcasts).
 pub fn bce_with_logits(logits: &Var, target: &Tensor) -> Result<Var> {
     bce_terms(logits, target)?.mean(&[], false)
+}
+
+/// [`bce_with_logits`] with PyTorch's `pos_weight`: the positive term of each element
+/// weighted by `pos_weight` (broadcast with the target by trailing axes, as PyTorch does:
+/// for `[N, C, H, W]` logits a per-channel weight is `[C, 1, 1]`),
+/// `(1 − t)·x + (1 + (w − 1)·t)·ln(1 + e^(−x))`, averaged over all elements. Composed of
+/// the elementwise ops (softplus in its stable form), so its gradient comes from theirs.
+pub fn bce_with_logits_pos_weight(
+    logits: &Var,
+    target: &Tensor,
+    pos_weight: &Tensor,
+) -> Result<Var> {
+    let op = "bce_with_logits_pos_weight";
+    let x = logits.value();
+    for (what, t) in [("target", target), ("pos_weight", pos_weight)] {
+        if t.dtype() != x.dtype() {
+            return Err(Error::DType {
+                op,
+                msg: format!("{what} is {} but logits are {}", t.dtype(), x.dtype()),
+            });
+        }
+        if broadcast_shapes(op, x.shape(), t.shape())? != x.shape() {
+            return Err(Error::Shape {
+                op,
+                msg: format!(
+                    "{what} {:?} does not broadcast to logits {:?}",
+                    t.shape(),
+                    x.shape()
+                ),
+            });
+        }
+    }
+    // 1 + (w − 1)·t, the weight of ln(1 + e^(−x)); 1 − t, that of x.
+    let log_weight = pos_weight.add_scalar(-1.0)?.mul(target)?.add_scalar(1.0)?;
+    let linear = logits.mul(&Var::constant(target.rsub_scalar(1.0)?))?;
+    linear
+        .add(&logits.neg()?.softplus()?.mul(&Var::constant(log_weight))?)?
+        .mean(&[], false)
 }
 
 /// Target of [`cross_entropy`].

@@ -3,8 +3,8 @@
 //! dropout / drop-path, pixel shuffle, and the losses.
 
 use ssm_autodiff::loss::{
-    CeTarget, DiceActivation, DiceOptions, bce_with_logits, cross_entropy, cross_entropy_weighted,
-    dice_ce_loss, dice_loss, masked_l1, masked_mse,
+    CeTarget, DiceActivation, DiceOptions, bce_with_logits, bce_with_logits_pos_weight,
+    cross_entropy, cross_entropy_weighted, dice_ce_loss, dice_loss, masked_l1, masked_mse,
 };
 use ssm_autodiff::{GradcheckOptions, Var, gradcheck};
 use ssm_runtime::testing::{HostRng, device};
@@ -722,6 +722,72 @@ fn host_weighted_ce(x: &[f64], labels: &[f64], w: &[f64], s: usize, eps: f64, ig
         norm += w[l as usize];
     }
     (1.0 - eps) * nll / norm + eps / c as f64 * smooth / norm
+}
+
+#[test]
+fn bce_pos_weight_follows_pytorch() {
+    let mut r = rng(10);
+    let d = device();
+    let (n, c, s) = (2usize, 3usize, 4usize);
+    // Logits far out on both sides too, where the naive form overflows.
+    let mut xv = r.vec(n * c * s, -4.0, 4.0);
+    xv[0] = 40.0;
+    xv[5] = -40.0;
+    let tv = r.vec(n * c * s, 0.0, 1.0);
+    let wv = [0.5, 2.0, 7.0];
+    let x = Tensor::from_f64(&xv, &[n, c, s], DType::F64, &d).unwrap();
+    let t = Tensor::from_f64(&tv, &[n, c, s], DType::F64, &d).unwrap();
+    // Per channel: [C, 1], broadcast by trailing axes as in PyTorch.
+    let w = Tensor::from_f64(&wv, &[c, 1], DType::F64, &d).unwrap();
+    let value = |w: &Tensor| {
+        bce_with_logits_pos_weight(&Var::constant(x.clone()), &t, w)
+            .unwrap()
+            .value()
+            .item()
+            .unwrap()
+    };
+    // PyTorch's binary_cross_entropy_with_logits: (1 − t)·x + (1 + (w − 1)·t)·ln(1 + e^(−x)).
+    let want: f64 = (0..xv.len())
+        .map(|i| {
+            let (x, t, w) = (xv[i], tv[i], wv[(i / s) % c]);
+            let log1pexp_neg = (-x).max(0.0) + (-x.abs()).exp().ln_1p();
+            (1.0 - t) * x + (1.0 + (w - 1.0) * t) * log1pexp_neg
+        })
+        .sum::<f64>()
+        / xv.len() as f64;
+    let got = value(&w);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // Weight 1 is the plain loss.
+    let ones = Tensor::from_f64(&[1.0], &[1], DType::F64, &d).unwrap();
+    let plain = bce_with_logits(&Var::constant(x.clone()), &t)
+        .unwrap()
+        .value()
+        .item()
+        .unwrap();
+    assert!((value(&ones) - plain).abs() < 1e-12);
+    // Gradient (away from the far logits, where central differences see nothing).
+    let xs = rand(&mut r, &[n, c, s], -3.0, 3.0);
+    let (t2, w2) = (t.clone(), w.clone());
+    check(
+        "bce_with_logits pos_weight",
+        move |v| bce_with_logits_pos_weight(&v[0], &t2, &w2),
+        vec![xs],
+    );
+    // [C] against [N, C, S] broadcasts along S (PyTorch's rule): refused when C ≠ S.
+    let flat = Tensor::from_f64(&wv, &[c], DType::F64, &d).unwrap();
+    let err = bce_with_logits_pos_weight(&Var::constant(x.clone()), &t, &flat)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bce_with_logits_pos_weight") && err.contains("do not broadcast"),
+        "{err}"
+    );
+    // A weight that would grow the logits' shape is refused too.
+    let wide = Tensor::from_f64(&[1.0; 8], &[2, 1, 1, 4], DType::F64, &d).unwrap();
+    let err = bce_with_logits_pos_weight(&Var::constant(x.clone()), &t, &wide)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not broadcast to logits"), "{err}");
 }
 
 #[test]
