@@ -11,7 +11,8 @@
 //!   mean; sigmoid or softmax applied to the logits first (softmax needs two channels or
 //!   more: MONAI skips it with a warning over one, here it is an error);
 //!   `include_background = false` drops channel 0 (after the softmax); `batch = true` sums
-//!   over the batch too.
+//!   over the batch too; [`dice_loss_weighted`] multiplies each class's term by its weight
+//!   before the mean (MONAI's `weight`).
 //! - [`dice_ce_loss`]: MONAI `DiceCELoss` = λ_dice·Dice + λ_ce·CE where CE is on the raw
 //!   logits over all channels, and becomes `BCEWithLogitsLoss` when there is one channel.
 //! - [`masked_mse`], [`masked_l1`]: reconstruction losses over the masked elements only
@@ -375,6 +376,59 @@ fn dice_target(logits: &Var, target: &Tensor, layout: Layout) -> Result<Tensor> 
 /// binary) shaped like `logits`, or class labels with one channel fewer / a size-1
 /// channel axis (one-hot encoded here, MONAI's `to_onehot_y`).
 pub fn dice_loss(logits: &Var, target: &Tensor, opts: &DiceOptions) -> Result<Var> {
+    dice_terms(logits, target, opts)?.mean(&[], false)
+}
+
+/// [`dice_loss`] with MONAI's class `weight`: each class's term (per sample, or over the
+/// batch with `batch`) times its weight, then the plain mean (weights are not normalised).
+/// One weight per channel the loss keeps (without the background channel when
+/// `include_background` is false), each at least 0. As in MONAI, weights are not applied
+/// when a single channel remains.
+pub fn dice_loss_weighted(
+    logits: &Var,
+    target: &Tensor,
+    opts: &DiceOptions,
+    class_weights: &[f64],
+) -> Result<Var> {
+    let op = "dice_loss_weighted";
+    let f = dice_terms(logits, target, opts)?;
+    let kept = f.shape()[f.shape().len() - 1];
+    if class_weights.len() != kept {
+        return Err(Error::Shape {
+            op,
+            msg: format!(
+                "{} class weights for {kept} channels (without the background channel when \
+                 include_background is false)",
+                class_weights.len()
+            ),
+        });
+    }
+    if let Some(w) = class_weights
+        .iter()
+        .find(|w| !(**w >= 0.0 && w.is_finite()))
+    {
+        return Err(Error::Argument {
+            op,
+            msg: format!("class weight {w} is not a finite value of at least 0"),
+        });
+    }
+    let f = if kept > 1 {
+        let x = f.value();
+        f.mul(&Var::constant(Tensor::from_f64(
+            class_weights,
+            &[kept],
+            x.dtype(),
+            x.device(),
+        )?))?
+    } else {
+        f
+    };
+    f.mean(&[], false)
+}
+
+/// The Dice loss terms before the mean: `[N, C']` per sample and channel, `[C']` with
+/// `batch` (C' the channels kept).
+fn dice_terms(logits: &Var, target: &Tensor, opts: &DiceOptions) -> Result<Var> {
     let layout = opts.layout;
     let ca = logits.channel_axis(layout)?;
     let c = logits.shape()[ca];
@@ -417,7 +471,7 @@ pub fn dice_loss(logits: &Var, target: &Tensor, opts: &DiceOptions) -> Result<Va
     });
     let num = inter.mul_scalar(2.0)?.add_scalar(opts.smooth_nr)?;
     let den = psum.add(&gsum)?.add_scalar(opts.smooth_dr)?;
-    num.div(&den)?.rsub_scalar(1.0)?.mean(&[], false)
+    num.div(&den)?.rsub_scalar(1.0)
 }
 
 /// MONAI `DiceCELoss`: `λ_dice·Dice + λ_ce·CE`. CE uses the raw logits over all channels

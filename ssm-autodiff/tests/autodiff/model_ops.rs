@@ -4,7 +4,8 @@
 
 use ssm_autodiff::loss::{
     CeTarget, DiceActivation, DiceOptions, bce_with_logits, bce_with_logits_pos_weight,
-    cross_entropy, cross_entropy_weighted, dice_ce_loss, dice_loss, masked_l1, masked_mse,
+    cross_entropy, cross_entropy_weighted, dice_ce_loss, dice_loss, dice_loss_weighted, masked_l1,
+    masked_mse,
 };
 use ssm_autodiff::{GradcheckOptions, Var, gradcheck};
 use ssm_runtime::testing::{HostRng, device};
@@ -422,6 +423,21 @@ fn loss_gradients() {
 
 /// Host Dice (MONAI semantics) on channels-first probabilities and targets `[N, C, S]`.
 fn host_dice(p: &[f64], g: &[f64], n: usize, c: usize, s: usize, skip_bg: bool) -> f64 {
+    host_weighted_dice(p, g, n, c, s, skip_bg, &vec![1.0; c])
+}
+
+/// MONAI `DiceLoss(weight=w)`: each (sample, channel) term times the weight of its channel
+/// (`w` indexed from the first channel kept), then the plain mean.
+fn host_weighted_dice(
+    p: &[f64],
+    g: &[f64],
+    n: usize,
+    c: usize,
+    s: usize,
+    skip_bg: bool,
+    w: &[f64],
+) -> f64 {
+    let first = usize::from(skip_bg);
     let mut total = 0.0;
     let mut count = 0.0;
     for b in 0..n {
@@ -433,7 +449,7 @@ fn host_dice(p: &[f64], g: &[f64], n: usize, c: usize, s: usize, skip_bg: bool) 
                 ps += p[idx];
                 gs += g[idx];
             }
-            total += 1.0 - (2.0 * i + 1e-5) / (ps + gs + 1e-5);
+            total += w[ch - first] * (1.0 - (2.0 * i + 1e-5) / (ps + gs + 1e-5));
             count += 1.0;
         }
     }
@@ -722,6 +738,84 @@ fn host_weighted_ce(x: &[f64], labels: &[f64], w: &[f64], s: usize, eps: f64, ig
         norm += w[l as usize];
     }
     (1.0 - eps) * nll / norm + eps / c as f64 * smooth / norm
+}
+
+#[test]
+fn dice_class_weights_follow_monai() {
+    let mut r = rng(11);
+    let d = device();
+    let (n, c, s) = (2usize, 3usize, 5usize);
+    let xv = r.vec(n * c * s, -3.0, 3.0);
+    let labels: Vec<f64> = (0..n * s).map(|i| (i % c) as f64).collect();
+    let x = Tensor::from_f64(&xv, &[n, c, s], DType::F64, &d).unwrap();
+    let lab = Tensor::from_f64(&labels, &[n, s], DType::F64, &d).unwrap();
+    let gv = Tensor::one_hot(&lab, c, Layout::ChannelsFirst)
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    let sig: Vec<f64> = xv.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    let value = |opts: &DiceOptions, w: &[f64]| {
+        dice_loss_weighted(&Var::constant(x.clone()), &lab, opts, w)
+            .unwrap()
+            .value()
+            .item()
+            .unwrap()
+    };
+    let w3 = [0.5, 2.0, 0.0];
+    let got = value(&DiceOptions::sigmoid(), &w3);
+    let want = host_weighted_dice(&sig, &gv, n, c, s, false, &w3);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // Without the background the weights start at channel 1.
+    let no_bg = DiceOptions {
+        include_background: false,
+        ..DiceOptions::sigmoid()
+    };
+    let got = value(&no_bg, &[3.0, 0.25]);
+    let want = host_weighted_dice(&sig, &gv, n, c, s, true, &[3.0, 0.25]);
+    assert!((got - want).abs() < 1e-12, "no background: {got} vs {want}");
+    // Unit weights are the plain loss.
+    let plain = dice_loss(&Var::constant(x.clone()), &lab, &no_bg)
+        .unwrap()
+        .value()
+        .item()
+        .unwrap();
+    assert!((value(&no_bg, &[1.0, 1.0]) - plain).abs() < 1e-12);
+    // Gradient.
+    let lab2 = lab.clone();
+    check(
+        "dice weighted",
+        move |v| dice_loss_weighted(&v[0], &lab2, &DiceOptions::softmax(), &[0.5, 2.0, 1.5]),
+        vec![x.clone()],
+    );
+    // Refusals: a weight per kept channel, none negative or NaN.
+    let xv_ = Var::constant(x.clone());
+    for (opts, w, says) in [
+        (
+            DiceOptions::sigmoid(),
+            &[1.0, 1.0][..],
+            "2 class weights for 3 channels",
+        ),
+        (
+            no_bg,
+            &[1.0, 1.0, 1.0][..],
+            "3 class weights for 2 channels",
+        ),
+        (
+            DiceOptions::sigmoid(),
+            &[1.0, -0.5, 1.0][..],
+            "class weight -0.5",
+        ),
+        (
+            DiceOptions::sigmoid(),
+            &[1.0, f64::NAN, 1.0][..],
+            "class weight NaN",
+        ),
+    ] {
+        let err = dice_loss_weighted(&xv_, &lab, &opts, w)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{err}");
+    }
 }
 
 #[test]
