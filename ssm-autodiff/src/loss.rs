@@ -14,7 +14,8 @@
 //!   over the batch too; [`dice_loss_weighted`] multiplies each class's term by its weight
 //!   before the mean (MONAI's `weight`).
 //! - [`dice_ce_loss`]: MONAI `DiceCELoss` = λ_dice·Dice + λ_ce·CE where CE is on the raw
-//!   logits over all channels, and becomes `BCEWithLogitsLoss` when there is one channel.
+//!   logits over all channels, and becomes `BCEWithLogitsLoss` when there is one channel;
+//!   [`dice_ce_loss_weighted`] passes MONAI's `weight` to both terms.
 //! - [`masked_mse`], [`masked_l1`]: reconstruction losses over the masked elements only
 //!   (masked image modelling): `Σ mask·err / Σ mask` with the mask (of the prediction's rank,
 //!   size-1 axes broadcasting) expanded to the prediction; 0 when the mask is empty.
@@ -403,15 +404,7 @@ pub fn dice_loss_weighted(
             ),
         });
     }
-    if let Some(w) = class_weights
-        .iter()
-        .find(|w| !(**w >= 0.0 && w.is_finite()))
-    {
-        return Err(Error::Argument {
-            op,
-            msg: format!("class weight {w} is not a finite value of at least 0"),
-        });
-    }
+    check_class_weights(op, class_weights)?;
     let f = if kept > 1 {
         let x = f.value();
         f.mul(&Var::constant(Tensor::from_f64(
@@ -424,6 +417,18 @@ pub fn dice_loss_weighted(
         f
     };
     f.mean(&[], false)
+}
+
+/// Class weights of the Dice losses must be finite and at least 0 (MONAI refuses negative
+/// ones).
+fn check_class_weights(op: &'static str, weights: &[f64]) -> Result<()> {
+    match weights.iter().find(|w| !(**w >= 0.0 && w.is_finite())) {
+        Some(w) => Err(Error::Argument {
+            op,
+            msg: format!("class weight {w} is not a finite value of at least 0"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The Dice loss terms before the mean: `[N, C']` per sample and channel, `[C']` with
@@ -484,9 +489,58 @@ pub fn dice_ce_loss(
     lambda_ce: f64,
     label_smoothing: f64,
 ) -> Result<Var> {
+    let lambdas = (lambda_dice, lambda_ce);
+    dice_ce(
+        "dice_ce_loss",
+        logits,
+        target,
+        opts,
+        lambdas,
+        label_smoothing,
+        None,
+    )
+}
+
+/// [`dice_ce_loss`] with MONAI's `weight`, one per channel of the logits: the Dice term
+/// takes them as [`dice_loss_weighted`] (without the background's when
+/// `include_background` is false), cross-entropy as [`cross_entropy_weighted`] (class
+/// labels as the target: normalised by the labels' weights; one-hot: by the positions, as
+/// PyTorch does for each), and with one channel BCE takes the weight as its `pos_weight`.
+pub fn dice_ce_loss_weighted(
+    logits: &Var,
+    target: &Tensor,
+    opts: &DiceOptions,
+    lambda_dice: f64,
+    lambda_ce: f64,
+    label_smoothing: f64,
+    class_weights: &[f64],
+) -> Result<Var> {
+    let lambdas = (lambda_dice, lambda_ce);
+    let op = "dice_ce_loss_weighted";
+    dice_ce(
+        op,
+        logits,
+        target,
+        opts,
+        lambdas,
+        label_smoothing,
+        Some(class_weights),
+    )
+}
+
+/// [`dice_ce_loss`], weighted per class when `class_weights` is given.
+fn dice_ce(
+    op: &'static str,
+    logits: &Var,
+    target: &Tensor,
+    opts: &DiceOptions,
+    (lambda_dice, lambda_ce): (f64, f64),
+    label_smoothing: f64,
+    class_weights: Option<&[f64]>,
+) -> Result<Var> {
     if !(lambda_dice >= 0.0 && lambda_ce >= 0.0) {
         return Err(Error::Argument {
-            op: "dice_ce_loss",
+            op,
             msg: format!(
                 "weights must be non-negative, got λ_dice {lambda_dice}, λ_ce {lambda_ce}"
             ),
@@ -495,13 +549,46 @@ pub fn dice_ce_loss(
     let layout = opts.layout;
     let ca = logits.channel_axis(layout)?;
     let c = logits.shape()[ca];
-    let dice = dice_loss(logits, target, opts)?;
-    let ce = if c == 1 {
-        // MONAI's BCEWithLogitsLoss branch has no label smoothing.
-        bce_with_logits(logits, target)?
+    let Some(w) = class_weights else {
+        let dice = dice_loss(logits, target, opts)?;
+        let ce = if c == 1 {
+            // MONAI's BCEWithLogitsLoss branch has no label smoothing.
+            bce_with_logits(logits, target)?
+        } else {
+            let full = dice_target(logits, target, layout)?;
+            cross_entropy(logits, CeTarget::Probs(&full), label_smoothing, layout)?
+        };
+        return dice
+            .mul_scalar(lambda_dice)?
+            .add(&ce.mul_scalar(lambda_ce)?);
+    };
+    if w.len() != c {
+        return Err(Error::Shape {
+            op,
+            msg: format!("{} class weights for logits of {c} channels", w.len()),
+        });
+    }
+    check_class_weights(op, w)?;
+    let dice_w = if opts.include_background || c == 1 {
+        w
     } else {
-        let full = dice_target(logits, target, layout)?;
-        cross_entropy(logits, CeTarget::Probs(&full), label_smoothing, layout)?
+        &w[1..]
+    };
+    let dice = dice_loss_weighted(logits, target, opts, dice_w)?;
+    let x = logits.value();
+    let ce = if c == 1 {
+        let pos_weight = Tensor::from_f64(w, &[1], x.dtype(), x.device())?;
+        bce_with_logits_pos_weight(logits, target, &pos_weight)?
+    } else {
+        let wt = Tensor::from_f64(w, &[c], x.dtype(), x.device())?;
+        // MONAI hands CrossEntropyLoss class indices when the target has one channel and
+        // the logits several; a weighted mean then divides by the labels' weights.
+        let ce_target = if target.shape() == logits.shape() {
+            CeTarget::Probs(target)
+        } else {
+            CeTarget::Labels(target)
+        };
+        cross_entropy_weighted(logits, ce_target, label_smoothing, &wt, layout)?
     };
     dice.mul_scalar(lambda_dice)?
         .add(&ce.mul_scalar(lambda_ce)?)

@@ -4,8 +4,8 @@
 
 use ssm_autodiff::loss::{
     CeTarget, DiceActivation, DiceOptions, bce_with_logits, bce_with_logits_pos_weight,
-    cross_entropy, cross_entropy_weighted, dice_ce_loss, dice_loss, dice_loss_weighted, masked_l1,
-    masked_mse,
+    cross_entropy, cross_entropy_weighted, dice_ce_loss, dice_ce_loss_weighted, dice_loss,
+    dice_loss_weighted, masked_l1, masked_mse,
 };
 use ssm_autodiff::{GradcheckOptions, Var, gradcheck};
 use ssm_runtime::testing::{HostRng, device};
@@ -812,6 +812,112 @@ fn dice_class_weights_follow_monai() {
         ),
     ] {
         let err = dice_loss_weighted(&xv_, &lab, &opts, w)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn dice_ce_weights_go_to_both_terms_as_in_monai() {
+    let mut r = rng(12);
+    let d = device();
+    let (n, c, s) = (2usize, 3usize, 5usize);
+    let xv = r.vec(n * c * s, -3.0, 3.0);
+    let labels: Vec<f64> = (0..n * s).map(|i| ((i * 7) % c) as f64).collect();
+    let x = Tensor::from_f64(&xv, &[n, c, s], DType::F64, &d).unwrap();
+    let lab = Tensor::from_f64(&labels, &[n, s], DType::F64, &d).unwrap();
+    let onehot = Tensor::one_hot(&lab, c, Layout::ChannelsFirst).unwrap();
+    let gv = onehot.to_f64_vec().unwrap();
+    let mut sm = vec![0.0; xv.len()];
+    for p in 0..n * s {
+        let lsm = host_log_softmax(&xv, c, s, p);
+        for ch in 0..c {
+            sm[((p / s) * c + ch) * s + p % s] = lsm[ch].exp();
+        }
+    }
+    let w = [0.25, 2.0, 1.5];
+    let (ld, lc, eps) = (0.7, 1.3, 0.1);
+    let no_bg = DiceOptions {
+        include_background: false,
+        ..DiceOptions::softmax()
+    };
+    let value = |target: &Tensor, opts: &DiceOptions, w: &[f64]| {
+        dice_ce_loss_weighted(&Var::constant(x.clone()), target, opts, ld, lc, eps, w)
+            .unwrap()
+            .value()
+            .item()
+            .unwrap()
+    };
+    // Labels: Dice without the background takes w[1..]; CE is the class-index loss,
+    // normalised by the labels' weights.
+    let dice = host_weighted_dice(&sm, &gv, n, c, s, true, &w[1..]);
+    let ce = host_weighted_ce(&xv, &labels, &w, s, eps, f64::NAN);
+    let got = value(&lab, &no_bg, &w);
+    assert!((got - (ld * dice + lc * ce)).abs() < 1e-12, "labels: {got}");
+    // One-hot: CE on probabilities, averaged over the positions.
+    let mut ce_probs = 0.0;
+    for p in 0..n * s {
+        let lsm = host_log_softmax(&xv, c, s, p);
+        for ch in 0..c {
+            let q = (1.0 - eps) * gv[((p / s) * c + ch) * s + p % s] + eps / c as f64;
+            ce_probs -= w[ch] * q * lsm[ch];
+        }
+    }
+    let ce_probs = ce_probs / (n * s) as f64;
+    let dice_all = host_weighted_dice(&sm, &gv, n, c, s, false, &w);
+    let got = value(&onehot, &DiceOptions::softmax(), &w);
+    assert!(
+        (got - (ld * dice_all + lc * ce_probs)).abs() < 1e-12,
+        "one-hot: {got}"
+    );
+    // One channel: BCE with the weight as pos_weight; Dice unweighted (MONAI applies no
+    // weight to a single channel).
+    let x1 = Tensor::from_f64(&xv[..n * s], &[n, 1, s], DType::F64, &d).unwrap();
+    let t1v: Vec<f64> = (0..n * s).map(|i| (i % 2) as f64).collect();
+    let t1 = Tensor::from_f64(&t1v, &[n, 1, s], DType::F64, &d).unwrap();
+    let got = dice_ce_loss_weighted(
+        &Var::constant(x1.clone()),
+        &t1,
+        &DiceOptions::sigmoid(),
+        ld,
+        lc,
+        0.0,
+        &[4.0],
+    )
+    .unwrap()
+    .value()
+    .item()
+    .unwrap();
+    let sig: Vec<f64> = xv[..n * s]
+        .iter()
+        .map(|v| 1.0 / (1.0 + (-v).exp()))
+        .collect();
+    let dice1 = host_dice(&sig, &t1v, n, 1, s, false);
+    let bce1 = (0..n * s)
+        .map(|i| {
+            let (x, t) = (xv[i], t1v[i]);
+            (1.0 - t) * x + (1.0 + 3.0 * t) * ((-x).max(0.0) + (-x.abs()).exp().ln_1p())
+        })
+        .sum::<f64>()
+        / (n * s) as f64;
+    assert!(
+        (got - (ld * dice1 + lc * bce1)).abs() < 1e-12,
+        "one channel: {got}"
+    );
+    // Gradient; a weight per logit channel, none negative.
+    let lab2 = lab.clone();
+    check(
+        "dice_ce weighted",
+        move |v| dice_ce_loss_weighted(&v[0], &lab2, &no_bg, ld, lc, eps, &w),
+        vec![x.clone()],
+    );
+    let xv_ = Var::constant(x.clone());
+    for (w, says) in [
+        (&[1.0, 1.0][..], "2 class weights for logits of 3 channels"),
+        (&[-1.0, 1.0, 1.0][..], "class weight -1"),
+    ] {
+        let err = dice_ce_loss_weighted(&xv_, &lab, &no_bg, 1.0, 1.0, 0.0, w)
             .unwrap_err()
             .to_string();
         assert!(err.contains(says), "{err}");
