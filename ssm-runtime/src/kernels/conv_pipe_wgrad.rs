@@ -723,7 +723,9 @@ fn split_rows(geo: &Geo, tile: &WgradTile, tiles: usize, target: usize) -> (usiz
 /// threads allow. Registers a lane are estimated from `ncu` (H100 / H200, 2026-12-06):
 /// 72 + the f32 accumulators (bf16 with 96 accumulators: 167; the 48- and 96-channel tiles,
 /// 72 accumulators, ran two and four cubes an SM), except TF32 with more than 72, which
-/// takes all 255 and spills (one cube an SM).
+/// takes all 255 and spills (one cube an SM). The limits are sm_80 / sm_90's (64 Ki
+/// registers and 2048 threads an SM); on sm_86 / sm_89 (1536 threads) the count can come
+/// out one high, which only moves the split count.
 fn cubes_per_sm(tile: &WgradTile, elem: usize, max_shared: usize) -> usize {
     let threads = 32 * tile.warps_m * tile.kw;
     let accumulators = tile.frags_m * tile.cc / 8 * 4;
