@@ -773,6 +773,26 @@ fn dice_class_weights_follow_monai() {
     let got = value(&no_bg, &[3.0, 0.25]);
     let want = host_weighted_dice(&sig, &gv, n, c, s, true, &[3.0, 0.25]);
     assert!((got - want).abs() < 1e-12, "no background: {got} vs {want}");
+    // With `batch`, one term a channel (sums over the batch too), weighted the same way.
+    let batch = DiceOptions {
+        batch: true,
+        ..DiceOptions::sigmoid()
+    };
+    let want = (0..c)
+        .map(|ch| {
+            let (mut i, mut ps, mut gs) = (0.0, 0.0, 0.0);
+            for b in 0..n {
+                for k in 0..s {
+                    let idx = (b * c + ch) * s + k;
+                    (i, ps, gs) = (i + sig[idx] * gv[idx], ps + sig[idx], gs + gv[idx]);
+                }
+            }
+            w3[ch] * (1.0 - (2.0 * i + 1e-5) / (ps + gs + 1e-5))
+        })
+        .sum::<f64>()
+        / c as f64;
+    let got = value(&batch, &w3);
+    assert!((got - want).abs() < 1e-12, "batch: {got} vs {want}");
     // Unit weights are the plain loss.
     let plain = dice_loss(&Var::constant(x.clone()), &lab, &no_bg)
         .unwrap()
