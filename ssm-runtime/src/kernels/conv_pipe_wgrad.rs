@@ -720,10 +720,11 @@ fn split_rows(geo: &Geo, tile: &WgradTile, tiles: usize, target: usize) -> (usiz
 
 /// Cubes of `tile` one multiprocessor runs at once: the least its registers, shared memory
 /// (`max_shared` a cube; one SM holds that plus 1 KiB, and each cube reserves 1 KiB) and
-/// threads allow. Registers a lane are estimated from `ncu` (H100 / H200, 2026-12-06):
-/// 72 + the f32 accumulators (bf16 with 96 accumulators: 167; the 48- and 96-channel tiles,
-/// 72 accumulators, ran two and four cubes an SM), except TF32 with more than 72, which
-/// takes all 255 and spills (one cube an SM). The limits are sm_80 / sm_90's (64 Ki
+/// threads allow. Registers a lane are estimated as 72 + the f32 accumulators (bf16 with 96
+/// accumulators: 167 in `ncu`, two cubes an SM), except TF32 with more than 72, which takes
+/// all 255 and spills (`ncu`: one cube an SM); the 96- and 48-channel tiles (72
+/// accumulators) come out at two and four cubes an SM, as their times' pattern over the
+/// split counts shows (H100 / H200, 2026-12-06). The limits are sm_80 / sm_90's (64 Ki
 /// registers and 2048 threads an SM); on sm_86 / sm_89 (1536 threads) the count can come
 /// out one high, which only moves the split count.
 fn cubes_per_sm(tile: &WgradTile, elem: usize, max_shared: usize) -> usize {
