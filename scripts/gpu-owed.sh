@@ -5,6 +5,7 @@
 #   bash scripts/gpu-owed.sh tests [SECONDS]   whole suite: conv tests and the rest as two
 #                                              processes on the one GPU (default limit 300 s)
 #   bash scripts/gpu-owed.sh table             every tensor-core pass, ours then PyTorch's
+#   bash scripts/gpu-owed.sh wgrad             the tensor-core weight gradients, likewise
 #   bash scripts/gpu-owed.sh sweep FILE        one sweep file (scripts/sweeps/)
 #   bash scripts/gpu-owed.sh reduce            the reduce bench, ours then PyTorch's
 #
@@ -22,7 +23,7 @@ run="$STAGE/gpu-run.sh"
 # Unpack once, before steps that run processes side by side.
 bash "$run" ssm --help > /dev/null 2>&1
 
-what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | sweep FILE | reduce}"
+what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | reduce}"
 case "$what" in
   tests)
     limit="${2:-300}"
@@ -41,6 +42,12 @@ case "$what" in
     cat "$OUT"/table/sweep-*.log > "$OUT/table/bench-model_ops.log"
     python3 benches/model_ops_table.py "$OUT/table/bench-model_ops.log" \
       "$OUT/table/torch_model_ops.log" | tee "$OUT/table/table.md" ;;
+  wgrad)
+    OUT="$OUT/wgrad" STAGE="$STAGE" bash scripts/gpu-sweep.sh scripts/sweeps/wgrad-rule.txt
+    python3 benches/torch_model_ops.py tf32_cl/bwd_weight tf32_cf/bwd_weight \
+      bf16_cl/bwd_weight bf16_cf/bwd_weight > "$OUT/wgrad/torch_model_ops.log" 2>&1
+    python3 benches/model_ops_table.py "$OUT/wgrad/sweep-rule.log" \
+      "$OUT/wgrad/torch_model_ops.log" | tee "$OUT/wgrad/table.md" ;;
   sweep)
     file="${2:?usage: gpu-owed.sh sweep FILE}"
     OUT="$OUT/$(basename "$file" .txt)" STAGE="$STAGE" bash scripts/gpu-sweep.sh "$file" ;;
