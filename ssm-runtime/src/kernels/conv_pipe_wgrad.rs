@@ -595,6 +595,11 @@ impl WgradTile {
         self.warps_m * self.frags_m * 16
     }
 
+    /// Warps a cube: `warps_m` along the dst channels × one per tap along w.
+    fn warps(&self) -> usize {
+        self.warps_m * self.kw
+    }
+
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
         (self.ks * SEG * (self.bm() + PAD) + self.ks * self.halo * (self.cc + PAD)) * elem
@@ -728,7 +733,7 @@ fn split_rows(geo: &Geo, tile: &WgradTile, tiles: usize, target: usize) -> (usiz
 /// registers and 2048 threads an SM); on sm_86 / sm_89 (1536 threads) the count can come
 /// out one high, which only moves the split count.
 fn cubes_per_sm(tile: &WgradTile, elem: usize, max_shared: usize) -> usize {
-    let threads = 32 * tile.warps_m * tile.kw;
+    let threads = 32 * tile.warps();
     let accumulators = tile.frags_m * tile.cc / 8 * 4;
     let regs = if elem == 4 && accumulators > 72 {
         255
@@ -793,7 +798,7 @@ pub(crate) fn fits(x: &SsmTensor, dy: &SsmTensor, geo: &Geo, channels_last: bool
         && rows_aligned(dy.offset, &geo.sd, dtype)
         && geo.c_red % granule == 0
         && geo.c_out % granule == 0
-        && tile.warps_m * tile.kw <= 32
+        && tile.warps() <= 32
         && tile.stages * tile.stage_bytes(dtype.size()) <= x.device.max_shared_memory()
 }
 
@@ -822,7 +827,7 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
             m_tiles as u32,
             (splits * geo.groups as usize) as u32,
         );
-        let dim = CubeDim::new_2d(32, (tile.warps_m * tile.kw) as u32);
+        let dim = CubeDim::new_2d(32, tile.warps() as u32);
         record_launch();
         unsafe {
             conv_wgrad_pipe::launch_unchecked(
