@@ -549,46 +549,46 @@ fn dice_ce(
     let layout = opts.layout;
     let ca = logits.channel_axis(layout)?;
     let c = logits.shape()[ca];
-    let Some(w) = class_weights else {
-        let dice = dice_loss(logits, target, opts)?;
-        let ce = if c == 1 {
-            // MONAI's BCEWithLogitsLoss branch has no label smoothing.
-            bce_with_logits(logits, target)?
-        } else {
+    if let Some(w) = class_weights {
+        if w.len() != c {
+            return Err(Error::Shape {
+                op,
+                msg: format!("{} class weights for logits of {c} channels", w.len()),
+            });
+        }
+        check_class_weights(op, w)?;
+    }
+    let dice = match class_weights {
+        None => dice_loss(logits, target, opts)?,
+        Some(w) if opts.include_background || c == 1 => {
+            dice_loss_weighted(logits, target, opts, w)?
+        }
+        // The background channel is not in the Dice term, nor is its weight.
+        Some(w) => dice_loss_weighted(logits, target, opts, &w[1..])?,
+    };
+    let x = logits.value();
+    let ce = match (class_weights, c) {
+        // MONAI's BCEWithLogitsLoss branch has no label smoothing.
+        (None, 1) => bce_with_logits(logits, target)?,
+        (Some(w), 1) => {
+            let pos_weight = Tensor::from_f64(w, &[1], x.dtype(), x.device())?;
+            bce_with_logits_pos_weight(logits, target, &pos_weight)?
+        }
+        (None, _) => {
             let full = dice_target(logits, target, layout)?;
             cross_entropy(logits, CeTarget::Probs(&full), label_smoothing, layout)?
-        };
-        return dice
-            .mul_scalar(lambda_dice)?
-            .add(&ce.mul_scalar(lambda_ce)?);
-    };
-    if w.len() != c {
-        return Err(Error::Shape {
-            op,
-            msg: format!("{} class weights for logits of {c} channels", w.len()),
-        });
-    }
-    check_class_weights(op, w)?;
-    let dice_w = if opts.include_background || c == 1 {
-        w
-    } else {
-        &w[1..]
-    };
-    let dice = dice_loss_weighted(logits, target, opts, dice_w)?;
-    let x = logits.value();
-    let ce = if c == 1 {
-        let pos_weight = Tensor::from_f64(w, &[1], x.dtype(), x.device())?;
-        bce_with_logits_pos_weight(logits, target, &pos_weight)?
-    } else {
-        let wt = Tensor::from_f64(w, &[c], x.dtype(), x.device())?;
-        // MONAI hands CrossEntropyLoss class indices when the target has one channel and
-        // the logits several; a weighted mean then divides by the labels' weights.
-        let ce_target = if target.shape() == logits.shape() {
-            CeTarget::Probs(target)
-        } else {
-            CeTarget::Labels(target)
-        };
-        cross_entropy_weighted(logits, ce_target, label_smoothing, &wt, layout)?
+        }
+        (Some(w), _) => {
+            let wt = Tensor::from_f64(w, &[c], x.dtype(), x.device())?;
+            // MONAI hands CrossEntropyLoss class indices when the target has one channel
+            // and the logits several; a weighted mean then divides by the labels' weights.
+            let ce_target = if target.shape() == logits.shape() {
+                CeTarget::Probs(target)
+            } else {
+                CeTarget::Labels(target)
+            };
+            cross_entropy_weighted(logits, ce_target, label_smoothing, &wt, layout)?
+        }
     };
     dice.mul_scalar(lambda_dice)?
         .add(&ce.mul_scalar(lambda_ce)?)
