@@ -441,7 +441,7 @@ fn host_weighted_dice(
     let mut total = 0.0;
     let mut count = 0.0;
     for b in 0..n {
-        for ch in usize::from(skip_bg)..c {
+        for ch in first..c {
             let (mut i, mut ps, mut gs) = (0.0, 0.0, 0.0);
             for k in 0..s {
                 let idx = (b * c + ch) * s + k;
@@ -469,20 +469,8 @@ fn loss_values_match_host() {
     let lab = Tensor::from_f64(&labels, &[n, s], DType::F64, &d).unwrap();
     let oh = Tensor::one_hot(&lab, c, Layout::ChannelsFirst).unwrap();
     let ohv = oh.to_f64_vec().unwrap();
-    // Host softmax and log-softmax over channels.
-    let mut sm = vec![0.0; xv.len()];
-    let mut lsm = vec![0.0; xv.len()];
-    for b in 0..n {
-        for k in 0..s {
-            let idx = |ch: usize| (b * c + ch) * s + k;
-            let m = (0..c).map(|ch| xv[idx(ch)]).fold(f64::MIN, f64::max);
-            let z: f64 = (0..c).map(|ch| (xv[idx(ch)] - m).exp()).sum();
-            for ch in 0..c {
-                sm[idx(ch)] = (xv[idx(ch)] - m).exp() / z;
-                lsm[idx(ch)] = xv[idx(ch)] - m - z.ln();
-            }
-        }
-    }
+    let lsm = host_log_softmax_all(&xv, c, s);
+    let sm: Vec<f64> = lsm.iter().map(|v| v.exp()).collect();
     let xvar = Var::constant(x.clone());
     let eps = 0.1;
     let ce_want: f64 = -(0..xv.len())
@@ -722,6 +710,31 @@ fn host_log_softmax(x: &[f64], c: usize, s: usize, p: usize) -> Vec<f64> {
     row.iter().map(|v| v - lse).collect()
 }
 
+/// Log-softmax over the channels of `[N, C, S]` logits, in their layout.
+fn host_log_softmax_all(x: &[f64], c: usize, s: usize) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    for p in 0..x.len() / c {
+        for (ch, v) in host_log_softmax(x, c, s, p).into_iter().enumerate() {
+            out[((p / s) * c + ch) * s + p % s] = v;
+        }
+    }
+    out
+}
+
+/// PyTorch's `cross_entropy(x, probs, weight=w, label_smoothing=eps)` on `[N, C, S]`
+/// probabilities: the weighted terms averaged over the positions (not over the weights).
+fn host_weighted_ce_probs(x: &[f64], probs: &[f64], w: &[f64], s: usize, eps: f64) -> f64 {
+    let c = w.len();
+    let lsm = host_log_softmax_all(x, c, s);
+    let total: f64 = (0..x.len())
+        .map(|i| {
+            let ch = (i / s) % c;
+            -w[ch] * ((1.0 - eps) * probs[i] + eps / c as f64) * lsm[i]
+        })
+        .sum();
+    total / (x.len() / c) as f64
+}
+
 /// PyTorch's `cross_entropy(x, labels, weight=w, ignore_index, label_smoothing=eps)`, as
 /// its source computes it: `(1 − ε)·Σ w_y·nll / Σ w_y + ε/C · Σ Σ_c w_c·(−log p_c) / Σ w_y`
 /// over the positions not ignored.
@@ -849,13 +862,10 @@ fn dice_ce_weights_go_to_both_terms_as_in_monai() {
     let lab = Tensor::from_f64(&labels, &[n, s], DType::F64, &d).unwrap();
     let onehot = Tensor::one_hot(&lab, c, Layout::ChannelsFirst).unwrap();
     let gv = onehot.to_f64_vec().unwrap();
-    let mut sm = vec![0.0; xv.len()];
-    for p in 0..n * s {
-        let lsm = host_log_softmax(&xv, c, s, p);
-        for ch in 0..c {
-            sm[((p / s) * c + ch) * s + p % s] = lsm[ch].exp();
-        }
-    }
+    let sm: Vec<f64> = host_log_softmax_all(&xv, c, s)
+        .iter()
+        .map(|v| v.exp())
+        .collect();
     let w = [0.25, 2.0, 1.5];
     let (ld, lc, eps) = (0.7, 1.3, 0.1);
     let no_bg = DiceOptions {
@@ -876,15 +886,7 @@ fn dice_ce_weights_go_to_both_terms_as_in_monai() {
     let got = value(&lab, &no_bg, &w);
     assert!((got - (ld * dice + lc * ce)).abs() < 1e-12, "labels: {got}");
     // One-hot: CE on probabilities, averaged over the positions.
-    let mut ce_probs = 0.0;
-    for p in 0..n * s {
-        let lsm = host_log_softmax(&xv, c, s, p);
-        for ch in 0..c {
-            let q = (1.0 - eps) * gv[((p / s) * c + ch) * s + p % s] + eps / c as f64;
-            ce_probs -= w[ch] * q * lsm[ch];
-        }
-    }
-    let ce_probs = ce_probs / (n * s) as f64;
+    let ce_probs = host_weighted_ce_probs(&xv, &gv, &w, s, eps);
     let dice_all = host_weighted_dice(&sm, &gv, n, c, s, false, &w);
     let got = value(&onehot, &DiceOptions::softmax(), &w);
     assert!(
@@ -1053,16 +1055,7 @@ fn cross_entropy_class_weights_follow_pytorch() {
         // weights), PyTorch's rule for probability targets.
         let pv = r.vec(n * c * s, 0.0, 1.0);
         let probs = Tensor::from_f64(&pv, &[n, c, s], DType::F64, &d).unwrap();
-        let mut total = 0.0;
-        for p in 0..n * s {
-            let lsm = host_log_softmax(&xv, c, s, p);
-            let (b, k) = (p / s, p % s);
-            for ch in 0..c {
-                let q = (1.0 - eps) * pv[(b * c + ch) * s + k] + eps / c as f64;
-                total -= wv[ch] * q * lsm[ch];
-            }
-        }
-        let want = total / (n * s) as f64;
+        let want = host_weighted_ce_probs(&xv, &pv, &wv, s, eps);
         let got = value(&x, CeTarget::Probs(&probs), eps, Layout::ChannelsFirst);
         assert!(
             (got - want).abs() < 1e-12,
