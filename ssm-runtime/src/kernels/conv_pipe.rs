@@ -384,12 +384,23 @@ impl Producer {
 /// each, which truncates the mantissa (a `cvt.rna` per element would cost as many
 /// instructions as the loads themselves).
 #[cube]
-fn tf32_pair<I: Float, M: Float>(s: &SharedMemory<I>, at: usize) -> Vector<M, Const<2>> {
+pub(crate) fn tf32_pair<I: Float, M: Float>(s: &SharedMemory<I>, at: usize) -> Vector<M, Const<2>> {
     let v = s
         .slice(at, at + 2)
         .into_vectorized()
         .with_vector_size::<Const<2>>()[0];
     Vector::<M, Const<2>>::reinterpret(v)
+}
+
+/// Four adjacent f32 values at `at` (a multiple of 4) in one 128-bit load, as TF32
+/// fragment elements (see [`tf32_pair`]).
+#[cube]
+pub(crate) fn tf32_quad<I: Float, M: Float>(s: &SharedMemory<I>, at: usize) -> Vector<M, Const<4>> {
+    let v = s
+        .slice(at, at + 4)
+        .into_vectorized()
+        .with_vector_size::<Const<4>>()[0];
+    Vector::<M, Const<4>>::reinterpret(v)
 }
 
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for

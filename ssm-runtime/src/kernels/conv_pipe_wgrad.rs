@@ -24,7 +24,7 @@ use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
     SEG, SlotBarriers, copy_chunk, copy_granule, rows_aligned, seg_place, seg_row, segment_rows,
-    stage_slots, usable,
+    stage_slots, tf32_pair, tf32_quad, usable,
 };
 use crate::kernels::conv_tune::{check_fits, conv_tune};
 use crate::kernels::split_sum::split_sum;
@@ -351,28 +351,31 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
     let vc = def.vectors_per_lane(cmma::MatrixIdent::Accumulator);
     let sc = def.vector_size(cmma::MatrixIdent::Accumulator);
-    // TF32 fragments are read element by element from the k-major tiles: A (co × pos) from
-    // dy rows (pos) of co, B (pos × c) from x rows (pos) of c. Their f32 bits pass
+    // TF32 fragments come from the k-major tiles (A = co × pos from dy rows, B = pos × c
+    // from x rows) in vector loads rather than one 32-bit load per element: which dst or
+    // input channel a fragment row or column stands for is ours to choose, so lane (g, t)'s
+    // rows g and g + 8 of all `frags_m` A fragments are 2·frags_m adjacent dst channels,
+    // and its column g of the B fragments adjacent input channels (four fragments a load,
+    // two for a remainder), each brought by one 64- or 128-bit load per k row
+    // ([`tf32_row`], [`tf32_column`]; the epilogue writes through the same maps). The
+    // padded pitches keep these loads free of bank conflicts. Their f32 bits pass
     // unconverted, as in `conv_pipe` (the tensor cores truncate them to TF32).
     // x rows are read through `seg_row`: position k of a segment sits at halo row
     // seg_row(k) (k itself unless the segment holds several dst rows).
     let sub_halo = comptime!(halo / rows_per_seg);
-    let mut a_off = Array::<usize>::new(va);
     let blocks = comptime!(SEG / mk);
-    let mut b_off = Array::<usize>::new(comptime!(vb * blocks));
+    let (gq, tq) = ((lane / 4) as usize, (lane % 4) as usize);
+    // This lane's A elements at k = t (k = t + 4 four rows on).
+    let a_lane = tq * a_pitch + 2 * frags_m * gq;
+    // Its x rows (times the pitch) at k = t and t + 4 of each 8-deep block.
+    let mut b_rows = Array::<usize>::new(comptime!(2 * blocks));
     if comptime!(mk == 8) {
-        #[unroll]
-        for e in 0..va {
-            let (m, k) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::A);
-            a_off[e] = k as usize * a_pitch + m as usize;
-        }
         #[unroll]
         for kk in 0..blocks {
             #[unroll]
-            for e in 0..vb {
-                let (k, n) = def.position_of_nth(lane, e as u32, cmma::MatrixIdent::B);
-                let hr = seg_row(kk * mk + k as usize, run, rows_per_seg, sub_halo);
-                b_off[kk * vb + e] = hr * b_pitch + n as usize;
+            for e in 0..2usize {
+                let k = kk * mk + e * 4 + tq;
+                b_rows[kk * 2 + e] = seg_row(k, run, rows_per_seg, sub_halo) * b_pitch;
             }
         }
     }
@@ -496,27 +499,60 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                 b_frags.push(hi);
                             }
                         } else {
-                            #[unroll]
-                            for i in 0..frags_m {
-                                let mut f = Array::<Vector<M, NA>>::new(va);
+                            // a0, a1 = rows g, g + 8 at k = t; a2, a3 the same at t + 4.
+                            let a_t = a_k + a_lane;
+                            if comptime!(frags_m == 2) {
+                                let lo = tf32_quad::<I, M>(&a_s, a_t);
+                                let hi = tf32_quad::<I, M>(&a_s, a_t + 4 * a_pitch);
                                 #[unroll]
-                                for e in 0..va {
-                                    let mut v = Vector::<M, NA>::empty();
-                                    v[0] = M::reinterpret(a_s[a_k + i * 16 + a_off[e]]);
-                                    f[e] = v;
+                                for i in 0..2usize {
+                                    let mut f = Array::<Vector<M, NA>>::new(va);
+                                    f[0] = Vector::new(lo[2 * i]);
+                                    f[1] = Vector::new(lo[2 * i + 1]);
+                                    f[2] = Vector::new(hi[2 * i]);
+                                    f[3] = Vector::new(hi[2 * i + 1]);
+                                    a_frags.push(f);
                                 }
-                                a_frags.push(f);
+                            } else {
+                                #[unroll]
+                                for i in 0..frags_m {
+                                    let lo = tf32_pair::<I, M>(&a_s, a_t + 2 * i);
+                                    let hi = tf32_pair::<I, M>(&a_s, a_t + 4 * a_pitch + 2 * i);
+                                    let mut f = Array::<Vector<M, NA>>::new(va);
+                                    f[0] = Vector::new(lo[0]);
+                                    f[1] = Vector::new(lo[1]);
+                                    f[2] = Vector::new(hi[0]);
+                                    f[3] = Vector::new(hi[1]);
+                                    a_frags.push(f);
+                                }
                             }
+                            // b0, b1 = (k = t, column g), (t + 4, g).
+                            let b_t = b_k + b_rows[kk * 2] + 4 * gq;
+                            let b_t4 = b_k + b_rows[kk * 2 + 1] + 4 * gq;
                             #[unroll]
-                            for jn in 0..frags_n {
-                                let mut f = Array::<Vector<M, NB>>::new(vb);
+                            for q in 0..frags_n / 4 {
+                                let lo = tf32_quad::<I, M>(&b_s, b_t + q * 32);
+                                let hi = tf32_quad::<I, M>(&b_s, b_t4 + q * 32);
                                 #[unroll]
-                                for e in 0..vb {
-                                    let mut v = Vector::<M, NB>::empty();
-                                    v[0] = M::reinterpret(b_s[b_k + jn * 8 + b_off[kk * vb + e]]);
-                                    f[e] = v;
+                                for j in 0..4usize {
+                                    let mut f = Array::<Vector<M, NB>>::new(vb);
+                                    f[0] = Vector::new(lo[j]);
+                                    f[1] = Vector::new(hi[j]);
+                                    b_frags.push(f);
                                 }
-                                b_frags.push(f);
+                            }
+                            if comptime!(frags_n % 4 == 2) {
+                                // The last two fragments: pairs at 2·g past the quads.
+                                let tail = comptime!(frags_n / 4 * 32);
+                                let lo = tf32_pair::<I, M>(&b_s, b_t - 2 * gq + tail);
+                                let hi = tf32_pair::<I, M>(&b_s, b_t4 - 2 * gq + tail);
+                                #[unroll]
+                                for j in 0..2usize {
+                                    let mut f = Array::<Vector<M, NB>>::new(vb);
+                                    f[0] = Vector::new(lo[j]);
+                                    f[1] = Vector::new(hi[j]);
+                                    b_frags.push(f);
+                                }
                             }
                         }
                         #[unroll]
@@ -544,16 +580,17 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     #[unroll]
     for h in 0..vc {
         let (r, c) = def.position_of_nth(lane, (h * sc) as u32, cmma::MatrixIdent::Accumulator);
+        let (r, c) = (r as usize, c as usize);
         #[unroll]
         for i in 0..frags_m {
-            let co = m0 + i32::cast_from(m_warp + i * 16 + r as usize);
+            let co = m0 + i32::cast_from(m_warp + tf32_row(i, r, frags_m, mk));
             let row_base = ((split * co_total + grp * g.c_out + co) * taps + tap) * g.c_red;
             #[unroll]
             for jn in 0..frags_n {
                 let v = acc.index(i * frags_n + jn)[h];
                 #[unroll]
                 for e in 0..sc {
-                    let ch = c0 + i32::cast_from(jn * 8 + c as usize + e);
+                    let ch = c0 + i32::cast_from(tf32_column(jn, c + e, frags_n, mk));
                     if co < g.c_out && ch < g.c_red {
                         out[usize::cast_from(row_base + ch)] = v[e];
                     }
@@ -561,6 +598,45 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
             }
         }
     }
+}
+
+/// The dst channel (past the warp's first) of row `r` of A fragment `i`: `i·16 + r` for
+/// bf16; for TF32 (`mk` = 8) rows g and g + 8 of every fragment are adjacent, lane g's
+/// 2·frags_m channels in a row (see the fragment loads).
+#[cube]
+fn tf32_row(
+    #[comptime] i: usize,
+    r: usize,
+    #[comptime] frags_m: usize,
+    #[comptime] mk: usize,
+) -> usize {
+    let mut at = i * 16 + r;
+    if comptime!(mk == 8) {
+        at = 2 * frags_m * (r % 8) + 2 * i + r / 8;
+    }
+    at
+}
+
+/// The input channel (past the tile's first) of column `n` of B fragment `jn`: `jn·8 + n`
+/// for bf16; for TF32 (`mk` = 8) column n of four fragments at a time is four adjacent
+/// channels (a last pair of fragments: two).
+#[cube]
+fn tf32_column(
+    #[comptime] jn: usize,
+    n: usize,
+    #[comptime] frags_n: usize,
+    #[comptime] mk: usize,
+) -> usize {
+    let quads = comptime!(frags_n / 4 * 4);
+    let mut at = jn * 8 + n;
+    if comptime!(mk == 8) {
+        if comptime!(jn < quads) {
+            at = (jn / 4) * 32 + 4 * n + jn % 4;
+        } else {
+            at = quads * 8 + 2 * n + (jn - quads);
+        }
+    }
+    at
 }
 
 // ---- launch helpers ------------------------------------------------------------------------
