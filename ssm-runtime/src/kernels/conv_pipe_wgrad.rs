@@ -852,8 +852,10 @@ fn split_rows(geo: &Geo, tile: &WgradTile, tiles: usize, target: usize) -> (usiz
 /// Cubes of `tile` one multiprocessor runs at once: the least its registers, shared memory
 /// (`max_shared` a cube; one SM holds that plus 1 KiB, and each cube reserves 1 KiB) and
 /// threads allow. Registers a lane are estimated as 72 + the f32 accumulators (bf16 with 96
-/// accumulators: 167 in `ncu`, two cubes an SM), except TF32 with more than 72, which takes
-/// all 255 and spills (`ncu`: one cube an SM); the 96- and 48-channel tiles (72
+/// accumulators: 167 in `ncu`, two cubes an SM), except TF32 with more than 72, whose
+/// vector fragment loads took 204 (`ncu`, 2026-12-06, before the 16-byte partial-sum
+/// stores; 255 with spills under scalar loads): one cube an SM either way; the 96- and
+/// 48-channel tiles (72
 /// accumulators) come out at two and four cubes an SM, as their times' pattern over the
 /// split counts shows (H100 / H200, 2026-12-06). The limits are sm_80 / sm_90's (64 Ki
 /// registers and 2048 threads an SM); on sm_86 / sm_89 (1536 threads) the count can come
@@ -862,7 +864,7 @@ fn cubes_per_sm(tile: &WgradTile, elem: usize, max_shared: usize) -> usize {
     let threads = 32 * tile.warps();
     let accumulators = tile.frags_m * tile.cc / 8 * 4;
     let regs = if elem == 4 && accumulators > 72 {
-        255
+        204
     } else {
         72 + accumulators
     };
@@ -1046,7 +1048,7 @@ mod tests {
 
     #[test]
     fn cubes_an_sm_as_ncu_counted_them() {
-        // 192 channels: TF32 one (255 registers), bf16 two (167 registers, 74.5 KB).
+        // 192 channels: TF32 one (204 registers), bf16 two (167 registers, 74.5 KB).
         assert_eq!(cubes_per_sm(&bench_tile(192, 8, 4), 4, HOPPER_SHARED), 1);
         assert_eq!(cubes_per_sm(&bench_tile(192, 8, 2), 2, HOPPER_SHARED), 2);
         // 96 channels (48 input channels a tile): two in both types; 48 channels (one warp
