@@ -76,15 +76,15 @@ impl TapCursor {
     }
 
     /// Step past one stage of `bk` channels; true when that ended the tap group (the
-    /// cursor then stands at the next group of `kw` taps along w).
-    fn advance(&mut self, g: &ConvGeo, bk: i32, kw: i32) -> bool {
+    /// cursor then stands at the next group of `kw` taps along w and `kh` along h).
+    fn advance(&mut self, g: &ConvGeo, bk: i32, kw: i32, kh: i32) -> bool {
         let wrap = self.c0 + bk >= g.c_red;
         self.c0 = select(wrap, 0i32, self.c0 + bk);
         if wrap {
             self.tw += kw;
             if self.tw >= g.k_w {
                 self.tw = 0i32;
-                self.th += 1i32;
+                self.th += kh;
                 if self.th >= g.k_h {
                     self.th = 0i32;
                     self.td += 1i32;
@@ -156,15 +156,16 @@ struct HaloRows {
 }
 
 /// The comptime shape of a stage as the producer sees it: `threads` per cube, `qh` halo
-/// rows per thread (one copy of each), `segs` segments of `halo` rows, `kw_inner` taps per
-/// group, `bn` dst channels, `bk` reduced channels in `vec`-element copies; `transposed`
-/// (backward-data) and `unit_stride` as [`conv_pipe`] has them.
+/// rows per thread (one copy of each), `a_rows` halo rows in all, `kh_inner` × `kw_inner`
+/// taps per group (along h, along w), `bn` dst channels, `bk` reduced channels in
+/// `vec`-element copies; `transposed` (backward-data) and `unit_stride` as [`conv_pipe`]
+/// has them.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct StageShape {
     threads: usize,
     qh: usize,
-    segs: usize,
-    halo: usize,
+    a_rows: usize,
+    kh_inner: usize,
     kw_inner: usize,
     bn: usize,
     bk: usize,
@@ -223,6 +224,93 @@ pub(crate) fn seg_row(
         (r / run) * sub_halo + r % run,
         0usize,
     )
+}
+
+/// A *rows halo* (comptime): a stage holds the src rows of all `kh_inner` taps along h at
+/// once. A tile's `tile_rows` dst rows run along h (within one (batch, d) plane, or
+/// across up to `planes` of them), so tap `th` of dst row `h` reads src row `h + th − pad`
+/// (stride and dilation 1 along h): the rows of a plane's run of dst rows `h0 .. h1` and
+/// all its taps are the `h1 − h0 + kh_inner − 1` src rows from `h0 − pad`, which the halo
+/// holds once (`ext_rows` rows of `row_halo` src positions in all) instead of once per
+/// tap. `kh_inner == 1`: per-segment halos (the rest unused).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct RowsHalo {
+    pub kh_inner: usize,
+    pub tile_rows: usize,
+    pub planes: usize,
+    pub ext_rows: usize,
+    pub row_halo: usize,
+}
+
+impl RowsHalo {
+    /// No rows halo: a halo per segment.
+    pub(crate) const NONE: RowsHalo = RowsHalo {
+        kh_inner: 1,
+        tile_rows: 0,
+        planes: 0,
+        ext_rows: 0,
+        row_halo: 0,
+    };
+}
+
+/// Halo row of dst row `rho` of the tile (tap shift 0), the tile's first dst row at
+/// `h_first` of its plane: each plane the rows cross before `rho` adds `kh_inner − 1`
+/// rows.
+#[cube]
+fn rows_halo_row(rho: i32, h_first: i32, dst_h: i32, #[comptime] rh: RowsHalo) -> i32 {
+    let kh1 = comptime!(rh.kh_inner - 1);
+    rho + ((h_first + rho) / dst_h) * i32::cast_from(kh1)
+}
+
+/// The place in a rows halo (in src positions, at tap shift 0) of row `r` (0..16) of
+/// segment `s` of the tile; rows past the segment's positions take row 0.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn rows_halo_at(
+    s: i32,
+    r: usize,
+    h_first: i32,
+    dst_h: i32,
+    segs_per_row: i32,
+    #[comptime] run: usize,
+    #[comptime] rows_per_seg: usize,
+    #[comptime] rh: RowsHalo,
+) -> usize {
+    let r = select(r < rows_per_seg * run, r, 0usize);
+    let mut rho = s * i32::cast_from(rows_per_seg) + i32::cast_from(r / run);
+    let mut w = r % run;
+    if comptime!(rows_per_seg == 1) {
+        rho = s / segs_per_row;
+        w = usize::cast_from(s % segs_per_row) * SEG + r;
+    }
+    let row_halo = comptime!(rh.row_halo);
+    usize::cast_from(rows_halo_row(rho, h_first, dst_h, rh)) * row_halo + w
+}
+
+/// Which src row halo row `e` holds: (the tile-relative dst row that starts its plane's
+/// run, the offset of `e` from that run's first halo row; −1 for a row of no run).
+#[cube]
+fn rows_halo_place(e: i32, h_first: i32, dst_h: i32, #[comptime] rh: RowsHalo) -> (i32, i32) {
+    let (kh1, nr, planes) = comptime!((rh.kh_inner - 1, rh.tile_rows, rh.planes));
+    let kh1 = i32::cast_from(kh1);
+    let nr = i32::cast_from(nr);
+    let mut plane = 0i32;
+    let mut start = 0i32;
+    let mut e_start = 0i32;
+    #[unroll]
+    for p in 1..planes {
+        let rho_p = dst_h - h_first + i32::cast_from(p - 1) * dst_h;
+        let e_p = rho_p + i32::cast_from(p) * kh1;
+        if rho_p < nr && e >= e_p {
+            plane = i32::cast_from(p);
+            start = rho_p;
+            e_start = e_p;
+        }
+    }
+    let next = dst_h - h_first + plane * dst_h;
+    let len = select(next < nr, next, nr) - start + kh1;
+    let off = e - e_start;
+    (start, select(off < len, off, -1i32))
 }
 
 /// The src address (channel 0 of the group) of every halo row this thread copies (rows
@@ -300,8 +388,8 @@ pub(crate) fn copy_chunk<I: Float>(
 
 /// Issue the `cp.async` copies of one stage into slot `slot`: this thread's halo rows
 /// (addresses `addrs`, reduced channels `c0 .. c0 + bk`) and its share of the weight tile
-/// (`kw_inner` taps from `tap0` × dst channels `n0 .. n0 + bn`, tap-major). Chunks outside
-/// the problem are zero-filled.
+/// (`kh_inner` × `kw_inner` taps from `tap0` × dst channels `n0 .. n0 + bn`, tap-major).
+/// Chunks outside the problem are zero-filled.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn issue_stage<I: Float>(
@@ -314,25 +402,25 @@ fn issue_stage<I: Float>(
     #[comptime] slot: usize,
     #[comptime] sh: StageShape,
 ) {
-    let (threads, qh, segs, halo) = comptime!((sh.threads, sh.qh, sh.segs, sh.halo));
+    let (threads, qh, a_rows, kh_inner) = comptime!((sh.threads, sh.qh, sh.a_rows, sh.kh_inner));
     let (kw_inner, bn, bk, vec) = comptime!((sh.kw_inner, sh.bn, sh.bk, sh.vec));
     let (tid, addrs, c0, w_grp, n0) = (p.tid, &p.rows.addrs, p.cur.c0, p.w_grp, p.n0);
     let tap0 = p.cur.tap(g);
     let pitch = comptime!(bk + PAD);
     let chunks = comptime!(bk / vec);
-    let a_slot = slot * (segs * halo * pitch);
+    let a_slot = slot * (a_rows * pitch);
     let col = p.chunk * vec;
     let c = c0 + i32::cast_from(col);
     #[unroll]
     for q in 0..qh {
         let rho = p.row0 + q * comptime!(threads / chunks);
-        if rho < segs * halo {
+        if rho < a_rows {
             let ok = addrs[q] >= 0 && c < g.c_red;
             copy_chunk::<I>(src, addrs[q] + c, ok, a_s, a_slot + rho * pitch + col, vec);
         }
     }
-    let b_slot = slot * (kw_inner * bn * pitch);
-    let b_chunks = comptime!(kw_inner * bn * chunks);
+    let b_slot = slot * (kh_inner * kw_inner * bn * pitch);
+    let b_chunks = comptime!(kh_inner * kw_inner * bn * chunks);
     #[unroll]
     for r in 0..b_chunks.div_ceil(threads) {
         let e = tid + r * threads;
@@ -343,7 +431,10 @@ fn issue_stage<I: Float>(
             let col = n0 + i32::cast_from(row % bn);
             let c = c0 + i32::cast_from(ch * vec);
             let ok = col < g.c_out && c < g.c_red;
-            let tap = tap0 + i32::cast_from(u);
+            let mut tap = tap0 + i32::cast_from(u);
+            if comptime!(kh_inner > 1) {
+                tap = tap0 + i32::cast_from(u / kw_inner) * g.k_w + i32::cast_from(u % kw_inner);
+            }
             let addr = w_grp + tap * g.sw_w + col * g.sw_o + c;
             copy_chunk::<I>(w, addr, ok, b_s, b_slot + row * pitch + ch * vec, vec);
         }
@@ -369,11 +460,13 @@ impl Producer {
     ) {
         issue_stage::<I>(src, w, a_s, b_s, g, self, slot, sh);
         bars.commit(slot);
-        let (bk, kw_inner) = comptime!((sh.bk, sh.kw_inner));
-        if self
-            .cur
-            .advance(g, i32::cast_from(bk), i32::cast_from(kw_inner))
-        {
+        let (bk, kw_inner, kh_inner) = comptime!((sh.bk, sh.kw_inner, sh.kh_inner));
+        if self.cur.advance(
+            g,
+            i32::cast_from(bk),
+            i32::cast_from(kw_inner),
+            i32::cast_from(kh_inner),
+        ) {
             halo_addrs(g, &mut self.rows, &self.cur, sh);
         }
     }
@@ -444,6 +537,7 @@ fn conv_pipe<I: Float, M: Float>(
     #[comptime] halo: usize,
     #[comptime] run: usize,
     #[comptime] rows_per_seg: usize,
+    #[comptime] rows_halo: RowsHalo,
     #[comptime] has_bias: bool,
     #[comptime] transposed: bool,
     #[comptime] unit_stride: bool,
@@ -454,15 +548,22 @@ fn conv_pipe<I: Float, M: Float>(
     let bm = comptime!(segs * SEG);
     let bn = comptime!(warps_n * frags_n * 8);
     let pitch = comptime!(bk + PAD);
-    let a_stage = comptime!(segs * halo * pitch);
-    let b_stage = comptime!(kw_inner * bn * pitch);
+    let (kh_inner, tile_rows, row_halo) =
+        comptime!((rows_halo.kh_inner, rows_halo.tile_rows, rows_halo.row_halo,));
+    let a_rows = comptime!(if kh_inner > 1 {
+        rows_halo.ext_rows * rows_halo.row_halo
+    } else {
+        segs * halo
+    });
+    let a_stage = comptime!(a_rows * pitch);
+    let b_stage = comptime!(kh_inner * kw_inner * bn * pitch);
     // Halo copies: a row is `chunks` copies long, and adjacent threads take adjacent chunks
     // of one row, so a warp reads whole 32-byte sectors (with a thread per row, each copy
     // instruction fetched half-used sectors: ncu counted 46 % of the L2 sectors as excess
     // in the bf16 48-channel forward, whose L2 throughput at 80 % was the limit).
     let chunks = comptime!(bk / vec);
     let rows_per_pass = comptime!(threads / chunks);
-    let qh = comptime!((segs * halo).div_ceil(rows_per_pass));
+    let qh = comptime!(a_rows.div_ceil(rows_per_pass));
     let sub_halo = comptime!(halo / rows_per_seg);
 
     let tid = UNIT_POS as usize;
@@ -492,32 +593,61 @@ fn conv_pipe<I: Float, M: Float>(
         o_w: Array::<i32>::new(qh),
         addrs: Array::<i32>::new(qh),
     };
-    #[unroll]
-    for q in 0..qh {
-        let rho = row0 + q * rows_per_pass;
-        let hr = rho % halo;
-        let (row, ow) = seg_place(
-            seg0 + i32::cast_from(rho / halo),
-            i32::cast_from(hr / sub_halo),
-            i32::cast_from(hr % sub_halo),
-            segs_per_row,
-            rows_per_seg,
-        );
-        hrows.base[q] = select(
-            rho < segs * halo && row < total_rows,
-            grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
-            -1i32,
-        );
-        let od = (row / g.dst_h) % g.dst_d;
-        let oh = row % g.dst_h;
-        if transposed {
-            hrows.o_d[q] = od;
-            hrows.o_h[q] = oh;
-            hrows.o_w[q] = ow;
-        } else {
-            hrows.o_d[q] = od * g.st_d;
-            hrows.o_h[q] = oh * g.st_h;
-            hrows.o_w[q] = ow * g.st_w;
+    // The tile's first dst row and its h (its rows run along h: the taps along h of a
+    // rows-halo stage read them shifted by whole rows).
+    let row_first = i32::cast_from(m_tile) * i32::cast_from(tile_rows);
+    let h_first = row_first % g.dst_h;
+    if comptime!(kh_inner > 1) {
+        #[unroll]
+        for q in 0..qh {
+            let v = row0 + q * rows_per_pass;
+            let (run_row, off) =
+                rows_halo_place(i32::cast_from(v / row_halo), h_first, g.dst_h, rows_halo);
+            let row = row_first + run_row;
+            hrows.base[q] = select(
+                v < a_rows && off >= 0 && row < total_rows,
+                grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
+                -1i32,
+            );
+            let od = (row / g.dst_h) % g.dst_d;
+            let oh = row % g.dst_h;
+            hrows.o_w[q] = i32::cast_from(v % row_halo);
+            if transposed {
+                hrows.o_d[q] = od;
+                hrows.o_h[q] = oh - i32::cast_from(kh_inner - 1) + off;
+            } else {
+                hrows.o_d[q] = od * g.st_d;
+                hrows.o_h[q] = oh + off;
+            }
+        }
+    } else {
+        #[unroll]
+        for q in 0..qh {
+            let rho = row0 + q * rows_per_pass;
+            let hr = rho % halo;
+            let (row, ow) = seg_place(
+                seg0 + i32::cast_from(rho / halo),
+                i32::cast_from(hr / sub_halo),
+                i32::cast_from(hr % sub_halo),
+                segs_per_row,
+                rows_per_seg,
+            );
+            hrows.base[q] = select(
+                rho < segs * halo && row < total_rows,
+                grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
+                -1i32,
+            );
+            let od = (row / g.dst_h) % g.dst_d;
+            let oh = row % g.dst_h;
+            if transposed {
+                hrows.o_d[q] = od;
+                hrows.o_h[q] = oh;
+                hrows.o_w[q] = ow;
+            } else {
+                hrows.o_d[q] = od * g.st_d;
+                hrows.o_h[q] = oh * g.st_h;
+                hrows.o_w[q] = ow * g.st_w;
+            }
         }
     }
 
@@ -525,7 +655,8 @@ fn conv_pipe<I: Float, M: Float>(
     let bki = i32::cast_from(bk);
     let n_c = (g.c_red + bki - 1) / bki;
     let kwi = i32::cast_from(kw_inner);
-    let groups = g.k_d * g.k_h * g.k_w / kwi;
+    let khi = i32::cast_from(kh_inner);
+    let groups = g.k_d * g.k_h * g.k_w / (kwi * khi);
     let ks = i32::cast_from(k_splits);
     let per_split = (groups + ks - 1) / ks;
     let si = i32::cast_from(split);
@@ -554,6 +685,52 @@ fn conv_pipe<I: Float, M: Float>(
         + (lane / 16) as usize * 8;
     let a_top = seg_row((lane / 4) as usize, run, rows_per_seg, sub_halo) * pitch + pair;
     let a_low = seg_row((lane / 4 + 8) as usize, run, rows_per_seg, sub_halo) * pitch + pair;
+    // Rows halo: where this lane's A rows of each of its segments sit (bf16: its
+    // `ldmatrix` row; TF32: rows g and g + 8), at tap shift 0.
+    let lane_frags = comptime!(if kh_inner > 1 { frags_m } else { 1 });
+    let mut lane_a = Array::<usize>::new(lane_frags);
+    let mut lane_top = Array::<usize>::new(lane_frags);
+    let mut lane_low = Array::<usize>::new(lane_frags);
+    if comptime!(kh_inner > 1) {
+        #[unroll]
+        for i in 0..frags_m {
+            let s = i32::cast_from(wm * frags_m + i);
+            let (dh, spr) = (g.dst_h, segs_per_row);
+            let a = rows_halo_at(
+                s,
+                (lane % 16) as usize,
+                h_first,
+                dh,
+                spr,
+                run,
+                rows_per_seg,
+                rows_halo,
+            );
+            let top = rows_halo_at(
+                s,
+                (lane / 4) as usize,
+                h_first,
+                dh,
+                spr,
+                run,
+                rows_per_seg,
+                rows_halo,
+            );
+            let low = rows_halo_at(
+                s,
+                (lane / 4 + 8) as usize,
+                h_first,
+                dh,
+                spr,
+                run,
+                rows_per_seg,
+                rows_halo,
+            );
+            lane_a[i] = a * pitch + (lane / 16) as usize * 8;
+            lane_top[i] = top * pitch + pair;
+            lane_low[i] = low * pitch + pair;
+        }
+    }
     let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
     for _ in 0..frags_m * frags_n {
@@ -569,8 +746,8 @@ fn conv_pipe<I: Float, M: Float>(
     let sh = comptime!(StageShape {
         threads,
         qh,
-        segs,
-        halo,
+        a_rows,
+        kh_inner,
         kw_inner,
         bn,
         bk,
@@ -580,7 +757,7 @@ fn conv_pipe<I: Float, M: Float>(
     });
     let mut prod = Producer {
         rows: hrows,
-        cur: TapCursor::at(&g, q0 * kwi),
+        cur: TapCursor::at(&g, q0 * kwi * khi),
         tid,
         row0,
         chunk,
@@ -612,114 +789,131 @@ fn conv_pipe<I: Float, M: Float>(
                 }
 
                 #[unroll]
-                for u in 0..kw_inner {
-                    // Tap u of the group reads the halo shifted by this many rows.
-                    let shift = if transposed {
-                        usize::cast_from(g.dil_w) * (kw_inner - 1 - u)
-                    } else {
-                        usize::cast_from(g.dil_w) * u
-                    };
-                    let a_slot = j * a_stage + (warp_seg * halo + shift) * pitch;
-                    let b_slot = j * b_stage + (u * bn + warp_col) * pitch;
+                for uh in 0..kh_inner {
                     #[unroll]
-                    for kk in 0..bk / mk {
-                        let k0 = kk * mk;
-                        let mut a_frags = Sequence::<Array<Vector<M, NA>>>::new();
-                        let mut b_frags = Sequence::<Array<Vector<M, NB>>>::new();
-                        if comptime!(mk == 16) {
-                            // ldmatrix.x4: lanes 0-15 give rows 0-15 at k0, lanes 16-31 at
-                            // k0 + 8.
-                            #[unroll]
-                            for i in 0..frags_m {
-                                let at = a_slot + i * halo * pitch + a_lane + k0;
-                                let regs = def.load_matrix::<I, NA>(
-                                    &a_s.slice(at, at + 8),
-                                    cmma::MatrixIdent::A,
-                                    4usize,
-                                    false,
-                                );
-                                let mut f = Array::<Vector<M, NA>>::new(va);
-                                #[unroll]
-                                for e in 0..va {
-                                    f[e] = Vector::cast_from(regs[e]);
-                                }
-                                a_frags.push(f);
-                            }
-                            // ldmatrix.x4 over two 8-channel blocks: lanes 0-7 / 8-15 give
-                            // the first block at k0 / k0 + 8, lanes 16-23 / 24-31 the second.
-                            let nrow = (lane % 8 + (lane / 16) * 8) as usize;
-                            let nk = ((lane / 8) % 2) as usize * 8;
-                            #[unroll]
-                            for jp in 0..frags_n / 2 {
-                                let at = b_slot + (jp * 16 + nrow) * pitch + k0 + nk;
-                                let regs = def.load_matrix::<I, NB>(
-                                    &b_s.slice(at, at + 8),
-                                    cmma::MatrixIdent::B,
-                                    4usize,
-                                    false,
-                                );
-                                let mut lo = Array::<Vector<M, NB>>::new(vb);
-                                let mut hi = Array::<Vector<M, NB>>::new(vb);
-                                #[unroll]
-                                for e in 0..vb {
-                                    lo[e] = Vector::cast_from(regs[e]);
-                                    hi[e] = Vector::cast_from(regs[vb + e]);
-                                }
-                                b_frags.push(lo);
-                                b_frags.push(hi);
-                            }
-                            if comptime!(frags_n % 2 == 1) {
-                                let at = b_slot
-                                    + ((frags_n - 1) * 8 + (lane % 8) as usize) * pitch
-                                    + k0
-                                    + nk;
-                                let regs = def.load_matrix::<I, NB>(
-                                    &b_s.slice(at, at + 8),
-                                    cmma::MatrixIdent::B,
-                                    2usize,
-                                    false,
-                                );
-                                let mut f = Array::<Vector<M, NB>>::new(vb);
-                                #[unroll]
-                                for e in 0..vb {
-                                    f[e] = Vector::cast_from(regs[e]);
-                                }
-                                b_frags.push(f);
-                            }
+                    for u in 0..kw_inner {
+                        // Tap (uh, u) of the group reads the halo shifted by this many rows: u
+                        // positions along w, and in a rows halo uh dst rows along h.
+                        let shift = if transposed {
+                            usize::cast_from(g.dil_w) * (kw_inner - 1 - u)
                         } else {
-                            // Registers a0..a3 = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
+                            usize::cast_from(g.dil_w) * u
+                        };
+                        let shift_h = comptime!(if transposed { kh_inner - 1 - uh } else { uh });
+                        let mut a_slot = j * a_stage + (warp_seg * halo + shift) * pitch;
+                        if comptime!(kh_inner > 1) {
+                            a_slot = j * a_stage + (shift_h * row_halo + shift) * pitch;
+                        }
+                        let b_slot = j * b_stage + ((uh * kw_inner + u) * bn + warp_col) * pitch;
+                        #[unroll]
+                        for kk in 0..bk / mk {
+                            let k0 = kk * mk;
+                            let mut a_frags = Sequence::<Array<Vector<M, NA>>>::new();
+                            let mut b_frags = Sequence::<Array<Vector<M, NB>>>::new();
+                            if comptime!(mk == 16) {
+                                // ldmatrix.x4: lanes 0-15 give rows 0-15 at k0, lanes 16-31 at
+                                // k0 + 8.
+                                #[unroll]
+                                for i in 0..frags_m {
+                                    let mut at = a_slot + i * halo * pitch + a_lane + k0;
+                                    if comptime!(kh_inner > 1) {
+                                        at = a_slot + lane_a[i] + k0;
+                                    }
+                                    let regs = def.load_matrix::<I, NA>(
+                                        &a_s.slice(at, at + 8),
+                                        cmma::MatrixIdent::A,
+                                        4usize,
+                                        false,
+                                    );
+                                    let mut f = Array::<Vector<M, NA>>::new(va);
+                                    #[unroll]
+                                    for e in 0..va {
+                                        f[e] = Vector::cast_from(regs[e]);
+                                    }
+                                    a_frags.push(f);
+                                }
+                                // ldmatrix.x4 over two 8-channel blocks: lanes 0-7 / 8-15 give
+                                // the first block at k0 / k0 + 8, lanes 16-23 / 24-31 the second.
+                                let nrow = (lane % 8 + (lane / 16) * 8) as usize;
+                                let nk = ((lane / 8) % 2) as usize * 8;
+                                #[unroll]
+                                for jp in 0..frags_n / 2 {
+                                    let at = b_slot + (jp * 16 + nrow) * pitch + k0 + nk;
+                                    let regs = def.load_matrix::<I, NB>(
+                                        &b_s.slice(at, at + 8),
+                                        cmma::MatrixIdent::B,
+                                        4usize,
+                                        false,
+                                    );
+                                    let mut lo = Array::<Vector<M, NB>>::new(vb);
+                                    let mut hi = Array::<Vector<M, NB>>::new(vb);
+                                    #[unroll]
+                                    for e in 0..vb {
+                                        lo[e] = Vector::cast_from(regs[e]);
+                                        hi[e] = Vector::cast_from(regs[vb + e]);
+                                    }
+                                    b_frags.push(lo);
+                                    b_frags.push(hi);
+                                }
+                                if comptime!(frags_n % 2 == 1) {
+                                    let at = b_slot
+                                        + ((frags_n - 1) * 8 + (lane % 8) as usize) * pitch
+                                        + k0
+                                        + nk;
+                                    let regs = def.load_matrix::<I, NB>(
+                                        &b_s.slice(at, at + 8),
+                                        cmma::MatrixIdent::B,
+                                        2usize,
+                                        false,
+                                    );
+                                    let mut f = Array::<Vector<M, NB>>::new(vb);
+                                    #[unroll]
+                                    for e in 0..vb {
+                                        f[e] = Vector::cast_from(regs[e]);
+                                    }
+                                    b_frags.push(f);
+                                }
+                            } else {
+                                // Registers a0..a3 = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
+                                #[unroll]
+                                for i in 0..frags_m {
+                                    let at = a_slot + i * halo * pitch + k0;
+                                    let mut at_top = at + a_top;
+                                    let mut at_low = at + a_low;
+                                    if comptime!(kh_inner > 1) {
+                                        at_top = a_slot + lane_top[i] + k0;
+                                        at_low = a_slot + lane_low[i] + k0;
+                                    }
+                                    let top = tf32_pair::<I, M>(&a_s, at_top);
+                                    let low = tf32_pair::<I, M>(&a_s, at_low);
+                                    let mut f = Array::<Vector<M, NA>>::new(va);
+                                    f[0] = Vector::new(top[0]);
+                                    f[1] = Vector::new(low[0]);
+                                    f[2] = Vector::new(top[1]);
+                                    f[3] = Vector::new(low[1]);
+                                    a_frags.push(f);
+                                }
+                                // b0, b1 = (t, g), (t + 4, g); B is stored n-major.
+                                #[unroll]
+                                for jn in 0..frags_n {
+                                    let at = b_slot + jn * 8 * pitch + k0 + pair_row;
+                                    let v = tf32_pair::<I, M>(&b_s, at);
+                                    let mut f = Array::<Vector<M, NB>>::new(vb);
+                                    f[0] = Vector::new(v[0]);
+                                    f[1] = Vector::new(v[1]);
+                                    b_frags.push(f);
+                                }
+                            }
                             #[unroll]
                             for i in 0..frags_m {
-                                let at = a_slot + i * halo * pitch + k0;
-                                let top = tf32_pair::<I, M>(&a_s, at + a_top);
-                                let low = tf32_pair::<I, M>(&a_s, at + a_low);
-                                let mut f = Array::<Vector<M, NA>>::new(va);
-                                f[0] = Vector::new(top[0]);
-                                f[1] = Vector::new(low[0]);
-                                f[2] = Vector::new(top[1]);
-                                f[3] = Vector::new(low[1]);
-                                a_frags.push(f);
-                            }
-                            // b0, b1 = (t, g), (t + 4, g); B is stored n-major.
-                            #[unroll]
-                            for jn in 0..frags_n {
-                                let at = b_slot + jn * 8 * pitch + k0 + pair_row;
-                                let v = tf32_pair::<I, M>(&b_s, at);
-                                let mut f = Array::<Vector<M, NB>>::new(vb);
-                                f[0] = Vector::new(v[0]);
-                                f[1] = Vector::new(v[1]);
-                                b_frags.push(f);
-                            }
-                        }
-                        #[unroll]
-                        for i in 0..frags_m {
-                            #[unroll]
-                            for jn in 0..frags_n {
-                                def.execute_inplace(
-                                    a_frags.index(i),
-                                    b_frags.index(jn),
-                                    acc.index_mut(i * frags_n + jn),
-                                );
+                                #[unroll]
+                                for jn in 0..frags_n {
+                                    def.execute_inplace(
+                                        a_frags.index(i),
+                                        b_frags.index(jn),
+                                        acc.index_mut(i * frags_n + jn),
+                                    );
+                                }
                             }
                         }
                     }
@@ -823,6 +1017,8 @@ pub(crate) struct PipeTile {
     pub stages: usize,
     /// The cubes give every multiprocessor one ([`balanced`]): the taps are not split.
     pub one_per_sm: bool,
+    /// A stage's halo along h ([`RowsHalo`]; `kh_inner` 1: per-segment halos).
+    pub rows_halo: RowsHalo,
 }
 
 impl PipeTile {
@@ -864,7 +1060,13 @@ impl PipeTile {
 
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
-        (self.segs() * self.halo + self.kw_inner * self.bn()) * (self.bk + PAD) * elem
+        let rh = &self.rows_halo;
+        let a_rows = if rh.kh_inner > 1 {
+            rh.ext_rows * rh.row_halo
+        } else {
+            self.segs() * self.halo
+        };
+        (a_rows + rh.kh_inner * self.kw_inner * self.bn()) * (self.bk + PAD) * elem
     }
 
     /// Shared memory of one cube: the stage slots and the epilogue's row table.
@@ -914,6 +1116,7 @@ pub(crate) fn pipe_tile(
         bk,
         stages: 0, // stage_slots, once the slot size is known
         one_per_sm: false,
+        rows_halo: RowsHalo::NONE,
     };
     tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     tile
@@ -976,11 +1179,65 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
         tile.stages = stage_slots(tile.stage_bytes(elem), elem);
         tile.one_per_sm = false;
     }
+    if let Some(h_taps) = tune.fwd_h_taps {
+        tile = with_rows_halo(tile, geo, h_taps, elem, max_shared);
+    }
     if let Some(slots) = tune.fwd_slots {
         tile.stages = slots;
     }
     check_fits("forward", tile.shared_bytes(elem), max_shared);
     tile
+}
+
+/// `tile` with a [`RowsHalo`] of `h_taps` taps along h where `geo` and the tile allow one:
+/// a kernel `h_taps` high (more than 1) at stride 1 and dilation 1 along h (and stride 1
+/// elsewhere, which the backward-data gather needs), tiles of whole dst rows, and two
+/// stage slots in `max_shared` bytes (up to the slots [`stage_slots`] gives the larger
+/// slot). Elsewhere `tile` as it is.
+fn with_rows_halo(
+    tile: PipeTile,
+    geo: &Geo,
+    h_taps: usize,
+    elem: usize,
+    max_shared: usize,
+) -> PipeTile {
+    let (k_h, k_w) = (geo.k[1] as usize, geo.k[2] as usize);
+    let (dst_h, dst_w) = (geo.dst[1] as usize, geo.dst[2] as usize);
+    let segs_per_row = tile.segs_per_row(dst_w);
+    let whole_rows = tile.rows_per_seg > 1 || tile.segs().is_multiple_of(segs_per_row);
+    if h_taps < 2 || k_h != h_taps || geo.dil[1] != 1 || geo.stride != [1, 1, 1] || !whole_rows {
+        return tile;
+    }
+    let tile_rows = if tile.rows_per_seg > 1 {
+        tile.segs() * tile.rows_per_seg
+    } else {
+        tile.segs() / segs_per_row
+    };
+    let planes = ((tile_rows - 1).div_ceil(dst_h) + 1).min(tile_rows);
+    let row_positions = if tile.rows_per_seg > 1 {
+        tile.run
+    } else {
+        segs_per_row * SEG
+    };
+    let mut halo_tile = PipeTile {
+        rows_halo: RowsHalo {
+            kh_inner: k_h,
+            tile_rows,
+            planes,
+            ext_rows: tile_rows + (k_h - 1) * planes,
+            row_halo: row_positions + (k_w - 1) * geo.dil[2] as usize,
+        },
+        ..tile
+    };
+    halo_tile.stages = stage_slots(halo_tile.stage_bytes(elem), elem);
+    while halo_tile.stages > 2 && halo_tile.shared_bytes(elem) > max_shared {
+        halo_tile.stages -= 1;
+    }
+    if halo_tile.shared_bytes(elem) <= max_shared {
+        halo_tile
+    } else {
+        tile
+    }
 }
 
 /// Taller warps where they even out or thin the cubes, `cubes` counting a tile's cubes:
@@ -1150,7 +1407,8 @@ pub(crate) fn gemm(
     let rows = (geo.batch * geo.dst[0] * geo.dst[1]) as usize;
     let (m_tiles, n_tiles) = tile.tiles(rows, dst_w, geo.c_out as usize);
     let cubes = m_tiles * n_tiles * geo.groups as usize;
-    let tap_groups = (geo.k[0] * geo.k[1] * geo.k[2]) as usize / tile.kw_inner;
+    let tap_groups =
+        (geo.k[0] * geo.k[1] * geo.k[2]) as usize / (tile.kw_inner * tile.rows_halo.kh_inner);
     let k_splits = match conv_tune().fwd_split_target {
         Some(target) => tap_splits(cubes, tap_groups, target),
         None if tile.one_per_sm => 1,
@@ -1180,7 +1438,7 @@ pub(crate) fn gemm(
                 k_splits as u32,
                 numel as i32,
                 tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, tile.bk, mk, vec,
-                tile.stages, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg,
+                tile.stages, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg, tile.rows_halo,
                 bias.is_some(),
                 transposed,
                 geo.stride == [1, 1, 1],
@@ -1283,6 +1541,79 @@ mod tests {
         // The taps of a one-per-SM tile are not split; others as `split_target` says.
         let t = tile(192, 2 * 28 * 28, 8, 4, Some(132));
         assert!(t.3 && tap_splits(t.2, 9, split_target(DType::F32)) == 2);
+    }
+
+    #[test]
+    fn rows_halos_where_the_tile_allows() {
+        let hopper = 227 * 1024;
+        let geo = |c: i32, dst: [i32; 3]| Geo {
+            dst,
+            k: [3; 3],
+            stride: [1; 3],
+            dil: [1; 3],
+            pad: [1; 3],
+            c_red: c,
+            c_out: c,
+            groups: 1,
+            batch: 2,
+            ..Geo::default()
+        };
+        let bench = |c: usize, dst_w: usize, elem: usize, rows: usize| {
+            let t = tile_for(c, 3, 1, 1, dst_w, reduce_depth(c, elem), elem, hopper);
+            balanced(t, |t| t.cubes(rows, dst_w, c, 1), elem, Some(132), hopper)
+        };
+        // 192 channels: three-segment tiles of 12 segments, two rows of 8 each = 24 dst
+        // rows, spanning at most two planes of 28: 28 halo rows of 8 + 2 positions (72
+        // per-tap rows before); nine taps of weights a stage, two slots in both types.
+        for elem in [2, 4] {
+            let t = bench(192, 8, elem, 2 * 28 * 28);
+            let h = with_rows_halo(t, &geo(192, [28, 28, 8]), 3, elem, hopper);
+            let want = RowsHalo {
+                kh_inner: 3,
+                tile_rows: 24,
+                planes: 2,
+                ext_rows: 28,
+                row_halo: 10,
+            };
+            assert_eq!((h.rows_halo, h.stages), (want, 2), "{elem}");
+            assert!(h.shared_bytes(elem) <= hopper);
+            // Off, or a kernel of another height, or a stride along h: unchanged.
+            assert_eq!(
+                with_rows_halo(t, &geo(192, [28, 28, 8]), 1, elem, hopper),
+                t
+            );
+            assert_eq!(
+                with_rows_halo(t, &geo(192, [28, 28, 8]), 5, elem, hopper),
+                t
+            );
+            let strided = Geo {
+                stride: [1, 2, 1],
+                ..geo(192, [28, 28, 8])
+            };
+            assert_eq!(with_rows_halo(t, &strided, 3, elem, hopper), t);
+            // Too little shared memory for two slots: unchanged.
+            assert_eq!(
+                with_rows_halo(t, &geo(192, [28, 28, 8]), 3, elem, 100 * 1024),
+                t
+            );
+        }
+        // 96 channels, bf16: 8 segments of one 16-position row = 8 dst rows, 12 halo rows
+        // of 18 positions.
+        let t = bench(96, 16, 2, 2 * 56 * 56);
+        let h = with_rows_halo(t, &geo(96, [56, 56, 16]), 3, 2, hopper);
+        assert_eq!((h.rows_halo.tile_rows, h.rows_halo.ext_rows), (8, 12));
+        assert_eq!(h.rows_halo.row_halo, 18);
+        // Rows of two segments (32 positions): whole rows only.
+        let t = bench(48, 32, 2, 2 * 112 * 112);
+        let h = with_rows_halo(t, &geo(48, [112, 112, 32]), 3, 2, hopper);
+        assert_eq!(h.rows_halo.tile_rows, t.segs() / 2);
+        assert_eq!(h.rows_halo.row_halo, 34);
+        // Planes of one row each: every row its own plane.
+        let t = bench(192, 8, 2, 2 * 28);
+        let h = with_rows_halo(t, &geo(192, [28, 1, 8]), 3, 2, hopper);
+        if h.rows_halo.kh_inner > 1 {
+            assert_eq!(h.rows_halo.planes, h.rows_halo.tile_rows);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | `fwd.frags_m` | segments a warp | `balanced` |
 //! | `fwd.slots` | stage slots | `stage_slots` |
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
+//! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `h_taps` |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
@@ -28,14 +29,15 @@ pub(crate) struct ConvTune {
     pub fwd_frags_m: Option<usize>,
     pub fwd_slots: Option<usize>,
     pub fwd_split_target: Option<usize>,
+    pub fwd_h_taps: Option<usize>,
     pub wgrad_ks: Option<usize>,
     pub wgrad_cc: Option<usize>,
     pub wgrad_slots: Option<usize>,
     pub wgrad_target: Option<usize>,
 }
 
-const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.slots, fwd.split_target, wgrad.ks, \
-                    wgrad.cc, wgrad.slots, wgrad.target";
+const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.slots, fwd.split_target, fwd.h_taps, \
+                    wgrad.ks, wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -59,6 +61,7 @@ impl ConvTune {
                 "fwd.frags_m" => (&mut t.fwd_frags_m, 4),
                 "fwd.slots" => (&mut t.fwd_slots, 4),
                 "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
+                "fwd.h_taps" => (&mut t.fwd_h_taps, 7),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
                 "wgrad.slots" => (&mut t.wgrad_slots, 4),
@@ -131,6 +134,7 @@ mod tests {
         let e = ConvTune::parse("wgrad.cc=24").unwrap_err();
         assert!(e.contains("multiple of 16"), "{e}");
         assert_eq!(ConvTune::parse("wgrad.cc=48").unwrap().wgrad_cc, Some(48));
+        assert_eq!(ConvTune::parse("fwd.h_taps=3").unwrap().fwd_h_taps, Some(3));
         let e = ConvTune::parse("fwd.slots").unwrap_err();
         assert!(e.contains("not key=value"), "{e}");
         for bad in ["fwd.slots=0", "fwd.slots=-1", "fwd.slots=two"] {
@@ -142,6 +146,7 @@ mod tests {
             "wgrad.slots=5",
             "fwd.frags_m=5",
             "fwd.warps_m=17",
+            "fwd.h_taps=8",
         ] {
             let e = ConvTune::parse(bad).unwrap_err();
             assert!(e.contains("must lie in"), "{bad}: {e}");
