@@ -243,6 +243,20 @@ pub(crate) struct RowsHalo {
 }
 
 impl RowsHalo {
+    /// For `kh` taps along h over a tile of `tile_rows` dst rows, planes of `dst_h` rows,
+    /// `row_halo` src positions a row: a window of `tile_rows` rows crosses at most
+    /// ⌈(tile_rows − 1) / dst_h⌉ plane boundaries.
+    pub(crate) fn new(kh: usize, tile_rows: usize, dst_h: usize, row_halo: usize) -> RowsHalo {
+        let planes = ((tile_rows - 1).div_ceil(dst_h) + 1).min(tile_rows);
+        RowsHalo {
+            kh_inner: kh,
+            tile_rows,
+            planes,
+            ext_rows: tile_rows + (kh - 1) * planes,
+            row_halo,
+        }
+    }
+
     /// No rows halo: a halo per segment.
     pub(crate) const NONE: RowsHalo = RowsHalo {
         kh_inner: 1,
@@ -1213,20 +1227,14 @@ fn with_rows_halo(
     } else {
         tile.segs() / segs_per_row
     };
-    let planes = ((tile_rows - 1).div_ceil(dst_h) + 1).min(tile_rows);
     let row_positions = if tile.rows_per_seg > 1 {
         tile.run
     } else {
         segs_per_row * SEG
     };
+    let row_halo = row_positions + (k_w - 1) * geo.dil[2] as usize;
     let mut halo_tile = PipeTile {
-        rows_halo: RowsHalo {
-            kh_inner: k_h,
-            tile_rows,
-            planes,
-            ext_rows: tile_rows + (k_h - 1) * planes,
-            row_halo: row_positions + (k_w - 1) * geo.dil[2] as usize,
-        },
+        rows_halo: RowsHalo::new(k_h, tile_rows, dst_h, row_halo),
         ..tile
     };
     halo_tile.stages = stage_slots(halo_tile.stage_bytes(elem), elem);
@@ -1613,6 +1621,121 @@ mod tests {
         let h = with_rows_halo(t, &geo(192, [28, 1, 8]), 3, 2, hopper);
         if h.rows_halo.kh_inner > 1 {
             assert_eq!(h.rows_halo.planes, h.rows_halo.tile_rows);
+        }
+    }
+
+    /// Every halo row's run start and offset + 1 (`rows_halo_place`), and the halo place of
+    /// every row of every segment (`rows_halo_at`), as the kernel computes them.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    fn rows_halo_probe(
+        place: &mut Array<u32>,
+        at: &mut Array<u32>,
+        h_first: i32,
+        dst_h: i32,
+        segs_per_row: i32,
+        #[comptime] segs: usize,
+        #[comptime] run: usize,
+        #[comptime] rows_per_seg: usize,
+        #[comptime] rh: RowsHalo,
+    ) {
+        let i = ABSOLUTE_POS;
+        let ext = comptime!(rh.ext_rows);
+        if i < ext {
+            let (start, off) = rows_halo_place(i32::cast_from(i), h_first, dst_h, rh);
+            place[2 * i] = u32::cast_from(start);
+            place[2 * i + 1] = u32::cast_from(off + 1i32);
+        }
+        if i < segs * SEG {
+            let (s, r) = (i32::cast_from(i / SEG), i % SEG);
+            let a = rows_halo_at(s, r, h_first, dst_h, segs_per_row, run, rows_per_seg, rh);
+            at[i] = u32::cast_from(a);
+        }
+    }
+
+    /// The producer's halo rows (which src row each holds) against what the consumer reads
+    /// (each position's row at each tap along h), on the test device: every tap of every
+    /// position must find its src row (same plane, h + th) and its w place.
+    #[test]
+    fn rows_halo_rows_hold_what_every_tap_reads() {
+        use crate::kernels::launch::elemwise_grid;
+        use crate::testing::device;
+        let d = device();
+        // (dst_h, dst_w, segments a tile, first rows' h)
+        for (dst_h, dst_w, segs, firsts) in [
+            (28, 8, 12, vec![0, 5, 20, 27]),
+            (56, 16, 16, vec![0, 40, 55]),
+            (3, 32, 16, vec![0, 1, 2]),
+            (1, 8, 4, vec![0]),
+        ] {
+            let (run, rows_per_seg) = segment_rows(dst_w);
+            let segs_per_row = if rows_per_seg > 1 {
+                1
+            } else {
+                dst_w.div_ceil(SEG)
+            };
+            let tile_rows = if rows_per_seg > 1 {
+                segs * rows_per_seg
+            } else {
+                segs / segs_per_row
+            };
+            let positions = if rows_per_seg > 1 {
+                run
+            } else {
+                segs_per_row * SEG
+            };
+            let rh = RowsHalo::new(3, tile_rows, dst_h, positions + 2);
+            for h_first in firsts {
+                let place_t =
+                    SsmTensor::from_slice(&vec![u32::MAX; 2 * rh.ext_rows], &[2 * rh.ext_rows], &d)
+                        .unwrap();
+                let at_t =
+                    SsmTensor::from_slice(&vec![u32::MAX; segs * SEG], &[segs * SEG], &d).unwrap();
+                dispatch!(d, c => {
+                    let (count, dim) = elemwise_grid(c, (segs * SEG).max(rh.ext_rows));
+                    unsafe {
+                        rows_halo_probe::launch_unchecked(
+                            c, count, dim,
+                            place_t.array_arg(2 * rh.ext_rows),
+                            at_t.array_arg(segs * SEG),
+                            h_first as i32, dst_h as i32, segs_per_row as i32,
+                            segs, run, rows_per_seg, rh,
+                        )
+                    }
+                });
+                let place: Vec<u32> = place_t.to_vec().unwrap();
+                let at: Vec<u32> = at_t.to_vec().unwrap();
+                // Plane and h of the tile's row rho.
+                let plane_h = |rho: usize| ((h_first + rho) / dst_h, (h_first + rho) % dst_h);
+                let what = format!("dst_h {dst_h}, dst_w {dst_w}, first h {h_first}");
+                for s in 0..segs {
+                    for r in 0..rows_per_seg * run {
+                        let (rho, w) = if rows_per_seg > 1 {
+                            (s * rows_per_seg + r / run, r % run)
+                        } else {
+                            (s / segs_per_row, (s % segs_per_row) * SEG + r)
+                        };
+                        let a = at[s * SEG + r] as usize;
+                        assert_eq!(a % rh.row_halo, w, "{what}: segment {s} row {r}");
+                        for th in 0..3 {
+                            let e = a / rh.row_halo + th;
+                            assert!(e < rh.ext_rows, "{what}: row {rho} tap {th}: halo row {e}");
+                            let (start, off) = (place[2 * e] as usize, place[2 * e + 1]);
+                            assert!(
+                                off > 0,
+                                "{what}: row {rho} tap {th}: halo row {e} holds none"
+                            );
+                            let (p_run, h_run) = plane_h(start);
+                            let (p, h) = plane_h(rho);
+                            assert_eq!(
+                                (p_run, h_run + off as usize - 1),
+                                (p, h + th),
+                                "{what}: row {rho} tap {th}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
