@@ -26,6 +26,14 @@
 //! ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded by 8 elements,
 //! so the 8 rows one `ldmatrix` (or one fragment load) touches fall on distinct banks.
 //!
+//! A tile's dst rows run along h, so the taps along h read the same src rows shifted by
+//! one row. Where [`rows_halo_taps`] and [`with_rows_halo`] say so (a stride-1 kernel at
+//! 192 channels, TF32 generally), a stage takes all `k_h × k_w` taps of one `td` and a
+//! *rows halo* ([`RowsHalo`]): each src row the tile's rows read at any tap along h, once
+//! per plane run (24 dst rows of the 192-channel tile read 28 halo rows instead of 3 × 24),
+//! with nine taps of weights a slot; each lane addresses its fragment rows through the
+//! halo row of its dst row plus the tap's shift.
+//!
 //! Needs channels-last operands whose rows are 16-byte aligned (channels per group and all
 //! strides multiples of 8 bf16 or 4 f32 elements); [`fits`] says when, and
 //! [`super::conv_mma::gemm`] takes this path whenever it does.
@@ -1193,14 +1201,27 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
         tile.stages = stage_slots(tile.stage_bytes(elem), elem);
         tile.one_per_sm = false;
     }
-    if let Some(h_taps) = tune.fwd_h_taps {
-        tile = with_rows_halo(tile, geo, h_taps, elem, max_shared);
-    }
+    let h_taps = tune
+        .fwd_h_taps
+        .unwrap_or_else(|| rows_halo_taps(&tile, elem, geo.k[1] as usize));
+    tile = with_rows_halo(tile, geo, h_taps, elem, max_shared);
     if let Some(slots) = tune.fwd_slots {
         tile.stages = slots;
     }
     check_fits("forward", tile.shared_bytes(elem), max_shared);
     tile
+}
+
+/// Taps along h a stage of `tile` holds, for a kernel `k_h` high (1: per-segment halos;
+/// [`with_rows_halo`] then says whether the shape allows a rows halo). Measured on an H100
+/// (2026-12-06, channels-last fwd / bwd-data µs, per-segment → rows halo): TF32 at 192
+/// channels 227.0 / 213.7 → 192.3 / 187.6 and at 48 922.1 / 932.2 → 877.9 / 881.2; bf16 at
+/// 192 101.4 / 95.0 → 96.2 / 92.2, but at 96 202.5 / 206.7 → 219.2 / 213.5 and at 48 within
+/// 3 %. Its nine taps of weights a slot leave one cube an SM where two fitted: the
+/// one-cube-an-SM tiles lose nothing, TF32 (half the MMAs a byte) gains anyway, bf16 tiles
+/// of two cubes an SM lose. So: one-per-SM tiles and TF32.
+fn rows_halo_taps(tile: &PipeTile, elem: usize, k_h: usize) -> usize {
+    if tile.one_per_sm || elem == 4 { k_h } else { 1 }
 }
 
 /// `tile` with a [`RowsHalo`] of `h_taps` taps along h where `geo` and the tile allow one:
@@ -1616,6 +1637,26 @@ mod tests {
         let h = with_rows_halo(t, &geo(48, [112, 112, 32]), 3, 2, hopper);
         assert_eq!(h.rows_halo.tile_rows, t.segs() / 2);
         assert_eq!(h.rows_halo.row_halo, 34);
+        // The rule on the benchmark shapes (132 SMs): 192 channels in both types, 48 in
+        // TF32; not 96 in TF32 (two slots of its four-segment tile do not fit) nor bf16 at
+        // 96 and 48 (two cubes an SM without).
+        for (c, dst, elem, want) in [
+            (192, [28, 28, 8], 2, 3),
+            (192, [28, 28, 8], 4, 3),
+            (96, [56, 56, 16], 4, 1),
+            (96, [56, 56, 16], 2, 1),
+            (48, [112, 112, 32], 4, 3),
+            (48, [112, 112, 32], 2, 1),
+        ] {
+            let (dst_w, rows) = (dst[2] as usize, 2 * (dst[0] * dst[1]) as usize);
+            let t = bench(c as usize, dst_w, elem, rows);
+            let taps = rows_halo_taps(&t, elem, 3);
+            let h = with_rows_halo(t, &geo(c, dst), taps, elem, hopper);
+            assert_eq!(
+                h.rows_halo.kh_inner, want,
+                "{c} channels, {elem}-byte operands"
+            );
+        }
         // Planes of one row each: every row its own plane.
         let t = bench(192, 8, 2, 2 * 28);
         let h = with_rows_halo(t, &geo(192, [28, 1, 8]), 3, 2, hopper);

@@ -9,7 +9,7 @@
 //! | `fwd.frags_m` | segments a warp | `balanced` |
 //! | `fwd.slots` | stage slots | `stage_slots` |
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
-//! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `h_taps` |
+//! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
