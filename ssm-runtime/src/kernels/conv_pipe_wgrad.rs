@@ -577,72 +577,47 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let taps = g.k_d * g.k_h * g.k_w;
     let tap = tap_dh * g.k_w + i32::cast_from(u);
     let co_total = g.c_out * g.groups;
-    if comptime!(mk == 8) {
-        // TF32: under the column map of the fragment loads (`tf32_column`), column n of the
-        // four fragments 4q .. 4q + 3 is four adjacent input channels, so each lane writes
-        // them in one 16-byte store (two of them, n = 2t and 2t + 1, fill a 32-byte sector);
-        // a last pair of fragments (frags_n % 4 == 2) writes element by element. The
-        // channels come in fours (TF32 rows are 16-byte aligned: c_red % 4 == 0), so a
-        // quad lies wholly inside or outside the problem.
-        let quads = comptime!(frags_n / 4);
+    // TF32: under the column map of the fragment loads (`tf32_column`), column n of the four
+    // fragments 4q .. 4q + 3 is four adjacent input channels, so each lane writes them in
+    // one 16-byte store (two of them, n = 2t and 2t + 1, fill a 32-byte sector); the
+    // channels come in fours (TF32 rows are 16-byte aligned: c_red % 4 == 0), so a quad lies
+    // wholly inside or outside the problem. The fragments past the quads (a last pair in
+    // TF32, all of them in bf16: two adjacent channels a lane) write element by element.
+    let quads = comptime!(if mk == 8 { frags_n / 4 } else { 0 });
+    #[unroll]
+    for h in 0..vc {
+        let (r, c) = def.position_of_nth(lane, (h * sc) as u32, cmma::MatrixIdent::Accumulator);
+        let (r, c) = (r as usize, c as usize);
         #[unroll]
-        for h in 0..vc {
-            let (r, c) = def.position_of_nth(lane, (h * sc) as u32, cmma::MatrixIdent::Accumulator);
-            let (r, c) = (r as usize, c as usize);
+        for i in 0..frags_m {
+            let co = m0 + i32::cast_from(m_warp + tf32_row(i, r, frags_m, mk));
+            let row_base = ((split * co_total + grp * g.c_out + co) * taps + tap) * g.c_red;
             #[unroll]
-            for i in 0..frags_m {
-                let co = m0 + i32::cast_from(m_warp + tf32_row(i, r, frags_m, mk));
-                let row_base = ((split * co_total + grp * g.c_out + co) * taps + tap) * g.c_red;
+            for e in 0..sc {
                 #[unroll]
-                for e in 0..sc {
-                    #[unroll]
-                    for q in 0..quads {
-                        let ch = c0 + i32::cast_from(q * 32 + 4 * (c + e));
-                        if co < g.c_out && ch < g.c_red {
-                            let mut v = Vector::<f32, Const<4>>::empty();
-                            #[unroll]
-                            for j in 0..4usize {
-                                let a = acc.index(i * frags_n + q * 4 + j)[h];
-                                v[j] = a[e];
-                            }
-                            let at = usize::cast_from(row_base + ch);
-                            let mut quad = out
-                                .slice_mut(at, at + 4)
-                                .into_vectorized()
-                                .with_vector_size::<Const<4>>();
-                            quad[0] = v;
+                for q in 0..quads {
+                    let ch = c0 + i32::cast_from(q * 32 + 4 * (c + e));
+                    if co < g.c_out && ch < g.c_red {
+                        let mut v = Vector::<f32, Const<4>>::empty();
+                        #[unroll]
+                        for j in 0..4usize {
+                            let a = acc.index(i * frags_n + q * 4 + j)[h];
+                            v[j] = a[e];
                         }
-                    }
-                    #[unroll]
-                    for jn in comptime!(quads * 4)..frags_n {
-                        let a = acc.index(i * frags_n + jn)[h];
-                        let ch = c0 + i32::cast_from(tf32_column(jn, c + e, frags_n, mk));
-                        if co < g.c_out && ch < g.c_red {
-                            out[usize::cast_from(row_base + ch)] = a[e];
-                        }
+                        let at = usize::cast_from(row_base + ch);
+                        let mut quad = out
+                            .slice_mut(at, at + 4)
+                            .into_vectorized()
+                            .with_vector_size::<Const<4>>();
+                        quad[0] = v;
                     }
                 }
-            }
-        }
-    } else {
-        // bf16: two adjacent channels per lane and accumulator row.
-        #[unroll]
-        for h in 0..vc {
-            let (r, c) = def.position_of_nth(lane, (h * sc) as u32, cmma::MatrixIdent::Accumulator);
-            let (r, c) = (r as usize, c as usize);
-            #[unroll]
-            for i in 0..frags_m {
-                let co = m0 + i32::cast_from(m_warp + tf32_row(i, r, frags_m, mk));
-                let row_base = ((split * co_total + grp * g.c_out + co) * taps + tap) * g.c_red;
                 #[unroll]
-                for jn in 0..frags_n {
-                    let v = acc.index(i * frags_n + jn)[h];
-                    #[unroll]
-                    for e in 0..sc {
-                        let ch = c0 + i32::cast_from(tf32_column(jn, c + e, frags_n, mk));
-                        if co < g.c_out && ch < g.c_red {
-                            out[usize::cast_from(row_base + ch)] = v[e];
-                        }
+                for jn in comptime!(quads * 4)..frags_n {
+                    let a = acc.index(i * frags_n + jn)[h];
+                    let ch = c0 + i32::cast_from(tf32_column(jn, c + e, frags_n, mk));
+                    if co < g.c_out && ch < g.c_red {
+                        out[usize::cast_from(row_base + ch)] = a[e];
                     }
                 }
             }
