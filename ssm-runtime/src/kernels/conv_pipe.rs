@@ -1182,7 +1182,9 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
         geo.stride[2] as usize,
     );
     let (dil_w, dst_w) = (geo.dil[2] as usize, geo.dst[2] as usize);
-    let bk = reduce_depth(geo.c_red as usize, elem);
+    let bk = tune
+        .fwd_bk
+        .unwrap_or_else(|| reduce_depth(geo.c_red as usize, elem));
     let tile = match tune.fwd_warps_m {
         Some(warps_m) => pipe_tile(c_out, k_w, st_w, dil_w, dst_w, bk, elem, warps_m),
         None => tile_for(c_out, k_w, st_w, dil_w, dst_w, bk, elem, max_shared),

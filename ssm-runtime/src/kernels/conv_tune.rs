@@ -8,6 +8,7 @@
 //! | `fwd.warps_m` | warps along the positions (forward / backward-data) | `tile_for` |
 //! | `fwd.frags_m` | segments a warp | `balanced` |
 //! | `fwd.slots` | stage slots | `stage_slots` |
+//! | `fwd.bk` | reduced channels a stage (16, 32, 48 or 64) | `reduce_depth` |
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
 //! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
@@ -28,6 +29,7 @@ pub(crate) struct ConvTune {
     pub fwd_warps_m: Option<usize>,
     pub fwd_frags_m: Option<usize>,
     pub fwd_slots: Option<usize>,
+    pub fwd_bk: Option<usize>,
     pub fwd_split_target: Option<usize>,
     pub fwd_h_taps: Option<usize>,
     pub wgrad_ks: Option<usize>,
@@ -36,8 +38,8 @@ pub(crate) struct ConvTune {
     pub wgrad_target: Option<usize>,
 }
 
-const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.slots, fwd.split_target, fwd.h_taps, \
-                    wgrad.ks, wgrad.cc, wgrad.slots, wgrad.target";
+const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.slots, fwd.bk, fwd.split_target, \
+                    fwd.h_taps, wgrad.ks, wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -60,6 +62,7 @@ impl ConvTune {
                 "fwd.warps_m" => (&mut t.fwd_warps_m, 16),
                 "fwd.frags_m" => (&mut t.fwd_frags_m, 4),
                 "fwd.slots" => (&mut t.fwd_slots, 4),
+                "fwd.bk" => (&mut t.fwd_bk, 64),
                 "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
                 "fwd.h_taps" => (&mut t.fwd_h_taps, 7),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
@@ -72,7 +75,7 @@ impl ConvTune {
             if !(min..=max).contains(&n) {
                 return Err(format!("`{item}`: the value must lie in {min}..={max}"));
             }
-            if key.trim() == "wgrad.cc" && !n.is_multiple_of(16) {
+            if matches!(key.trim(), "wgrad.cc" | "fwd.bk") && !n.is_multiple_of(16) {
                 return Err(format!("`{item}`: the value must be a multiple of 16"));
             }
             *slot = Some(n);
@@ -135,6 +138,9 @@ mod tests {
         assert!(e.contains("multiple of 16"), "{e}");
         assert_eq!(ConvTune::parse("wgrad.cc=48").unwrap().wgrad_cc, Some(48));
         assert_eq!(ConvTune::parse("fwd.h_taps=3").unwrap().fwd_h_taps, Some(3));
+        assert_eq!(ConvTune::parse("fwd.bk=16").unwrap().fwd_bk, Some(16));
+        let e = ConvTune::parse("fwd.bk=8").unwrap_err();
+        assert!(e.contains("multiple of 16"), "{e}");
         let e = ConvTune::parse("fwd.slots").unwrap_err();
         assert!(e.contains("not key=value"), "{e}");
         for bad in ["fwd.slots=0", "fwd.slots=-1", "fwd.slots=two"] {
