@@ -14,7 +14,7 @@
 //!
 //! The head dimension is a compile-time parameter (registers); shared memory holds
 //! `cols × (dh + dv)` elements per stage. Batch·heads run along the grid's y axis, in
-//! launches of at most [`MAX_GRID_Y`] (CUDA's and Vulkan's limit there), each told its
+//! launches of at most `MAX_GRID_Y` (CUDA's and Vulkan's limit there), each told its
 //! first batch·head.
 
 use cubecl::prelude::*;

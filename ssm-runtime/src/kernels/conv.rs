@@ -4,10 +4,10 @@
 //! strided view) are read in place; outputs are written contiguous in the requested layout.
 //!
 //! Three families:
-//! - **direct** ([`conv_direct`], [`conv_wgrad_direct`]): one thread per output element
+//! - **direct** (`conv_direct`, `conv_wgrad_direct`): one thread per output element
 //!   looping over its window (or, for the weight gradient, one cube per weight element
 //!   and chunk of positions). Memory-bound and exact for depthwise and other thin groups.
-//! - **implicit GEMM** ([`conv_gemm`], [`conv_wgrad_gemm`]): shared-memory tiles with register
+//! - **implicit GEMM** (`conv_gemm`, `conv_wgrad_gemm`): shared-memory tiles with register
 //!   blocking on CUDA cores, full f32/f64 precision. The im2col matrix is never built:
 //!   each tile gathers its input patch straight from the activation. Forward and
 //!   backward-data are the same kernel (`transposed` reads the output gradient through

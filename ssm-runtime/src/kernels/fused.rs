@@ -2,7 +2,7 @@
 //! compiled into one kernel per program.
 //!
 //! The DSL's fused expressions (`ssm::pointwise`) and their symbolically derived
-//! gradients become [`Program`]s. A program is a comptime argument of [`fused_kernel`], so
+//! gradients become [`Program`]s. A program is a comptime argument of `fused_kernel`, so
 //! the JIT unrolls it into straight-line code: one launch evaluates every instruction for
 //! one element and writes all outputs. Register `k` holds the value of instruction `k`.
 

@@ -54,13 +54,13 @@ pub fn infinity_like<F: Float>(v: F) -> F {
     (F::new(1.0) + F::abs(v)) * big * big
 }
 
-/// −∞ (see [`infinity_like`]).
+/// −∞ (see `infinity_like`).
 #[cube]
 pub fn neg_infinity_like<F: Float>(v: F) -> F {
     -infinity_like::<F>(v)
 }
 
-/// A NaN, as the square root of a negative runtime value (see [`infinity_like`]; ∞ − ∞
+/// A NaN, as the square root of a negative runtime value (see `infinity_like`; ∞ − ∞
 /// was seen to come out as −∞ on CUDA after the compiler rearranged it).
 #[cube]
 pub fn nan_like<F: Float>(v: F) -> F {
@@ -82,7 +82,7 @@ pub fn max_nan<F: Float>(a: F, b: F) -> F {
     select(a > b || is_nan::<F>(a), a, b)
 }
 
-/// min(a, b) where a NaN operand wins (see [`max_nan`]).
+/// min(a, b) where a NaN operand wins (see `max_nan`).
 #[cube]
 pub fn min_nan<F: Float>(a: F, b: F) -> F {
     select(a < b || is_nan::<F>(a), a, b)
@@ -359,7 +359,7 @@ pub fn exp<F: Float>(x: F) -> F {
 
 /// e^x through the device's fast approximate exponential for f32 (CUDA `__expf`:
 /// `ex2.approx` of x·log₂e, a few ulp, what the reference Mamba kernels use); f64 goes
-/// through [`exp`]. For arguments that are finite and not NaN.
+/// through `exp`. For arguments that are finite and not NaN.
 pub fn exp_fast<F: Float>(_x: F) -> F {
     cubecl::unexpanded!()
 }
@@ -418,7 +418,7 @@ pub fn ln<F: Float>(x: F) -> F {
     }
 }
 
-/// ln(1 + x). f32 below |x| = 1/4: [`log1p_series`], because SPIR-V lowers log1p to
+/// ln(1 + x). f32 below |x| = 1/4: `log1p_series`, because SPIR-V lowers log1p to
 /// log(1 + x), whose rounding of 1 + x loses the low digits of small x (Vulkan's softplus
 /// of −9.2 came out 1e-4 relative off); CUDA's `log1pf` would not need it, the series
 /// costs about as much.

@@ -1,7 +1,7 @@
 //! The `mma.sync` ceiling of a device: warps that do nothing but tensor-core products
 //! from registers, the throughput no kernel built on CubeCL's manual MMA can pass.
 //!
-//! The pipelined convolutions ([`super::conv_pipe`]) issue the same instructions
+//! The pipelined convolutions (`conv_pipe`) issue the same instructions
 //! (16×8×16 bf16, 16×8×8 TF32, f32 accumulators); timing this probe in the same session
 //! says how much of the gap to cuDNN (which reaches Hopper's `wgmma`, which CubeCL 0.10
 //! does not emit) is left to operand movement and how much is the instruction itself.

@@ -3,7 +3,7 @@
 //! The input view is permuted so that kept axes come first and reduced axes last, and
 //! adjacent axes that memory lets merge are merged (a sum over the leading axes of a
 //! channels-last tensor becomes one strided axis). Each work item reduces one output over
-//! one chunk of the reduced range, issuing up to [`UNROLL`] loads before it combines them (in
+//! one chunk of the reduced range, issuing up to `UNROLL` loads before it combines them (in
 //! order: the same sums as a plain loop). Two layouts:
 //! - *cube per item* when the reduced range is contiguous and at least a warp long, or
 //!   when there are fewer than 8 outputs: the cube's threads stride over the range, then

@@ -16,7 +16,7 @@
 //! Fused ops read the range twice (statistics, then the rewrite; the second read mostly
 //! hits the cache) and write once. Groups too large for one cube are split into chunks:
 //! a statistics launch writes per-chunk partials, a small launch combines them
-//! ([`finalize_stats`], Chan's parallel variance), and an apply launch rewrites the chunks.
+//! (`finalize`, Chan's parallel variance), and an apply launch rewrites the chunks.
 //!
 //! Statistics use sums shifted by the first element of the chunk, combined across threads
 //! and chunks with Chan's formula, so f32 variance keeps its accuracy when |mean| ≫ std.

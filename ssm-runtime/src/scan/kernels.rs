@@ -651,7 +651,7 @@ pub fn segment_starts<F: Float>(
 ///
 /// The output gradient every path receives is `dout·dy_scale`, or, with `gate` (one path),
 /// `dout·silu(z)`, in which case the pass also writes `dz = dout·merged·silu'(z)`.
-/// B and C are staged per cube and state as in [`scan_fwd`].
+/// B and C are staged per cube and state as in `scan_fwd`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn scan_bwd<F: Float>(

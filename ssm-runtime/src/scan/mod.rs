@@ -12,7 +12,7 @@
 //! Inputs stay in canonical layout (`(B, Di, L)` with `L` the grid size, B/C as
 //! `(B, K, G, N, L)`); paths are index maps ([`path`]). The forward saves only the state
 //! at every chunk start; the backward recomputes the rest. See [`kernels`] for the
-//! decomposition and [`reference`] for the f64 host oracle.
+//! decomposition and [`mod@reference`] for the f64 host oracle.
 
 pub mod kernels;
 pub mod path;

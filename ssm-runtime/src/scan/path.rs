@@ -233,7 +233,7 @@ impl PathMeta {
             .sum()
     }
 
-    /// The kernel encoding: size[3], stride[3], flip bits, snake, reversed, len, padding.
+    /// The kernel encoding: `size[3]`, `stride[3]`, flip bits, snake, reversed, len, padding.
     pub fn words(&self) -> [u32; PATH_WORDS] {
         let flips = self
             .flip

@@ -1,5 +1,5 @@
 //! The f64 host oracle of the scan engine: loops over batches, channels and paths
-//! explicitly, walking each path through [`ScanPath::positions`]. Slow and simple by
+//! explicitly, walking each path through [`ScanPath::positions`](super::ScanPath::positions). Slow and simple by
 //! design; tests compare the kernels against it.
 
 use crate::error::Result;

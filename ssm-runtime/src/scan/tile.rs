@@ -12,7 +12,7 @@
 //! positions / 32), so every tile holds at least 32 segments of every path). A lane walks
 //! its segments sequentially, all states at once (N is a compile-time constant here). A
 //! segment's rank is its position in the path's order of segments; an aggregate pass
-//! computes every segment's composed map (Π a, h from 0), [`tile_chain`] composes them in
+//! computes every segment's composed map (Π a, h from 0), `tile_chain` composes them in
 //! rank order into each segment's start state, and the main pass starts every segment from
 //! it. The backward does the same for the adjoint with ranks reversed, and walks each
 //! segment twice: forward to recompute the states (kept in shared memory), then backward.
@@ -411,7 +411,7 @@ pub fn tile_chain<F: Float>(
 }
 
 /// Backward over tiles. With `aggregate`, writes each segment's composed adjoint map
-/// (Π a, q from 0, walking against the path) under the reversed rank, for [`tile_chain`]
+/// (Π a, q from 0, walking against the path) under the reversed rank, for `tile_chain`
 /// to turn into the adjoint entering every segment from its end. Otherwise recomputes the
 /// states from the forward's segment starts and writes du, dΔ_raw (per path, or summed over
 /// the paths for a shared Δ), dB and dC (atomically added into `(B, K, G, N, L)`, or as
