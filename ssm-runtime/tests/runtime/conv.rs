@@ -822,7 +822,8 @@ fn conv_tensor_cores_match_host() {
     // with more dst channels than one tile holds and dst rows of partial 16-position segments,
     // a 64-channel one (bf16 stages then reduce 32 channels, two per tap group), and one of
     // rows shorter than a segment in an odd count (the weight gradient's two-row stages end
-    // half past the rows).
+    // half past the rows), and a grouped stride-1 one (TF32 takes rows halos there, each
+    // group's src rows from its own channels).
     let cases = [
         (
             vec![2usize, 48, 6, 7, 5],
@@ -856,6 +857,12 @@ fn conv_tensor_cores_match_host() {
             32,
             vec![3, 3, 3],
             ConvSpec::new().same(),
+        ),
+        (
+            vec![2, 32, 4, 6, 8],
+            32,
+            vec![3, 3, 3],
+            ConvSpec::new().same().groups(2),
         ),
     ];
     // Fewer than 16 channels per group: asked for, a clear refusal; `Auto` goes elsewhere.
