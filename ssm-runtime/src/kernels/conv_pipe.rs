@@ -239,14 +239,13 @@ pub(crate) fn seg_row(
 /// across up to `planes` of them), so tap `th` of dst row `h` reads src row `h + th − pad`
 /// (stride and dilation 1 along h): the rows of a plane's run of dst rows `h0 .. h1` and
 /// all its taps are the `h1 − h0 + kh_inner − 1` src rows from `h0 − pad`, which the halo
-/// holds once (`ext_rows` rows of `row_halo` src positions in all) instead of once per
-/// tap. `kh_inner == 1`: per-segment halos (the rest unused).
+/// holds once ([`RowsHalo::ext_rows`] rows of `row_halo` src positions in all) instead of
+/// once per tap. `kh_inner == 1`: per-segment halos (the rest unused).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) struct RowsHalo {
     pub kh_inner: usize,
     pub tile_rows: usize,
     pub planes: usize,
-    pub ext_rows: usize,
     pub row_halo: usize,
 }
 
@@ -260,9 +259,13 @@ impl RowsHalo {
             kh_inner: kh,
             tile_rows,
             planes,
-            ext_rows: tile_rows + (kh - 1) * planes,
             row_halo,
         }
+    }
+
+    /// Halo rows: the tile's rows and, per plane they cross, `kh_inner − 1` more.
+    pub(crate) fn ext_rows(&self) -> usize {
+        self.tile_rows + (self.kh_inner - 1) * self.planes
     }
 
     /// No rows halo: a halo per segment.
@@ -270,7 +273,6 @@ impl RowsHalo {
         kh_inner: 1,
         tile_rows: 0,
         planes: 0,
-        ext_rows: 0,
         row_halo: 0,
     };
 }
@@ -573,7 +575,7 @@ fn conv_pipe<I: Float, M: Float>(
     let (kh_inner, tile_rows, row_halo) =
         comptime!((rows_halo.kh_inner, rows_halo.tile_rows, rows_halo.row_halo,));
     let a_rows = comptime!(if kh_inner > 1 {
-        rows_halo.ext_rows * rows_halo.row_halo
+        rows_halo.ext_rows() * rows_halo.row_halo
     } else {
         segs * halo
     });
@@ -1084,7 +1086,7 @@ impl PipeTile {
     fn stage_bytes(&self, elem: usize) -> usize {
         let rh = &self.rows_halo;
         let a_rows = if rh.kh_inner > 1 {
-            rh.ext_rows * rh.row_halo
+            rh.ext_rows() * rh.row_halo
         } else {
             self.segs() * self.halo
         };
@@ -1603,10 +1605,10 @@ mod tests {
                 kh_inner: 3,
                 tile_rows: 24,
                 planes: 2,
-                ext_rows: 28,
                 row_halo: 10,
             };
             assert_eq!((h.rows_halo, h.stages), (want, 2), "{elem}");
+            assert_eq!(h.rows_halo.ext_rows(), 28);
             assert!(h.shared_bytes(elem) <= hopper);
             // Off, or a kernel of another height, or a stride along h: unchanged.
             assert_eq!(
@@ -1632,7 +1634,7 @@ mod tests {
         // of 18 positions.
         let t = bench(96, 16, 2, 2 * 56 * 56);
         let h = with_rows_halo(t, &geo(96, [56, 56, 16]), 3, 2, hopper);
-        assert_eq!((h.rows_halo.tile_rows, h.rows_halo.ext_rows), (8, 12));
+        assert_eq!((h.rows_halo.tile_rows, h.rows_halo.ext_rows()), (8, 12));
         assert_eq!(h.rows_halo.row_halo, 18);
         // Rows of two segments (32 positions): whole rows only.
         let t = bench(48, 32, 2, 2 * 112 * 112);
@@ -1683,7 +1685,7 @@ mod tests {
         #[comptime] rh: RowsHalo,
     ) {
         let i = ABSOLUTE_POS;
-        let ext = comptime!(rh.ext_rows);
+        let ext = comptime!(rh.ext_rows());
         if i < ext {
             let (start, off) = rows_halo_place(i32::cast_from(i), h_first, dst_h, rh);
             place[2 * i] = u32::cast_from(start);
@@ -1729,17 +1731,20 @@ mod tests {
             };
             let rh = RowsHalo::new(3, tile_rows, dst_h, positions + 2);
             for h_first in firsts {
-                let place_t =
-                    SsmTensor::from_slice(&vec![u32::MAX; 2 * rh.ext_rows], &[2 * rh.ext_rows], &d)
-                        .unwrap();
+                let place_t = SsmTensor::from_slice(
+                    &vec![u32::MAX; 2 * rh.ext_rows()],
+                    &[2 * rh.ext_rows()],
+                    &d,
+                )
+                .unwrap();
                 let at_t =
                     SsmTensor::from_slice(&vec![u32::MAX; segs * SEG], &[segs * SEG], &d).unwrap();
                 dispatch!(d, c => {
-                    let (count, dim) = elemwise_grid(c, (segs * SEG).max(rh.ext_rows));
+                    let (count, dim) = elemwise_grid(c, (segs * SEG).max(rh.ext_rows()));
                     unsafe {
                         rows_halo_probe::launch_unchecked(
                             c, count, dim,
-                            place_t.array_arg(2 * rh.ext_rows),
+                            place_t.array_arg(2 * rh.ext_rows()),
                             at_t.array_arg(segs * SEG),
                             h_first as i32, dst_h as i32, segs_per_row as i32,
                             segs, run, rows_per_seg, rh,
@@ -1762,7 +1767,10 @@ mod tests {
                         assert_eq!(a % rh.row_halo, w, "{what}: segment {s} row {r}");
                         for th in 0..3 {
                             let e = a / rh.row_halo + th;
-                            assert!(e < rh.ext_rows, "{what}: row {rho} tap {th}: halo row {e}");
+                            assert!(
+                                e < rh.ext_rows(),
+                                "{what}: row {rho} tap {th}: halo row {e}"
+                            );
                             let (start, off) = (place[2 * e] as usize, place[2 * e + 1]);
                             assert!(
                                 off > 0,
