@@ -337,6 +337,60 @@ fn rows_halo_place(e: i32, h_first: i32, dst_h: i32, #[comptime] rh: RowsHalo) -
     (start, select(off < len, off, -1i32))
 }
 
+/// A per-segment halo's comptime shape: `halo` rows a segment, holding `rows_per_seg`
+/// dst rows of `run` positions each (see [`PipeTile`]).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct SegRows {
+    halo: usize,
+    run: usize,
+    rows_per_seg: usize,
+}
+
+/// The place in a stage's halo (in src positions, at tap shift 0) of row `r` (0..16) of the
+/// tile's segment `s`: in the segment's own halo, or with a rows halo where the tile's dst
+/// rows run in it. Rows past the segment's positions take its row 0 (their results are
+/// dropped).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn halo_row(
+    s: i32,
+    r: usize,
+    h_first: i32,
+    dst_h: i32,
+    segs_per_row: i32,
+    #[comptime] seg: SegRows,
+    #[comptime] rh: RowsHalo,
+) -> usize {
+    let (halo, run, rows_per_seg) = comptime!((seg.halo, seg.run, seg.rows_per_seg));
+    if comptime!(rh.kh_inner > 1) {
+        rows_halo_at(s, r, h_first, dst_h, segs_per_row, run, rows_per_seg, rh)
+    } else {
+        let sub_halo = comptime!(halo / rows_per_seg);
+        usize::cast_from(s) * halo + seg_row(r, run, rows_per_seg, sub_halo)
+    }
+}
+
+/// [`halo_row`] of lane `lane`'s A rows of segment `s`: (its `ldmatrix` row `lane % 16`,
+/// its TF32 rows `g = lane / 4` and `g + 8`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn lane_rows(
+    s: i32,
+    lane: usize,
+    h_first: i32,
+    dst_h: i32,
+    segs_per_row: i32,
+    #[comptime] seg: SegRows,
+    #[comptime] rh: RowsHalo,
+) -> (usize, usize, usize) {
+    let spr = segs_per_row;
+    (
+        halo_row(s, lane % 16, h_first, dst_h, spr, seg, rh),
+        halo_row(s, lane / 4, h_first, dst_h, spr, seg, rh),
+        halo_row(s, lane / 4 + 8, h_first, dst_h, spr, seg, rh),
+    )
+}
+
 /// The src address (channel 0 of the group) of every halo row this thread copies (rows
 /// `row0 + q·threads / chunks` of the tile's halo, `chunks` copies per row) for the tap
 /// group at `cur` into `rows.addrs`, −1 where the row falls outside the src. With
@@ -520,6 +574,22 @@ pub(crate) fn tf32_quad<I: Float, M: Float>(s: &SharedMemory<I>, at: usize) -> V
     Vector::<M, Const<4>>::reinterpret(v)
 }
 
+/// Registers `first .. first + len` of an `ldmatrix` result as MMA operands of type `M` (a
+/// four-matrix B load holds two fragments).
+#[cube]
+pub(crate) fn regs_as<I: Float, M: Float, N: Size>(
+    regs: &Array<Vector<I, N>>,
+    #[comptime] first: usize,
+    #[comptime] len: usize,
+) -> Array<Vector<M, N>> {
+    let mut f = Array::<Vector<M, N>>::new(len);
+    #[unroll]
+    for e in 0..len {
+        f[e] = Vector::cast_from(regs[first + e]);
+    }
+    f
+}
+
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
 /// channels-last operands.
 ///
@@ -621,57 +691,54 @@ fn conv_pipe<I: Float, M: Float>(
     // rows-halo stage read them shifted by whole rows).
     let row_first = i32::cast_from(m_tile) * i32::cast_from(tile_rows);
     let h_first = row_first % g.dst_h;
-    if comptime!(kh_inner > 1) {
-        #[unroll]
-        for q in 0..qh {
-            let v = row0 + q * rows_per_pass;
+    #[unroll]
+    for q in 0..qh {
+        let v = row0 + q * rows_per_pass;
+        // (dst row, offset along h, w) of halo row v; `ok` false for a rows-halo row of no
+        // run. A rows halo stacks whole src rows (`row_halo` positions each) along h; a
+        // per-segment halo holds each segment's rows for the taps along w.
+        let (row, h_off, ow, ok) = if comptime!(kh_inner > 1) {
             let (run_row, off) =
                 rows_halo_place(i32::cast_from(v / row_halo), h_first, g.dst_h, rows_halo);
-            let row = row_first + run_row;
-            hrows.base[q] = select(
-                v < a_rows && off >= 0 && row < total_rows,
-                grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
-                -1i32,
-            );
-            let od = (row / g.dst_h) % g.dst_d;
-            let oh = row % g.dst_h;
-            hrows.o_w[q] = i32::cast_from(v % row_halo);
-            if transposed {
-                hrows.o_d[q] = od;
-                hrows.o_h[q] = oh - i32::cast_from(kh_inner - 1) + off;
+            let h_off = if transposed {
+                off - i32::cast_from(kh_inner - 1)
             } else {
-                hrows.o_d[q] = od * g.st_d;
-                hrows.o_h[q] = oh + off;
-            }
-        }
-    } else {
-        #[unroll]
-        for q in 0..qh {
-            let rho = row0 + q * rows_per_pass;
-            let hr = rho % halo;
+                off
+            };
+            (
+                row_first + run_row,
+                h_off,
+                i32::cast_from(v % row_halo),
+                off >= 0,
+            )
+        } else {
+            let hr = v % halo;
             let (row, ow) = seg_place(
-                seg0 + i32::cast_from(rho / halo),
+                seg0 + i32::cast_from(v / halo),
                 i32::cast_from(hr / sub_halo),
                 i32::cast_from(hr % sub_halo),
                 segs_per_row,
                 rows_per_seg,
             );
-            hrows.base[q] = select(
-                rho < segs * halo && row < total_rows,
-                grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
-                -1i32,
-            );
-            let od = (row / g.dst_h) % g.dst_d;
-            let oh = row % g.dst_h;
-            if transposed {
-                hrows.o_d[q] = od;
-                hrows.o_h[q] = oh;
-                hrows.o_w[q] = ow;
-            } else {
-                hrows.o_d[q] = od * g.st_d;
-                hrows.o_h[q] = oh * g.st_h;
-                hrows.o_w[q] = ow * g.st_w;
-            }
+            (row, 0i32, ow, true)
+        };
+        hrows.base[q] = select(
+            v < a_rows && ok && row < total_rows,
+            grp_base + (row / (g.dst_h * g.dst_d)) * g.ss_n,
+            -1i32,
+        );
+        let od = (row / g.dst_h) % g.dst_d;
+        let oh = row % g.dst_h;
+        // (Rows halos come only with stride 1: the strides leave their h_off and ow as
+        // they are.)
+        if transposed {
+            hrows.o_d[q] = od;
+            hrows.o_h[q] = oh + h_off;
+            hrows.o_w[q] = ow;
+        } else {
+            hrows.o_d[q] = od * g.st_d;
+            hrows.o_h[q] = oh * g.st_h + h_off;
+            hrows.o_w[q] = ow * g.st_w;
         }
     }
 
@@ -705,55 +772,30 @@ fn conv_pipe<I: Float, M: Float>(
     // 2·(k % 4) + k / 4: each lane's pair (t, t + 4) is then one 64-bit load at 2t.
     let pair = (lane % 4) as usize * 2;
     let pair_row = (lane / 4) as usize * pitch + pair;
-    let a_lane = seg_row((lane % 16) as usize, run, rows_per_seg, sub_halo) * pitch
-        + (lane / 16) as usize * 8;
-    let a_top = seg_row((lane / 4) as usize, run, rows_per_seg, sub_halo) * pitch + pair;
-    let a_low = seg_row((lane / 4 + 8) as usize, run, rows_per_seg, sub_halo) * pitch + pair;
-    // Rows halo: where this lane's A rows of each of its segments sit (bf16: its
-    // `ldmatrix` row; TF32: rows g and g + 8), at tap shift 0.
-    let lane_frags = comptime!(if kh_inner > 1 { frags_m } else { 1 });
-    let mut lane_a = Array::<usize>::new(lane_frags);
-    let mut lane_top = Array::<usize>::new(lane_frags);
-    let mut lane_low = Array::<usize>::new(lane_frags);
-    if comptime!(kh_inner > 1) {
-        #[unroll]
-        for i in 0..frags_m {
-            let s = i32::cast_from(wm * frags_m + i);
-            let (dh, spr) = (g.dst_h, segs_per_row);
-            let a = rows_halo_at(
-                s,
-                (lane % 16) as usize,
-                h_first,
-                dh,
-                spr,
+    // Where this lane's A rows of each of its segments sit in a stage's halo at tap shift 0
+    // (bf16: the row it points `ldmatrix` at; TF32: rows g and g + 8).
+    let mut lane_a = Array::<usize>::new(frags_m);
+    let mut lane_top = Array::<usize>::new(frags_m);
+    let mut lane_low = Array::<usize>::new(frags_m);
+    #[unroll]
+    for i in 0..frags_m {
+        let s = i32::cast_from(wm * frags_m + i);
+        let (a, top, low) = lane_rows(
+            s,
+            lane as usize,
+            h_first,
+            g.dst_h,
+            segs_per_row,
+            comptime!(SegRows {
+                halo,
                 run,
-                rows_per_seg,
-                rows_halo,
-            );
-            let top = rows_halo_at(
-                s,
-                (lane / 4) as usize,
-                h_first,
-                dh,
-                spr,
-                run,
-                rows_per_seg,
-                rows_halo,
-            );
-            let low = rows_halo_at(
-                s,
-                (lane / 4 + 8) as usize,
-                h_first,
-                dh,
-                spr,
-                run,
-                rows_per_seg,
-                rows_halo,
-            );
-            lane_a[i] = a * pitch + (lane / 16) as usize * 8;
-            lane_top[i] = top * pitch + pair;
-            lane_low[i] = low * pitch + pair;
-        }
+                rows_per_seg
+            }),
+            rows_halo,
+        );
+        lane_a[i] = a * pitch + (lane / 16) as usize * 8;
+        lane_top[i] = top * pitch + pair;
+        lane_low[i] = low * pitch + pair;
     }
     let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
@@ -824,10 +866,7 @@ fn conv_pipe<I: Float, M: Float>(
                             usize::cast_from(g.dil_w) * u
                         };
                         let shift_h = comptime!(if transposed { kh_inner - 1 - uh } else { uh });
-                        let mut a_slot = j * a_stage + (warp_seg * halo + shift) * pitch;
-                        if comptime!(kh_inner > 1) {
-                            a_slot = j * a_stage + (shift_h * row_halo + shift) * pitch;
-                        }
+                        let a_slot = j * a_stage + (shift_h * row_halo + shift) * pitch;
                         let b_slot = j * b_stage + ((uh * kw_inner + u) * bn + warp_col) * pitch;
                         #[unroll]
                         for kk in 0..bk / mk {
@@ -839,22 +878,14 @@ fn conv_pipe<I: Float, M: Float>(
                                 // k0 + 8.
                                 #[unroll]
                                 for i in 0..frags_m {
-                                    let mut at = a_slot + i * halo * pitch + a_lane + k0;
-                                    if comptime!(kh_inner > 1) {
-                                        at = a_slot + lane_a[i] + k0;
-                                    }
+                                    let at = a_slot + lane_a[i] + k0;
                                     let regs = def.load_matrix::<I, NA>(
                                         &a_s.slice(at, at + 8),
                                         cmma::MatrixIdent::A,
                                         4usize,
                                         false,
                                     );
-                                    let mut f = Array::<Vector<M, NA>>::new(va);
-                                    #[unroll]
-                                    for e in 0..va {
-                                        f[e] = Vector::cast_from(regs[e]);
-                                    }
-                                    a_frags.push(f);
+                                    a_frags.push(regs_as::<I, M, NA>(&regs, 0usize, va));
                                 }
                                 // ldmatrix.x4 over two 8-channel blocks: lanes 0-7 / 8-15 give
                                 // the first block at k0 / k0 + 8, lanes 16-23 / 24-31 the second.
@@ -869,15 +900,8 @@ fn conv_pipe<I: Float, M: Float>(
                                         4usize,
                                         false,
                                     );
-                                    let mut lo = Array::<Vector<M, NB>>::new(vb);
-                                    let mut hi = Array::<Vector<M, NB>>::new(vb);
-                                    #[unroll]
-                                    for e in 0..vb {
-                                        lo[e] = Vector::cast_from(regs[e]);
-                                        hi[e] = Vector::cast_from(regs[vb + e]);
-                                    }
-                                    b_frags.push(lo);
-                                    b_frags.push(hi);
+                                    b_frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
+                                    b_frags.push(regs_as::<I, M, NB>(&regs, vb, vb));
                                 }
                                 if comptime!(frags_n % 2 == 1) {
                                     let at = b_slot
@@ -890,26 +914,14 @@ fn conv_pipe<I: Float, M: Float>(
                                         2usize,
                                         false,
                                     );
-                                    let mut f = Array::<Vector<M, NB>>::new(vb);
-                                    #[unroll]
-                                    for e in 0..vb {
-                                        f[e] = Vector::cast_from(regs[e]);
-                                    }
-                                    b_frags.push(f);
+                                    b_frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
                                 }
                             } else {
                                 // Registers a0..a3 = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
                                 #[unroll]
                                 for i in 0..frags_m {
-                                    let at = a_slot + i * halo * pitch + k0;
-                                    let mut at_top = at + a_top;
-                                    let mut at_low = at + a_low;
-                                    if comptime!(kh_inner > 1) {
-                                        at_top = a_slot + lane_top[i] + k0;
-                                        at_low = a_slot + lane_low[i] + k0;
-                                    }
-                                    let top = tf32_pair::<I, M>(&a_s, at_top);
-                                    let low = tf32_pair::<I, M>(&a_s, at_low);
+                                    let top = tf32_pair::<I, M>(&a_s, a_slot + lane_top[i] + k0);
+                                    let low = tf32_pair::<I, M>(&a_s, a_slot + lane_low[i] + k0);
                                     let mut f = Array::<Vector<M, NA>>::new(va);
                                     f[0] = Vector::new(top[0]);
                                     f[1] = Vector::new(low[0]);

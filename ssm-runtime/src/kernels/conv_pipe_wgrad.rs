@@ -23,8 +23,8 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SEG, SlotBarriers, copy_chunk, copy_granule, rows_aligned, seg_place, seg_row, segment_rows,
-    stage_slots, tf32_pair, tf32_quad, usable,
+    SEG, SlotBarriers, copy_chunk, copy_granule, regs_as, rows_aligned, seg_place, seg_row,
+    segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
 };
 use crate::kernels::conv_tune::{check_fits, conv_tune};
 use crate::kernels::split_sum::split_sum;
@@ -472,12 +472,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                     4usize,
                                     true,
                                 );
-                                let mut f = Array::<Vector<M, NA>>::new(va);
-                                #[unroll]
-                                for e in 0..va {
-                                    f[e] = Vector::cast_from(regs[e]);
-                                }
-                                a_frags.push(f);
+                                a_frags.push(regs_as::<I, M, NA>(&regs, 0usize, va));
                             }
                             #[unroll]
                             for jp in 0..frags_n / 2 {
@@ -488,15 +483,8 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                     4usize,
                                     true,
                                 );
-                                let mut lo = Array::<Vector<M, NB>>::new(vb);
-                                let mut hi = Array::<Vector<M, NB>>::new(vb);
-                                #[unroll]
-                                for e in 0..vb {
-                                    lo[e] = Vector::cast_from(regs[e]);
-                                    hi[e] = Vector::cast_from(regs[vb + e]);
-                                }
-                                b_frags.push(lo);
-                                b_frags.push(hi);
+                                b_frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
+                                b_frags.push(regs_as::<I, M, NB>(&regs, vb, vb));
                             }
                         } else {
                             // a0, a1 = rows g, g + 8 at k = t; a2, a3 the same at t + 4.
