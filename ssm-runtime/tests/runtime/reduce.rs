@@ -224,7 +224,8 @@ fn first_extreme(g: &[f64], sign: f64) -> f64 {
 }
 
 /// Shapes that take each layout of the kernel: a unit per output, chunked or not (reduced
-/// axes strided, merged or not, a size-1 axis among them), short contiguous rows, reduced
+/// axes strided, merged or not, a size-1 axis among them), short contiguous rows (a unit
+/// each, or blocks of threads several to a cube), reduced
 /// lengths around the unroll of 8 loads, a cube per output (few outputs), and unmerged
 /// reduced axes under a long innermost one (reduced in two passes). Sums and
 /// variances on random values; extremes and arg-extremes on small integers, whose many
@@ -232,8 +233,14 @@ fn first_extreme(g: &[f64], sign: f64) -> f64 {
 #[test]
 fn reductions_in_every_layout_match_host() {
     let mut r = rng(34);
-    let cases: [(&[usize], &[usize]); 14] = [
+    let cases: [(&[usize], &[usize]); 18] = [
         (&[3, 700, 40], &[0, 1]),
+        // Contiguous rows, several a cube: 32-thread blocks, the last cube partly past the
+        // outputs (37 rows, 8 a cube); 33 elements over 32 threads; 64-thread blocks.
+        (&[37, 96], &[1]),
+        (&[70, 33], &[1]),
+        (&[9, 2, 100], &[1, 2]),
+        (&[11, 1030], &[1]),
         (&[300, 64], &[0]),
         (&[1, 33], &[0]),
         (&[7, 33], &[0]),
