@@ -46,7 +46,7 @@ use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, position_grid, src_coord, sum_tap_splits, tap_splits};
 use crate::kernels::conv_mma::fragment;
-use crate::kernels::conv_tune::{check_fits, conv_tune};
+use crate::kernels::conv_tune::{check_fits, check_warps, conv_tune};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment: a run along w within one dst row, one 16-row MMA block (one
@@ -1212,10 +1212,14 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
         device.multiprocessors(),
         max_shared,
     );
-    if let Some(frags_m) = tune.fwd_frags_m {
-        tile.frags_m = frags_m;
+    // An overridden warp shape: its slots sized anew, its taps split by the rule.
+    if tune.fwd_frags_m.is_some() || tune.fwd_warps_n.is_some() || tune.fwd_frags_n.is_some() {
+        tile.frags_m = tune.fwd_frags_m.unwrap_or(tile.frags_m);
+        tile.warps_n = tune.fwd_warps_n.unwrap_or(tile.warps_n);
+        tile.frags_n = tune.fwd_frags_n.unwrap_or(tile.frags_n);
         tile.stages = stage_slots(tile.stage_bytes(elem), elem);
         tile.one_per_sm = false;
+        check_warps("forward", tile.warps_m * tile.warps_n);
     }
     let h_taps = tune
         .fwd_h_taps

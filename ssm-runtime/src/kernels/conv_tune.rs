@@ -7,6 +7,8 @@
 //! | --- | --- | --- |
 //! | `fwd.warps_m` | warps along the positions (forward / backward-data) | `tile_for` |
 //! | `fwd.frags_m` | segments a warp | `balanced` |
+//! | `fwd.warps_n` | warps along the dst channels (at most 32 warps a cube in all) | `pipe_tile` |
+//! | `fwd.frags_n` | 8-channel accumulator blocks a warp | `pipe_tile` |
 //! | `fwd.slots` | stage slots | `stage_slots` |
 //! | `fwd.bk` | reduced channels a stage (16, 32, 48 or 64) | `reduce_depth` |
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
@@ -28,6 +30,8 @@ use std::sync::OnceLock;
 pub(crate) struct ConvTune {
     pub fwd_warps_m: Option<usize>,
     pub fwd_frags_m: Option<usize>,
+    pub fwd_warps_n: Option<usize>,
+    pub fwd_frags_n: Option<usize>,
     pub fwd_slots: Option<usize>,
     pub fwd_bk: Option<usize>,
     pub fwd_split_target: Option<usize>,
@@ -38,7 +42,7 @@ pub(crate) struct ConvTune {
     pub wgrad_target: Option<usize>,
 }
 
-const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.slots, fwd.bk, fwd.split_target, \
+const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
                     fwd.h_taps, wgrad.ks, wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
@@ -56,11 +60,13 @@ impl ConvTune {
                 .filter(|&n| n > 0)
                 .ok_or_else(|| format!("`{item}`: the value must be a whole number above 0"))?;
             // The kernels' limits: four slot barriers (one slot cannot overlap a copy with
-            // its reads), 32 warps a cube (two along the channels), registers for four
-            // 16-row accumulator blocks a warp.
+            // its reads), 32 warps a cube ([`check_warps`] checks the product), registers
+            // for four 16-row or twelve 8-channel accumulator blocks a warp.
             let (slot, max) = match key.trim() {
                 "fwd.warps_m" => (&mut t.fwd_warps_m, 16),
                 "fwd.frags_m" => (&mut t.fwd_frags_m, 4),
+                "fwd.warps_n" => (&mut t.fwd_warps_n, 8),
+                "fwd.frags_n" => (&mut t.fwd_frags_n, 12),
                 "fwd.slots" => (&mut t.fwd_slots, 4),
                 "fwd.bk" => (&mut t.fwd_bk, 64),
                 "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
@@ -110,6 +116,13 @@ pub(crate) fn check_fits(what: &str, bytes: usize, max: usize) {
     }
 }
 
+/// Refuse an overridden tile of more than 32 warps (1024 threads, a cube's limit).
+pub(crate) fn check_warps(what: &str, warps: usize) {
+    if warps > 32 {
+        panic!("SSM_CONV_TUNE: the {what} tile has {warps} warps, a cube holds at most 32");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +152,8 @@ mod tests {
         assert_eq!(ConvTune::parse("wgrad.cc=48").unwrap().wgrad_cc, Some(48));
         assert_eq!(ConvTune::parse("fwd.h_taps=3").unwrap().fwd_h_taps, Some(3));
         assert_eq!(ConvTune::parse("fwd.bk=16").unwrap().fwd_bk, Some(16));
+        let t = ConvTune::parse("fwd.warps_n=4,fwd.frags_n=3").unwrap();
+        assert_eq!((t.fwd_warps_n, t.fwd_frags_n), (Some(4), Some(3)));
         let e = ConvTune::parse("fwd.bk=8").unwrap_err();
         assert!(e.contains("multiple of 16"), "{e}");
         let e = ConvTune::parse("fwd.slots").unwrap_err();
@@ -152,6 +167,8 @@ mod tests {
             "wgrad.slots=5",
             "fwd.frags_m=5",
             "fwd.warps_m=17",
+            "fwd.warps_n=9",
+            "fwd.frags_n=13",
             "fwd.h_taps=8",
         ] {
             let e = ConvTune::parse(bad).unwrap_err();
