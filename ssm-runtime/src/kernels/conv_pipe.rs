@@ -268,6 +268,16 @@ impl RowsHalo {
         self.tile_rows + (self.kh_inner - 1) * self.planes
     }
 
+    /// Halo rows of a stage (`row_halo` src positions each with a rows halo), else `segs`
+    /// per-segment halos of `halo` rows.
+    pub(crate) fn stage_rows(&self, segs: usize, halo: usize) -> usize {
+        if self.kh_inner > 1 {
+            self.ext_rows() * self.row_halo
+        } else {
+            segs * halo
+        }
+    }
+
     /// No rows halo: a halo per segment.
     pub(crate) const NONE: RowsHalo = RowsHalo {
         kh_inner: 1,
@@ -644,11 +654,7 @@ fn conv_pipe<I: Float, M: Float>(
     let pitch = comptime!(bk + PAD);
     let (kh_inner, tile_rows, row_halo) =
         comptime!((rows_halo.kh_inner, rows_halo.tile_rows, rows_halo.row_halo,));
-    let a_rows = comptime!(if kh_inner > 1 {
-        rows_halo.ext_rows() * rows_halo.row_halo
-    } else {
-        segs * halo
-    });
+    let a_rows = comptime!(rows_halo.stage_rows(segs, halo));
     let a_stage = comptime!(a_rows * pitch);
     let b_stage = comptime!(kh_inner * kw_inner * bn * pitch);
     // Halo copies: a row is `chunks` copies long, and adjacent threads take adjacent chunks
@@ -1097,11 +1103,7 @@ impl PipeTile {
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
         let rh = &self.rows_halo;
-        let a_rows = if rh.kh_inner > 1 {
-            rh.ext_rows() * rh.row_halo
-        } else {
-            self.segs() * self.halo
-        };
+        let a_rows = rh.stage_rows(self.segs(), self.halo);
         (a_rows + rh.kh_inner * self.kw_inner * self.bn()) * (self.bk + PAD) * elem
     }
 
