@@ -519,10 +519,11 @@ fn issue_stage<I: Float>(
             let col = n0 + i32::cast_from(row % bn);
             let c = c0 + i32::cast_from(ch * vec);
             let ok = col < g.c_out && c < g.c_red;
-            let mut tap = tap0 + i32::cast_from(u);
-            if comptime!(kh_inner > 1) {
-                tap = tap0 + i32::cast_from(u / kw_inner) * g.k_w + i32::cast_from(u % kw_inner);
-            }
+            let tap = if comptime!(kh_inner > 1) {
+                tap0 + i32::cast_from(u / kw_inner) * g.k_w + i32::cast_from(u % kw_inner)
+            } else {
+                tap0 + i32::cast_from(u)
+            };
             let addr = w_grp + tap * g.sw_w + col * g.sw_o + c;
             copy_chunk::<I>(w, addr, ok, b_s, b_slot + row * pitch + ch * vec, vec);
         }
@@ -598,6 +599,27 @@ pub(crate) fn regs_as<I: Float, M: Float, N: Size>(
         f[e] = Vector::cast_from(regs[first + e]);
     }
     f
+}
+
+/// The two B fragments (two 8-column blocks, 16 deep, bf16) of one four-matrix `ldmatrix`
+/// at `at` (transposed with `transpose`), pushed onto `frags` in block order.
+#[cube]
+pub(crate) fn push_b_pair<I: Float, M: Float, NB: Size>(
+    b_s: &SharedMemory<I>,
+    at: usize,
+    #[comptime] transpose: bool,
+    frags: &mut Sequence<Array<Vector<M, NB>>>,
+) {
+    let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, 16usize);
+    let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
+    let regs = def.load_matrix::<I, NB>(
+        &b_s.slice(at, at + 8),
+        cmma::MatrixIdent::B,
+        4usize,
+        transpose,
+    );
+    frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
+    frags.push(regs_as::<I, M, NB>(&regs, vb, vb));
 }
 
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
@@ -900,14 +922,7 @@ fn conv_pipe<I: Float, M: Float>(
                                 #[unroll]
                                 for jp in 0..frags_n / 2 {
                                     let at = b_slot + (jp * 16 + nrow) * pitch + k0 + nk;
-                                    let regs = def.load_matrix::<I, NB>(
-                                        &b_s.slice(at, at + 8),
-                                        cmma::MatrixIdent::B,
-                                        4usize,
-                                        false,
-                                    );
-                                    b_frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
-                                    b_frags.push(regs_as::<I, M, NB>(&regs, vb, vb));
+                                    push_b_pair::<I, M, NB>(&b_s, at, false, &mut b_frags);
                                 }
                                 if comptime!(frags_n % 2 == 1) {
                                     let at = b_slot

@@ -23,8 +23,8 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SEG, SlotBarriers, copy_chunk, copy_granule, regs_as, rows_aligned, seg_place, seg_row,
-    segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
+    SEG, SlotBarriers, copy_chunk, copy_granule, push_b_pair, regs_as, rows_aligned, seg_place,
+    seg_row, segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
 };
 use crate::kernels::conv_tune::{check_fits, conv_tune};
 use crate::kernels::split_sum::split_sum;
@@ -477,14 +477,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                             #[unroll]
                             for jp in 0..frags_n / 2 {
                                 let at = b_k + b_lane + jp * 16;
-                                let regs = def.load_matrix::<I, NB>(
-                                    &b_s.slice(at, at + 8),
-                                    cmma::MatrixIdent::B,
-                                    4usize,
-                                    true,
-                                );
-                                b_frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
-                                b_frags.push(regs_as::<I, M, NB>(&regs, vb, vb));
+                                push_b_pair::<I, M, NB>(&b_s, at, true, &mut b_frags);
                             }
                         } else {
                             // a0, a1 = rows g, g + 8 at k = t; a2, a3 the same at t + 4.
