@@ -2,7 +2,7 @@
 """PyTorch (cuDNN) timings of the shapes in benches/benches/model_ops.rs.
 
 Prints one line per case: `name  ms` with the same names as the criterion benchmarks
-(`conv3d/<shape>/<kernel>_<layout>/<pass>`, `norm/<op>/<pass>`; `reduce/<case>/<n>` of
+(`conv3d/<shape>/<kernel>_<layout>/<pass>`, `norm/<op>/<pass>`; `reduce/<case>/<n>`, `layout/<case>/<n>` of
 `benches/benches/primitives.rs`). Times are the median of
 CUDA-event timings over repeated batches after a warm-up. Kernels:
 
@@ -122,6 +122,15 @@ def reduce_cases():
     yield f"reduce/cf_bias/{n}", lambda: cf.sum((0, 2))
 
 
+def layout_cases():
+    # The channels-first -> channels-last copies of `benches/benches/primitives.rs`
+    # (`layout/*`): the conv benchmark activations, f32 at 192 channels and bf16 at 96.
+    for (n, c, d, h, w), dtype, name in (((2, 192, 8, 28, 28), torch.float32, "f32"),
+                                         ((2, 96, 16, 56, 56), torch.bfloat16, "bf16")):
+        x = torch.randn(n, c, d, h, w, device="cuda").to(dtype)
+        yield f"layout/cf_to_cl_{name}/{x.numel()}", lambda x=x: x.permute(0, 2, 3, 4, 1).contiguous()
+
+
 def main():
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -130,7 +139,7 @@ def main():
     torch.backends.cudnn.benchmark = True
     # Optional filters: run the cases whose name contains any of them.
     only = sys.argv[1:]
-    for gen in (conv_cases, norm_cases, reduce_cases):
+    for gen in (conv_cases, norm_cases, reduce_cases, layout_cases):
         for name, fn in gen():
             if only and not any(f in name for f in only):
                 continue

@@ -7,7 +7,7 @@
 #   bash scripts/gpu-owed.sh table             every tensor-core pass, ours then PyTorch's
 #   bash scripts/gpu-owed.sh wgrad             the tensor-core weight gradients, likewise
 #   bash scripts/gpu-owed.sh sweep FILE        one sweep file (scripts/sweeps/)
-#   bash scripts/gpu-owed.sh reduce            the reduce bench, ours then PyTorch's
+#   bash scripts/gpu-owed.sh reduce            the reduce and layout benches, ours then PyTorch's
 #
 # Several steps in one call: `bash scripts/gpu-owed.sh tests 250 && bash
 # scripts/gpu-owed.sh table`. STAGE picks the staged folder (default stage); everything
@@ -57,8 +57,8 @@ case "$what" in
     file="${2:?usage: gpu-owed.sh sweep FILE}"
     OUT="$OUT/$(basename "$file" .txt)" STAGE="$STAGE" bash scripts/gpu-sweep.sh "$file" ;;
   reduce)
-    OUT="$OUT/reduce" bash "$run" bench primitives reduce > /dev/null 2>&1
-    python3 benches/torch_model_ops.py reduce/ > "$OUT/reduce/torch_reduce.log" 2>&1
+    OUT="$OUT/reduce" bash "$run" bench primitives 'reduce|layout' > /dev/null 2>&1
+    python3 benches/torch_model_ops.py reduce/ layout/ > "$OUT/reduce/torch_reduce.log" 2>&1
     python3 benches/model_ops_table.py "$OUT/reduce/bench-primitives.log" \
       "$OUT/reduce/torch_reduce.log" | tee "$OUT/reduce/table.md" ;;
   *) echo "gpu-owed: unknown step '$what'" >&2; exit 2 ;;

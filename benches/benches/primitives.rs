@@ -10,6 +10,8 @@
 //!   over batch and space of the channels-first `[2, 96, 50176]` (`cf_bias`); throughput
 //!   counts the bytes read.
 //!
+//! - `layout/cf_to_cl_<f32|bf16>/N`: channels-first → channels-last copies of the conv
+//!   benchmark activations (a batched transpose each); throughput counts the bytes read.
 //! - `mma_peak/<bf16|tf32>`: tensor-core products from registers only (the `mma.sync`
 //!   ceiling the pipelined convolutions work under); throughput counts FLOPs as elements.
 //!
@@ -93,6 +95,42 @@ fn reduce(c: &mut Criterion) {
     g.finish();
 }
 
+/// Channels-first → channels-last copies (one batched transpose each) of the convolution
+/// benchmark activations: f32 (2, 192, 8, 28, 28) and bf16 (2, 96, 16, 56, 56); a
+/// sixteenth of the spatial size on Vulkan. Throughput counts the bytes read.
+fn layout(c: &mut Criterion) {
+    let d = device();
+    let scale = if is_gpu(&d) { 1 } else { 4 };
+    let mut g = c.benchmark_group("layout");
+    for (shape, dtype, name) in [
+        (
+            [2, 192, 8, 28 / scale, 28 / scale],
+            DType::F32,
+            "cf_to_cl_f32",
+        ),
+        (
+            [2, 96, 16, 56 / scale, 56 / scale],
+            DType::BF16,
+            "cf_to_cl_bf16",
+        ),
+    ] {
+        if dtype == DType::BF16 && !d.has_bf16() {
+            continue;
+        }
+        let x = Tensor::rand_normal(&shape, 0.0, 1.0, 7, dtype, &d).unwrap();
+        let n = x.numel();
+        g.throughput(Throughput::Bytes((n * dtype.size()) as u64));
+        g.bench_function(BenchmarkId::new(name, n), |bench| {
+            bench.iter_custom(|iters| {
+                time_batched(&d, iters, || {
+                    drop(x.permute(&[0, 2, 3, 4, 1]).unwrap().contiguous().unwrap())
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The `mma.sync` ceiling (`ssm_runtime::kernels::mma_probe`): products from registers
 /// only, 4 cubes of 8 warps per multiprocessor. Devices without `mma.sync` skip it.
 fn mma_peak(c: &mut Criterion) {
@@ -122,6 +160,6 @@ fn mma_peak(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(1));
-    targets = elementwise, matmul, reduce, mma_peak
+    targets = elementwise, matmul, reduce, layout, mma_peak
 }
 criterion_main!(benches);

@@ -93,6 +93,7 @@ fn reduce_kernel<F: Float>(
     #[comptime] indexed_input: bool,
     #[comptime] single_axis: bool,
     #[comptime] unroll: usize,
+    #[comptime] plane_sums: bool,
     #[define(F)] _d: StorageType,
 ) {
     let is_arg = comptime![matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin)];
@@ -171,7 +172,32 @@ fn reduce_kernel<F: Float>(
     }
 
     let out_pos = o * n_chunks + chunk;
-    if cube_per_item {
+    if comptime!(cube_per_item && plane_sums) {
+        // Sums over blocks of whole planes: each plane sums with shuffles, then the first
+        // unit of a block adds its planes' sums (one barrier instead of a tree's log2(block)).
+        let planes = comptime!(block / 32);
+        let plane_total = plane_sum(acc);
+        if comptime!(planes == 1) {
+            if t == 0 && live_item {
+                out_val[out_pos] = plane_total * scale.get::<F>();
+            }
+        } else {
+            let mut sp = SharedMemory::<F>::new(comptime!(per_cube * planes));
+            let p = UNIT_POS as usize / 32;
+            if UNIT_POS % 32 == 0 {
+                sp[p] = plane_total;
+            }
+            sync_cube();
+            if t == 0 && live_item {
+                let mut total = F::new(0.0);
+                #[unroll]
+                for k in 0..planes {
+                    total += sp[p + k];
+                }
+                out_val[out_pos] = total * scale.get::<F>();
+            }
+        }
+    } else if cube_per_item {
         // Every unit of the cube takes part in the tree (a block past the last item
         // combines identities), so the barriers are uniform.
         let mut sv = SharedMemory::<F>::new(comptime!(block * per_cube));
@@ -443,6 +469,15 @@ fn launch(
 ) {
     let items = pass.num_out * pass.n_chunks;
     let dtype = x.dtype.storage();
+    // Sums in blocks of whole 32-lane planes shuffle instead of running the tree (which
+    // stays for extremes, whose ties and NaNs need the index, and for devices without
+    // plane operations, such as lavapipe).
+    let device = &x.device;
+    let plane_sums = pass.cube_per_item
+        && matches!(op, ReduceOp::Sum | ReduceOp::SqDevSum)
+        && device.has_plane_ops()
+        && device.plane_size() == 32
+        && pass.block.is_multiple_of(32);
     dispatch!(x.device, c => {
         let (count, dim) = if pass.cube_per_item {
             let dim = CubeDim::new_1d((pass.block * pass.per_cube()) as u32);
@@ -477,6 +512,7 @@ fn launch(
                 indexed_input,
                 pass.single_axis,
                 pass.unroll(),
+                plane_sums,
                 dtype,
             )
         }

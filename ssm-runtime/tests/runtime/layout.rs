@@ -103,14 +103,19 @@ fn swapped_axis_runs_copy_exactly() {
     }
     for dtype in dtypes {
         // (shape, permutation): channels to last and back, a plain 2-D transpose, one with a
-        // size-1 axis inside a run.
-        let cases: [(&[usize], &[usize]); 5] = [
+        // size-1 axis inside a run. The kernel moves vectors of as many elements (up to 16
+        // bytes) as sides and offsets allow: two here (40 × 210), four or two (f64) in the
+        // cases of sides in multiples of 4, one in the odd ones.
+        let cases: [(&[usize], &[usize]); 8] = [
             (&[2, 40, 5, 6, 7], &[0, 2, 3, 4, 1]),
             (&[2, 5, 6, 7, 40], &[0, 4, 1, 2, 3]),
+            (&[2, 48, 4, 6, 8], &[0, 2, 3, 4, 1]),
+            (&[2, 4, 6, 8, 48], &[0, 4, 1, 2, 3]),
             (&[3, 37, 70], &[0, 2, 1]),
             (&[33, 1, 65], &[2, 1, 0]),
             // Several tiles each way, both sides ending in partial tiles.
             (&[2, 130, 67], &[0, 2, 1]),
+            (&[2, 136, 72], &[0, 2, 1]),
         ];
         for (shape, perm) in cases {
             let n: usize = shape.iter().product();
