@@ -117,7 +117,9 @@ fn layout(c: &mut Criterion) {
         if dtype == DType::BF16 && !d.has_bf16() {
             continue;
         }
-        let x = Tensor::rand_normal(&shape, 0.0, 1.0, 7, dtype, &d).unwrap();
+        let x = Tensor::rand_normal(&shape, 0.0, 1.0, 7, DType::F32, &d)
+            .and_then(|x| x.to_dtype(dtype))
+            .unwrap();
         let n = x.numel();
         g.throughput(Throughput::Bytes((n * dtype.size()) as u64));
         g.bench_function(BenchmarkId::new(name, n), |bench| {

@@ -8,20 +8,22 @@ use cubecl::prelude::*;
 
 use crate::device::record_launch;
 use crate::dispatch;
-use crate::kernels::launch::vector_width;
 use crate::tensor::Tensor as SsmTensor;
 
-/// Units a cube; a cube moves one tile.
-const UNITS: usize = 256;
+/// Units along a tile row (one warp).
+const WARP: usize = 32;
+/// Unit rows per cube.
+const ROWS: usize = 8;
 
-/// Tile edge (elements) for `elem`-byte elements. 64 (sixteen elements a unit each way)
-/// for elements up to 4 bytes: with 32-element tiles (four a unit) too few bytes were in
-/// flight, and the 19 MB bf16 transpose of a 96-channel activation ran at 1.8 TB/s on an
-/// H200 (21.3 µs; 64: 16.7–17.2 µs). A small transpose pays a little (a 0.5 MB weight, 243
-/// cubes → 82: 3.6 → 4.0 µs). 32 for 8-byte elements, whose 64-element tile would pass 32
-/// KiB of shared memory (Vulkan's guaranteed size).
+/// Tile edge (elements) for `elem`-byte elements; a cube of `WARP × ROWS` units moves one
+/// tile. 64 (16 elements a unit each way) for elements up to 4 bytes: with 32-element
+/// tiles (four a unit) too few bytes were in flight, and the 19 MB bf16 transpose of a
+/// 96-channel activation ran at 1.8 TB/s on an H200 (21.3 µs; 64: 16.7–17.2 µs). A small
+/// transpose pays a little (a 0.5 MB weight, 243 cubes → 82: 3.6 → 4.0 µs). 32 for 8-byte
+/// elements, whose 64-element tile would pass 32 KiB of shared memory (Vulkan's
+/// guaranteed size).
 fn tile(elem: usize) -> usize {
-    if elem >= 8 { 32 } else { 64 }
+    if elem >= 8 { WARP } else { 2 * WARP }
 }
 
 /// Padded tile row (elements): a whole number of 4-byte banks plus an odd one, so a
@@ -31,28 +33,13 @@ fn pitch(tile: usize, elem: usize) -> usize {
     tile + (4 / elem).max(1)
 }
 
-/// Elements a unit moves in one global load or store: up to 16 bytes where both extents and
-/// both offsets allow (whole vectors along the source's rows and the destination's). On an
-/// H100 the scalar kernel moved the 4.8 MB channels-first ↔ channels-last conversion of the
-/// (2, 192, 8, 28, 28) f32 activation in 8.3 µs (1.2 TB/s) and the 4 MB weight reorder of
-/// its convolution in 5.5 µs.
-fn vector_elems(elem: usize, rows: usize, cols: usize, offsets: [usize; 2]) -> usize {
-    let w = vector_width(&[rows, cols, offsets[0], offsets[1]]);
-    w.min((16 / elem).max(1))
-}
-
 /// Smallest run on either side worth a tile: narrower ones leave most of each tile empty.
 const MIN_SIDE: usize = 8;
 
-/// One `tile × tile` block of each batch's `[rows, cols]` a cube, in `N`-element vectors:
-/// read along the source rows (a unit's vector is `N` adjacent columns), written along the
-/// destination rows (`N` adjacent source rows of one column), both coalesced. Offsets and
-/// extents count elements; [`vector_elems`] made every vector start a multiple of `N`.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-fn transpose_kernel<T: Numeric, N: Size>(
-    src: &Array<Vector<T, N>>,
-    dst: &mut Array<Vector<T, N>>,
+fn transpose_kernel<T: Numeric>(
+    src: &Array<T>,
+    dst: &mut Array<T>,
     src_off: usize,
     dst_off: usize,
     rows: usize,
@@ -67,42 +54,35 @@ fn transpose_kernel<T: Numeric, N: Size>(
     let cube = CUBE_POS;
     // Uniform per cube, so every unit of a live cube reaches the barrier.
     if cube < tiles {
-        let n = N::value();
         let b = cube / tiles_per_batch;
         let t = cube % tiles_per_batch;
         let r0 = (t / tiles_c) * tile;
         let c0 = (t % tiles_c) * tile;
         let base = b * rows * cols;
-        let u = UNIT_POS as usize;
-        // A tile row is `per_row` vectors; a pass of the cube covers `UNITS / per_row` rows.
-        let per_row = comptime!(tile / n);
-        let (j, lead) = (u % per_row, u / per_row);
-        let step = comptime!(UNITS / per_row);
+        let tx = UNIT_POS_X as usize;
+        let ty = UNIT_POS_Y as usize;
         let mut buf = SharedMemory::<T>::new(tile * pitch);
         #[unroll]
-        for k in 0..tile / step {
-            let tr = lead + k * step;
-            let (r, c) = (r0 + tr, c0 + j * n);
-            if r < rows && c < cols {
-                let v = src[(src_off + base + r * cols + c) / n];
-                #[unroll]
-                for e in 0..n {
-                    buf[tr * pitch + j * n + e] = v[e];
+        for k in 0..tile / ROWS {
+            #[unroll]
+            for h in 0..tile / WARP {
+                let (tr, tc) = (ty + k * ROWS, tx + h * WARP);
+                let (r, c) = (r0 + tr, c0 + tc);
+                if r < rows && c < cols {
+                    buf[tr * pitch + tc] = src[src_off + base + r * cols + c];
                 }
             }
         }
         sync_cube();
         #[unroll]
-        for k in 0..tile / step {
-            let tc = lead + k * step;
-            let (c, r) = (c0 + tc, r0 + j * n);
-            if r < rows && c < cols {
-                let mut v = RuntimeCell::<Vector<T, N>>::new(Vector::empty());
-                #[unroll]
-                for e in 0..n {
-                    v.store_at(e, buf[(j * n + e) * pitch + tc]);
+        for k in 0..tile / ROWS {
+            #[unroll]
+            for h in 0..tile / WARP {
+                let (tc, tr) = (ty + k * ROWS, tx + h * WARP);
+                let (c, r) = (c0 + tc, r0 + tr);
+                if r < rows && c < cols {
+                    dst[dst_off + base + c * rows + r] = buf[tr * pitch + tc];
                 }
-                dst[(dst_off + base + c * rows + r) / n] = v.consume();
             }
         }
     }
@@ -157,18 +137,16 @@ pub(crate) fn transpose(src: &SsmTensor, dst: &SsmTensor, batch: usize, rows: us
         return;
     }
     dispatch!(src.device, c => {
-        let n = vector_elems(elem, rows, cols, [src.offset, dst.offset]);
-        let dim = CubeDim::new_1d(UNITS as u32);
-        let count = cubecl::calculate_cube_count_elemwise(c, tiles * UNITS, dim);
+        let dim = CubeDim::new_2d(WARP as u32, ROWS as u32);
+        let count = cubecl::calculate_cube_count_elemwise(c, tiles * WARP * ROWS, dim);
         record_launch();
         unsafe {
             transpose_kernel::launch_unchecked(
                 c,
                 count,
                 dim,
-                n,
-                src.array_arg(src.buffer_len() / n),
-                dst.array_arg(dst.buffer_len() / n),
+                src.array_arg(src.buffer_len()),
+                dst.array_arg(dst.buffer_len()),
                 src.offset,
                 dst.offset,
                 rows,

@@ -103,9 +103,7 @@ fn swapped_axis_runs_copy_exactly() {
     }
     for dtype in dtypes {
         // (shape, permutation): channels to last and back, a plain 2-D transpose, one with a
-        // size-1 axis inside a run. The kernel moves vectors of as many elements (up to 16
-        // bytes) as sides and offsets allow: two here (40 × 210), four or two (f64) in the
-        // cases of sides in multiples of 4, one in the odd ones.
+        // size-1 axis inside a run; sides that are multiples of 4 and odd ones.
         let cases: [(&[usize], &[usize]); 8] = [
             (&[2, 40, 5, 6, 7], &[0, 2, 3, 4, 1]),
             (&[2, 5, 6, 7, 40], &[0, 4, 1, 2, 3]),
