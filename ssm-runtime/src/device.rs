@@ -126,6 +126,12 @@ impl Device {
         self.inner.plane_size
     }
 
+    /// Whether kernels may use plane operations over planes of exactly `width` lanes (the
+    /// kernels' shuffle patterns assume one width).
+    pub fn has_planes_of(&self, width: u32) -> bool {
+        self.has_plane_ops() && self.plane_size() == width
+    }
+
     /// Whether kernels may atomically add floats of `dtype` in global memory.
     pub fn has_float_atomic_add(&self, dtype: crate::dtype::DType) -> bool {
         match dtype {

@@ -8,7 +8,7 @@
 //! - *threads per item* when the reduced range is contiguous and at least a warp long, or
 //!   when there are fewer than 8 outputs: a block of 32–256 threads strides over the range
 //!   (about four elements a thread; a cube holds several blocks when the rows are short),
-//!   then combines in shared memory;
+//!   then combines with plane shuffles (sums in one-plane blocks) or a shared-memory tree;
 //! - *unit per item* otherwise: neighbouring threads own neighbouring outputs (of one chunk),
 //!   so their loads coalesce along the kept axes.
 //!
@@ -457,12 +457,10 @@ fn launch(
     // 26.4 → 30.0 (`rows`) and 33.8 → 40.2 µs (`cf_bias`) on the same pair of machines. The
     // tree also serves extremes (ties and NaNs need the index) and devices without plane
     // operations (lavapipe).
-    let device = &x.device;
     let plane_sums = pass.cube_per_item
         && pass.block == 32
         && matches!(op, ReduceOp::Sum | ReduceOp::SqDevSum)
-        && device.has_plane_ops()
-        && device.plane_size() == 32;
+        && x.device.has_planes_of(32);
     dispatch!(x.device, c => {
         let (count, dim) = if pass.cube_per_item {
             let dim = CubeDim::new_1d((pass.block * pass.per_cube()) as u32);

@@ -701,7 +701,7 @@ pub(crate) fn launch(
     ];
     let out = a.out.unwrap_or(dummy).clone();
     let dtype = x.dtype.storage();
-    let plane = plan.seg <= 32 && device.has_plane_ops() && device.plane_size() == 32;
+    let plane = plan.seg <= 32 && device.has_planes_of(32);
     dispatch!(x.device, c => {
         let (count, dim) = if plan.seg == 1 {
             elemwise_grid(c, items)

@@ -402,14 +402,14 @@ impl ScanPlan {
             .find(|w| per_group % w == 0)
             .unwrap_or(1);
         let plane = match opts.plane {
-            Some(true) if !device.has_plane_ops() || device.plane_size() != LANES as u32 => {
+            Some(true) if !device.has_planes_of(LANES as u32) => {
                 return Err(Error::arg(
                     op,
                     format!("{device} has no 32-wide plane operations"),
                 ));
             }
             Some(p) => p,
-            None => device.has_plane_ops() && device.plane_size() == LANES as u32,
+            None => device.has_planes_of(LANES as u32),
         };
         let chunk = LANES * items;
         let rows = batch * k * channels;
