@@ -601,6 +601,22 @@ pub(crate) fn regs_as<I: Float, M: Float, N: Size>(
     f
 }
 
+/// One `ldmatrix` of `matrices` 8 × 8 bf16 matrices (each lane points at one 16-byte row
+/// from `at`; transposed with `transpose`), as `M` MMA operand registers, one a matrix: a
+/// four-matrix A load is one fragment, a two-matrix B load one, a four-matrix B load two.
+#[cube]
+pub(crate) fn ldmatrix_regs<I: Float, M: Float, N: Size>(
+    s: &SharedMemory<I>,
+    at: usize,
+    #[comptime] ident: cmma::MatrixIdent,
+    #[comptime] matrices: usize,
+    #[comptime] transpose: bool,
+) -> Array<Vector<M, N>> {
+    let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, 16usize);
+    let regs = def.load_matrix::<I, N>(&s.slice(at, at + 8), ident, matrices, transpose);
+    regs_as::<I, M, N>(&regs, 0usize, matrices)
+}
+
 /// The two B fragments (two 8-column blocks, 16 deep, bf16) of one four-matrix `ldmatrix`
 /// at `at` (transposed with `transpose`), pushed onto `frags` in block order.
 #[cube]
@@ -610,16 +626,9 @@ pub(crate) fn push_b_pair<I: Float, M: Float, NB: Size>(
     #[comptime] transpose: bool,
     frags: &mut Sequence<Array<Vector<M, NB>>>,
 ) {
-    let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, 16usize);
-    let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
-    let regs = def.load_matrix::<I, NB>(
-        &b_s.slice(at, at + 8),
-        cmma::MatrixIdent::B,
-        4usize,
-        transpose,
-    );
-    frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
-    frags.push(regs_as::<I, M, NB>(&regs, vb, vb));
+    let regs = ldmatrix_regs::<I, M, NB>(b_s, at, cmma::MatrixIdent::B, 4usize, transpose);
+    frags.push(regs_as::<M, M, NB>(&regs, 0usize, 2usize));
+    frags.push(regs_as::<M, M, NB>(&regs, 2usize, 2usize));
 }
 
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
@@ -907,13 +916,13 @@ fn conv_pipe<I: Float, M: Float>(
                                 #[unroll]
                                 for i in 0..frags_m {
                                     let at = a_slot + lane_a[i] + k0;
-                                    let regs = def.load_matrix::<I, NA>(
-                                        &a_s.slice(at, at + 8),
+                                    a_frags.push(ldmatrix_regs::<I, M, NA>(
+                                        &a_s,
+                                        at,
                                         cmma::MatrixIdent::A,
                                         4usize,
                                         false,
-                                    );
-                                    a_frags.push(regs_as::<I, M, NA>(&regs, 0usize, va));
+                                    ));
                                 }
                                 // ldmatrix.x4 over two 8-channel blocks: lanes 0-7 / 8-15 give
                                 // the first block at k0 / k0 + 8, lanes 16-23 / 24-31 the second.
@@ -929,13 +938,13 @@ fn conv_pipe<I: Float, M: Float>(
                                         + ((frags_n - 1) * 8 + (lane % 8) as usize) * pitch
                                         + k0
                                         + nk;
-                                    let regs = def.load_matrix::<I, NB>(
-                                        &b_s.slice(at, at + 8),
+                                    b_frags.push(ldmatrix_regs::<I, M, NB>(
+                                        &b_s,
+                                        at,
                                         cmma::MatrixIdent::B,
                                         2usize,
                                         false,
-                                    );
-                                    b_frags.push(regs_as::<I, M, NB>(&regs, 0usize, vb));
+                                    ));
                                 }
                             } else {
                                 // Registers a0..a3 = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).

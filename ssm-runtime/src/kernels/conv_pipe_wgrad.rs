@@ -23,8 +23,8 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SEG, SlotBarriers, copy_chunk, copy_granule, push_b_pair, regs_as, rows_aligned, seg_place,
-    seg_row, segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
+    SEG, SlotBarriers, copy_chunk, copy_granule, ldmatrix_regs, push_b_pair, rows_aligned,
+    seg_place, seg_row, segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
 };
 use crate::kernels::conv_tune::{check_fits, conv_tune};
 use crate::kernels::split_sum::split_sum;
@@ -466,13 +466,13 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                             #[unroll]
                             for i in 0..frags_m {
                                 let at = a_k + ka * a_pitch + i * 16 + ma;
-                                let regs = def.load_matrix::<I, NA>(
-                                    &a_s.slice(at, at + 8),
+                                a_frags.push(ldmatrix_regs::<I, M, NA>(
+                                    &a_s,
+                                    at,
                                     cmma::MatrixIdent::A,
                                     4usize,
                                     true,
-                                );
-                                a_frags.push(regs_as::<I, M, NA>(&regs, 0usize, va));
+                                ));
                             }
                             #[unroll]
                             for jp in 0..frags_n / 2 {
