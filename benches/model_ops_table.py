@@ -19,7 +19,7 @@ UNIT_MS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 def ours(path):
     times, name = {}, None
     for line in open(path, encoding="utf-8"):
-        m = re.match(r"^((?:conv3d|norm|reduce)/\S+)", line)
+        m = re.match(r"^((?:conv3d|norm|reduce|layout)/\S+)", line)
         if m and not line.startswith("Benchmarking"):
             name = m.group(1)
         t = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
