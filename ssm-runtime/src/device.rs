@@ -347,6 +347,7 @@ macro_rules! dispatch {
 
 thread_local! {
     static LAUNCHES: Cell<u64> = const { Cell::new(0) };
+    static COPIED: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Record one kernel launch issued by this thread (called by every launch helper).
@@ -358,4 +359,17 @@ pub fn record_launch() {
 /// around a call to prove how many kernels it launched.
 pub fn launch_count() -> u64 {
     LAUNCHES.with(|c| c.get())
+}
+
+/// Record `n` elements written by a copy between layouts (called by the copy kernels).
+pub(crate) fn record_copy(n: usize) {
+    COPIED.with(|c| c.set(c.get() + n as u64));
+}
+
+/// Number of elements this thread's copies between layouts (`contiguous`, `assign`,
+/// `concat`, the convolutions' operand conversions) have written so far. Tests take the
+/// difference around a call to prove what it copied, however the copies were batched
+/// into launches.
+pub fn copied_elements() -> u64 {
+    COPIED.with(|c| c.get())
 }

@@ -21,7 +21,7 @@ pub mod shape;
 pub mod tensor;
 pub mod testing;
 
-pub use device::{Device, DeviceKind, launch_count};
+pub use device::{Device, DeviceKind, copied_elements, launch_count};
 pub use dtype::{DType, Element, bf16};
 pub use error::{Error, Result};
 pub use ops::{

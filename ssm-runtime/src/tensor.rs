@@ -418,6 +418,22 @@ impl Tensor {
         Ok(out)
     }
 
+    /// [`contiguous`](Self::contiguous) of `self` and `other` at once: where both take a
+    /// copy and both copies are tiled transposes of one dtype on one device (a
+    /// channels-first operand and a weight reordered for the tensor cores), one launch
+    /// moves both.
+    pub(crate) fn contiguous_pair(&self, other: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.is_contiguous() || other.is_contiguous() {
+            return Ok((self.contiguous()?, other.contiguous()?));
+        }
+        require_bf16_device("contiguous", self.dtype, &self.device)?;
+        require_bf16_device("contiguous", other.dtype, &other.device)?;
+        let a = Tensor::empty(&self.shape, self.dtype, &self.device);
+        let b = Tensor::empty(&other.shape, other.dtype, &other.device);
+        kernels::copy::copy_pair((self, &a), (other, &b));
+        Ok((a, b))
+    }
+
     /// Contiguous and starting at element 0 of its buffer: `self` when it already is,
     /// otherwise a copy. Kernels that index a flat buffer without an offset need this.
     pub fn compact(&self) -> Result<Tensor> {

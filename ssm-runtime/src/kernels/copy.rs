@@ -4,7 +4,7 @@
 
 use cubecl::prelude::*;
 
-use crate::device::record_launch;
+use crate::device::{record_copy, record_launch};
 use crate::dispatch;
 use crate::kernels::launch::elemwise_grid;
 use crate::kernels::transpose;
@@ -37,16 +37,41 @@ fn copy_kernel<T: Numeric>(
     }
 }
 
+/// The tiled transpose that copies `src` into `dst`, when the copy is one.
+fn as_transpose<'a>(src: &'a SsmTensor, dst: &'a SsmTensor) -> Option<transpose::Job<'a>> {
+    if !dst.is_contiguous() {
+        return None;
+    }
+    let dims = transpose::batched_transpose(src.shape(), src.strides())?;
+    Some(transpose::Job { src, dst, dims })
+}
+
+/// `dst[...] = src[...]` for two pairs of views, in one launch where both copies are
+/// tiled transposes of one dtype on one device; the caller checked each pair as for
+/// [`copy`].
+pub(crate) fn copy_pair(a: (&SsmTensor, &SsmTensor), b: (&SsmTensor, &SsmTensor)) {
+    let same_kind = a.0.dtype == b.0.dtype && a.0.device == b.0.device;
+    match (as_transpose(a.0, a.1), as_transpose(b.0, b.1)) {
+        (Some(ja), Some(jb)) if same_kind && a.0.numel() > 0 && b.0.numel() > 0 => {
+            record_copy(a.0.numel() + b.0.numel());
+            transpose::transpose_pair(&ja, &jb)
+        }
+        _ => {
+            copy(a.0, a.1);
+            copy(b.0, b.1);
+        }
+    }
+}
+
 /// `dst[...] = src[...]`; the caller checked that shapes and dtypes match.
 pub(crate) fn copy(src: &SsmTensor, dst: &SsmTensor) {
     let n = src.numel();
     if n == 0 {
         return;
     }
-    if dst.is_contiguous()
-        && let Some((batch, rows, cols)) = transpose::batched_transpose(src.shape(), src.strides())
-    {
-        return transpose::transpose(src, dst, batch, rows, cols);
+    record_copy(n);
+    if let Some(job) = as_transpose(src, dst) {
+        return transpose::transpose(&job);
     }
     dispatch!(src.device, c => {
         let (count, dim) = elemwise_grid(c, n);

@@ -36,6 +36,56 @@ fn pitch(tile: usize, elem: usize) -> usize {
 /// Smallest run on either side worth a tile: narrower ones leave most of each tile empty.
 const MIN_SIDE: usize = 8;
 
+/// Tile `t` of one batched transpose (`[batch, rows, cols]` from `src_off` into `[batch,
+/// cols, rows]` from `dst_off`), through `buf`. Uniform per cube: every unit of the cube
+/// reaches its barrier.
+#[cube]
+fn transpose_tile<T: Numeric>(
+    src: &Array<T>,
+    dst: &mut Array<T>,
+    buf: &mut SharedMemory<T>,
+    t: usize,
+    src_off: usize,
+    dst_off: usize,
+    rows: usize,
+    cols: usize,
+    #[comptime] tile: usize,
+    #[comptime] pitch: usize,
+) {
+    let tiles_c = cols.div_ceil(tile);
+    let tiles_per_batch = rows.div_ceil(tile) * tiles_c;
+    let b = t / tiles_per_batch;
+    let t = t % tiles_per_batch;
+    let r0 = (t / tiles_c) * tile;
+    let c0 = (t % tiles_c) * tile;
+    let base = b * rows * cols;
+    let tx = UNIT_POS_X as usize;
+    let ty = UNIT_POS_Y as usize;
+    #[unroll]
+    for k in 0..tile / ROWS {
+        #[unroll]
+        for h in 0..tile / WARP {
+            let (tr, tc) = (ty + k * ROWS, tx + h * WARP);
+            let (r, c) = (r0 + tr, c0 + tc);
+            if r < rows && c < cols {
+                buf[tr * pitch + tc] = src[src_off + base + r * cols + c];
+            }
+        }
+    }
+    sync_cube();
+    #[unroll]
+    for k in 0..tile / ROWS {
+        #[unroll]
+        for h in 0..tile / WARP {
+            let (tc, tr) = (ty + k * ROWS, tx + h * WARP);
+            let (c, r) = (c0 + tc, r0 + tr);
+            if r < rows && c < cols {
+                dst[dst_off + base + c * rows + r] = buf[tr * pitch + tc];
+            }
+        }
+    }
+}
+
 #[cube(launch_unchecked)]
 fn transpose_kernel<T: Numeric>(
     src: &Array<T>,
@@ -44,47 +94,52 @@ fn transpose_kernel<T: Numeric>(
     dst_off: usize,
     rows: usize,
     cols: usize,
-    tiles_c: usize,
-    tiles_per_batch: usize,
     tiles: usize,
     #[comptime] tile: usize,
     #[comptime] pitch: usize,
     #[define(T)] _d: StorageType,
 ) {
+    let mut buf = SharedMemory::<T>::new(tile * pitch);
     let cube = CUBE_POS;
-    // Uniform per cube, so every unit of a live cube reaches the barrier.
     if cube < tiles {
-        let b = cube / tiles_per_batch;
-        let t = cube % tiles_per_batch;
-        let r0 = (t / tiles_c) * tile;
-        let c0 = (t % tiles_c) * tile;
-        let base = b * rows * cols;
-        let tx = UNIT_POS_X as usize;
-        let ty = UNIT_POS_Y as usize;
-        let mut buf = SharedMemory::<T>::new(tile * pitch);
-        #[unroll]
-        for k in 0..tile / ROWS {
-            #[unroll]
-            for h in 0..tile / WARP {
-                let (tr, tc) = (ty + k * ROWS, tx + h * WARP);
-                let (r, c) = (r0 + tr, c0 + tc);
-                if r < rows && c < cols {
-                    buf[tr * pitch + tc] = src[src_off + base + r * cols + c];
-                }
-            }
-        }
-        sync_cube();
-        #[unroll]
-        for k in 0..tile / ROWS {
-            #[unroll]
-            for h in 0..tile / WARP {
-                let (tc, tr) = (ty + k * ROWS, tx + h * WARP);
-                let (c, r) = (c0 + tc, r0 + tr);
-                if r < rows && c < cols {
-                    dst[dst_off + base + c * rows + r] = buf[tr * pitch + tc];
-                }
-            }
-        }
+        transpose_tile(
+            src, dst, &mut buf, cube, src_off, dst_off, rows, cols, tile, pitch,
+        );
+    }
+}
+
+/// Two batched transposes in one launch (one shared tile buffer): cubes `[0, tiles_a)`
+/// move the first one's tiles, the next `tiles_b` the second's.
+#[cube(launch_unchecked)]
+fn transpose_pair_kernel<T: Numeric>(
+    src_a: &Array<T>,
+    dst_a: &mut Array<T>,
+    src_b: &Array<T>,
+    dst_b: &mut Array<T>,
+    src_off_a: usize,
+    dst_off_a: usize,
+    rows_a: usize,
+    cols_a: usize,
+    tiles_a: usize,
+    src_off_b: usize,
+    dst_off_b: usize,
+    rows_b: usize,
+    cols_b: usize,
+    tiles_b: usize,
+    #[comptime] tile: usize,
+    #[comptime] pitch: usize,
+    #[define(T)] _d: StorageType,
+) {
+    let mut buf = SharedMemory::<T>::new(tile * pitch);
+    let cube = CUBE_POS;
+    if cube < tiles_a {
+        let (s, d) = (src_off_a, dst_off_a);
+        transpose_tile(
+            src_a, dst_a, &mut buf, cube, s, d, rows_a, cols_a, tile, pitch,
+        );
+    } else if cube < tiles_a + tiles_b {
+        let (t, s, d) = (cube - tiles_a, src_off_b, dst_off_b);
+        transpose_tile(src_b, dst_b, &mut buf, t, s, d, rows_b, cols_b, tile, pitch);
     }
 }
 
@@ -124,35 +179,50 @@ pub(crate) fn batched_transpose(
     None
 }
 
-/// `dst` (contiguous `[batch, cols, rows]` from `dst.offset`) = the transpose of `src`
-/// (contiguous `[batch, rows, cols]` from `src.offset`); the caller checked both layouts
-/// with [`batched_transpose`].
-pub(crate) fn transpose(src: &SsmTensor, dst: &SsmTensor, batch: usize, rows: usize, cols: usize) {
-    let elem = src.dtype.size();
+/// One batched transpose: `dst` (contiguous `[batch, cols, rows]` from `dst.offset`) = the
+/// transpose of `src` (contiguous `[batch, rows, cols]` from `src.offset`), with `dims` =
+/// `(batch, rows, cols)` as [`batched_transpose`] found them.
+pub(crate) struct Job<'a> {
+    pub src: &'a SsmTensor,
+    pub dst: &'a SsmTensor,
+    pub dims: (usize, usize, usize),
+}
+
+impl Job<'_> {
+    /// Tiles (one cube each) of `edge` elements a side.
+    fn tiles(&self, edge: usize) -> usize {
+        let (batch, rows, cols) = self.dims;
+        batch * rows.div_ceil(edge) * cols.div_ceil(edge)
+    }
+}
+
+/// A cube: one tile, `WARP × ROWS` units.
+const DIM: CubeDim = CubeDim::new_2d(WARP as u32, ROWS as u32);
+
+/// Runs `job`.
+pub(crate) fn transpose(job: &Job) {
+    let elem = job.src.dtype.size();
     let edge = tile(elem);
-    let tiles_c = cols.div_ceil(edge);
-    let tiles_per_batch = rows.div_ceil(edge) * tiles_c;
-    let tiles = batch * tiles_per_batch;
+    let tiles = job.tiles(edge);
     if tiles == 0 {
         return;
     }
+    let (_, rows, cols) = job.dims;
+    let (src, dst) = (job.src, job.dst);
     dispatch!(src.device, c => {
-        let dim = CubeDim::new_2d(WARP as u32, ROWS as u32);
-        let count = cubecl::calculate_cube_count_elemwise(c, tiles * WARP * ROWS, dim);
+        let count = cubecl::calculate_cube_count_elemwise(c, tiles * WARP * ROWS, DIM);
         record_launch();
         unsafe {
             transpose_kernel::launch_unchecked(
                 c,
                 count,
-                dim,
+                DIM,
                 src.array_arg(src.buffer_len()),
                 dst.array_arg(dst.buffer_len()),
                 src.offset,
                 dst.offset,
                 rows,
                 cols,
-                tiles_c,
-                tiles_per_batch,
                 tiles,
                 edge,
                 pitch(edge, elem),
@@ -162,9 +232,53 @@ pub(crate) fn transpose(src: &SsmTensor, dst: &SsmTensor, batch: usize, rows: us
     })
 }
 
+/// Runs both jobs in one launch: two small transposes (a convolution's operand and its
+/// weights, or both operands of a weight gradient) share one launch and its ramp. The
+/// caller checked that both have one dtype and one device.
+pub(crate) fn transpose_pair(a: &Job, b: &Job) {
+    debug_assert!(a.src.dtype == b.src.dtype && a.src.device == b.src.device);
+    let elem = a.src.dtype.size();
+    let edge = tile(elem);
+    let (tiles_a, tiles_b) = (a.tiles(edge), b.tiles(edge));
+    if tiles_a + tiles_b == 0 {
+        return;
+    }
+    let ((_, rows_a, cols_a), (_, rows_b, cols_b)) = (a.dims, b.dims);
+    dispatch!(a.src.device, c => {
+        let count = cubecl::calculate_cube_count_elemwise(c, (tiles_a + tiles_b) * WARP * ROWS, DIM);
+        record_launch();
+        unsafe {
+            transpose_pair_kernel::launch_unchecked(
+                c,
+                count,
+                DIM,
+                a.src.array_arg(a.src.buffer_len()),
+                a.dst.array_arg(a.dst.buffer_len()),
+                b.src.array_arg(b.src.buffer_len()),
+                b.dst.array_arg(b.dst.buffer_len()),
+                a.src.offset,
+                a.dst.offset,
+                rows_a,
+                cols_a,
+                tiles_a,
+                b.src.offset,
+                b.dst.offset,
+                rows_b,
+                cols_b,
+                tiles_b,
+                edge,
+                pitch(edge, elem),
+                a.src.dtype.storage(),
+            )
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
+    use crate::testing::{HostRng, device};
 
     fn strides_of(shape: &[usize], order: &[usize]) -> Vec<usize> {
         // `order` lists the axes from slowest to fastest in memory.
@@ -206,6 +320,63 @@ mod tests {
         assert_eq!(batched_transpose(&[16, 16], &[0, 1]), None);
         // A short side leaves tiles mostly empty.
         assert_eq!(batched_transpose(&[4, 64], &[1, 4]), None);
+    }
+
+    /// `data` (contiguous `shape`) as the contiguous copy of its view permuted by `perm`.
+    fn host_permuted(data: &[f64], shape: &[usize], perm: &[usize]) -> Vec<f64> {
+        let strides = strides_of(shape, &(0..shape.len()).collect::<Vec<_>>());
+        let out_shape: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+        (0..data.len())
+            .map(|i| {
+                let (mut rem, mut at) = (i, 0);
+                for k in (0..perm.len()).rev() {
+                    at += rem % out_shape[k] * strides[perm[k]];
+                    rem /= out_shape[k];
+                }
+                data[at]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pair_of_transposes_is_one_launch() {
+        let d = device();
+        let mut rng = HostRng::new(0x7a11);
+        // A channels-first activation to channels-last, from an offset view, and a weight
+        // with its output channels made fastest (backward-data's order).
+        let (x_shape, x_perm) = ([3, 48, 5, 6, 7], [0, 2, 3, 4, 1]);
+        let (w_shape, w_perm) = ([24, 16, 3, 3, 3], [1, 2, 3, 4, 0]);
+        let mut dtypes = vec![(DType::F32, DType::F32), (DType::F64, DType::F64)];
+        if d.has_bf16() {
+            dtypes.push((DType::BF16, DType::BF16));
+        }
+        // Mixed dtypes take two launches, with the same results.
+        dtypes.push((DType::F32, DType::F64));
+        for (tx, tw) in dtypes {
+            let what = format!("{tx} / {tw}");
+            let upload = |shape: &[usize], t: DType, rng: &mut HostRng| {
+                let host: Vec<f64> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
+                SsmTensor::from_f64(&host, shape, t, &d).unwrap()
+            };
+            let x = upload(&x_shape, tx, &mut rng).narrow(0, 1, 2).unwrap();
+            let w = upload(&w_shape, tw, &mut rng);
+            let (xv, wv) = (x.permute(&x_perm).unwrap(), w.permute(&w_perm).unwrap());
+
+            let before = crate::launch_count();
+            let (xc, wc) = xv.contiguous_pair(&wv).unwrap();
+            let paired = crate::launch_count() - before;
+            let before = crate::launch_count();
+            drop((xv.contiguous().unwrap(), wv.contiguous().unwrap()));
+            let apart = crate::launch_count() - before;
+            assert_eq!(apart - paired, u64::from(tx == tw), "{what}: launches");
+
+            for (got, src, perm) in [(&xc, &x, &x_perm[..]), (&wc, &w, &w_perm[..])] {
+                assert!(got.is_contiguous() && got.offset == 0, "{what}");
+                assert_eq!(got.shape(), src.permute(perm).unwrap().shape(), "{what}");
+                let want = host_permuted(&src.to_f64_vec().unwrap(), src.shape(), perm);
+                assert_eq!(got.to_f64_vec().unwrap(), want, "{what}");
+            }
+        }
     }
 
     #[test]

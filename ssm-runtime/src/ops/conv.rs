@@ -6,8 +6,10 @@
 //! strided views in place, except that the pipelined tensor-core kernels read channel-fastest
 //! memory: channels-first operands they take are transposed to it (skipped for a view that
 //! already is; results are written channels-first directly), so keep activations
-//! channels-last to pay no copies. [`Tensor::conv_backward`] takes both gradients with one
-//! copy of a channels-first `dy` (the autodiff op's backward uses it). Outputs come back in
+//! channels-last to pay no copies. A pass's two copies (an operand and the weights it
+//! reorders for the tensor cores, or both operands of a weight gradient) go in one
+//! launch. [`Tensor::conv_backward`] takes both gradients with one copy of a
+//! channels-first `dy` (the autodiff op's backward uses it). Outputs come back in
 //! the input's layout. Which kernel runs ([`ConvImpl`]):
 //!
 //! | kernel | used for | prefers |
@@ -618,16 +620,48 @@ fn use_tensor_cores(
     }
 }
 
-/// A view of `w` (`[C_out, C_in/groups, *kernel]`) whose memory has axis `reduced` (1 for
-/// forward, 0 for backward-data) fastest, so tensor-core weight tiles load coalesced.
-fn reduced_fastest(w: &Tensor, reduced: usize) -> Result<Tensor> {
-    let r = w.rank();
-    let perm: Vec<usize> = (0..r).filter(|&a| a != reduced).chain([reduced]).collect();
-    let mut inverse = vec![0; r];
+/// The memory order (axes, slowest first) of a weight (`[C_out, C_in/groups, *kernel]`)
+/// with axis `reduced` (1 for forward, 0 for backward-data) fastest, so tensor-core
+/// weight tiles load coalesced.
+fn reduced_fastest(rank: usize, reduced: usize) -> Vec<usize> {
+    (0..rank)
+        .filter(|&a| a != reduced)
+        .chain([reduced])
+        .collect()
+}
+
+/// The inverse of permutation `perm`.
+fn inverse(perm: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; perm.len()];
     for (i, &a) in perm.iter().enumerate() {
-        inverse[a] = i;
+        inv[a] = i;
     }
-    w.permute(&perm)?.contiguous()?.permute(&inverse)
+    inv
+}
+
+/// Two operands of a tensor-core pass, each `(t, order)` as a view of memory in `order`
+/// (axes, slowest first; `t` itself when its memory already is, or when `order` is
+/// `None`), the copies of both in one launch where both are tiled transposes.
+fn in_memory_order(
+    a: (&Tensor, Option<Vec<usize>>),
+    b: (&Tensor, Option<Vec<usize>>),
+) -> Result<(Tensor, Tensor)> {
+    let view = |(t, order): &(&Tensor, Option<Vec<usize>>)| match order {
+        Some(o) => t.permute(o),
+        None => Ok((*t).clone()),
+    };
+    let back = |t: Tensor, order: &Option<Vec<usize>>| match order {
+        Some(o) => t.permute(&inverse(o)),
+        None => Ok(t),
+    };
+    let (va, vb) = (view(&a)?, view(&b)?);
+    let (ca, cb) = match (&a.1, &b.1) {
+        (Some(_), Some(_)) => va.contiguous_pair(&vb)?,
+        (Some(_), None) => (va.contiguous()?, vb),
+        (None, Some(_)) => (va, vb.contiguous()?),
+        (None, None) => (va, vb),
+    };
+    Ok((back(ca, &a.1)?, back(cb, &b.1)?))
 }
 
 /// `bias` checked against the problem (`[C_out]`, a floating dtype, the input's device) and
@@ -664,11 +698,6 @@ fn first_to_last(rank: usize) -> Vec<usize> {
     [0].into_iter().chain(2..rank).chain([1]).collect()
 }
 
-/// The inverse of [`first_to_last`].
-fn last_to_first(rank: usize) -> Vec<usize> {
-    [0, rank - 1].into_iter().chain(1..rank - 1).collect()
-}
-
 /// (channel-fastest, copied) for a tensor-core pass: whether it reads channel-fastest
 /// memory, and whether that takes copies of channels-first operands. The pipelined kernels
 /// read channel runs in 16-byte chunks (their results go to any strides); for
@@ -680,17 +709,10 @@ fn channel_fastest_pass(p: &ConvProblem, dtype: DType, device: &Device) -> (bool
     (p.layout == Layout::ChannelsLast || copy, copy)
 }
 
-/// Operand `t` of a pass with `copied` from [`channel_fastest_pass`]: when set, channels-first
-/// `t` as a view of channel-fastest memory (`t` itself when its memory already is, else one
-/// tiled transpose); `t` unchanged otherwise.
-fn pass_operand(t: &Tensor, copied: bool) -> Result<Tensor> {
-    if !copied {
-        return Ok(t.clone());
-    }
-    let r = t.rank();
-    t.permute(&first_to_last(r))?
-        .contiguous()?
-        .permute(&last_to_first(r))
+/// The memory order [`in_memory_order`] gives an activation operand of a pass with
+/// `copied` from [`channel_fastest_pass`]: channel-fastest when set, as it is otherwise.
+fn operand_order(t: &Tensor, copied: bool) -> Option<Vec<usize>> {
+    copied.then(|| first_to_last(t.rank()))
 }
 
 /// Forward on the tensor cores (f32 result; a bf16 or f32 bias joins the accumulators).
@@ -710,9 +732,9 @@ fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) ->
             Some(checked_bias(op, &b.to_dtype(DType::F32)?, p, w)?)
         }
     };
-    let wt = reduced_fastest(w, 1)?;
     let (cl, copied) = channel_fastest_pass(p, x.dtype(), x.device());
-    let x = pass_operand(x, copied)?;
+    let w_order = Some(reduced_fastest(w.rank(), 1));
+    let (x, wt) = in_memory_order((x, operand_order(x, copied)), (w, w_order))?;
     let out_shape = p.output_shape();
     let geo = fwd_geo(p, &x, &wt, strides_of_contiguous(&out_shape, p.layout));
     let tile = tc::gemm_tile(p.c_out_g());
@@ -814,9 +836,9 @@ impl Tensor {
             )?
         {
             check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
-            let wt = reduced_fastest(weight, 0)?;
             let (cl, copied) = channel_fastest_pass(&p, dy.dtype(), dy.device());
-            let dy = pass_operand(dy, copied)?;
+            let w_order = Some(reduced_fastest(weight.rank(), 0));
+            let (dy, wt) = in_memory_order((dy, operand_order(dy, copied)), (weight, w_order))?;
             let geo = bwd_geo(&p, &dy, &wt, strides_of_contiguous(input_shape, p.layout));
             let tile = tc::gemm_tile(p.c_in_g());
             let dx = tc::gemm(&dy, &wt, None, input_shape, &geo, cl, true, tile);
@@ -877,7 +899,8 @@ impl Tensor {
         {
             check_operands(op, &[("input", x), ("output gradient", dy)])?;
             let (cl, copied) = channel_fastest_pass(&p, x.dtype(), x.device());
-            let (x, dy) = (pass_operand(x, copied)?, pass_operand(dy, copied)?);
+            let order = operand_order(x, copied);
+            let (x, dy) = in_memory_order((x, order.clone()), (dy, order))?;
             let geo = wgrad_geo(&p, &x, &dy);
             let tile = tc::wgrad_tile(p.c_out_g());
             let parts = tc::wgrad(&x, &dy, &geo, cl, tile);
@@ -921,8 +944,8 @@ impl Tensor {
     /// kernels: [`conv_backward_input`](Self::conv_backward_input) and
     /// [`conv_backward_weight`](Self::conv_backward_weight), except that a channels-first
     /// `dy` which both passes would copy to channel-fastest memory for the tensor cores is
-    /// copied once for both (a training step's backward converts its output gradient once,
-    /// not per pass).
+    /// copied once for both, in one launch with `x` (a training step's backward converts
+    /// its output gradient once, not per pass).
     pub fn conv_backward(
         x: &Tensor,
         weight: &Tensor,
@@ -945,12 +968,14 @@ impl Tensor {
                 // The passes report what is wrong.
                 _ => false,
             };
-        let dy = pass_operand(dy, shared)?;
+        // Shared: dy and x copied in one launch; the passes find them channel-fastest.
+        let order = operand_order(dy, shared);
+        let (dy, x) = in_memory_order((dy, order.clone()), (x, order))?;
         let dx = want_input
             .then(|| Tensor::conv_backward_input(&dy, weight, x.shape(), spec, auto))
             .transpose()?;
         let dw = want_weight
-            .then(|| Tensor::conv_backward_weight(x, &dy, weight.shape(), spec, auto))
+            .then(|| Tensor::conv_backward_weight(&x, &dy, weight.shape(), spec, auto))
             .transpose()?;
         Ok((dx.map(|r| r.0), dw.map(|r| r.0)))
     }
