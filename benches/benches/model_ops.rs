@@ -10,8 +10,10 @@
 //!   TF32, channels-last, for comparison); passes `fwd`,
 //!   `bwd_data`, `bwd_weight` (weight gradient including the sum over splits), and for the
 //!   `bf16` and `tf32` kernels `bwd` (both gradients through `Tensor::conv_backward`, as a
-//!   training step takes them: a channels-first dy is converted once for both). Throughput
-//!   counts 2·N·C²·27·H·W·D FLOP a pass as "elements".
+//!   training step takes them: a channels-first dy is converted once for both). Weights
+//!   follow the layout as PyTorch's do: contiguous `[C_out, C_in, 3, 3, 3]` for `cf`,
+//!   channels-last memory (`[C_out, 3, 3, 3, C_in]`, `channels_last_3d`) viewed in that
+//!   axis order for `cl`. Throughput counts 2·N·C²·27·H·W·D FLOP a pass as "elements".
 //! - `norm/<op>/<pass>` on (2, 48, 112, 112, 32): LayerNorm over channels with affine
 //!   (`ln_cl` channels-last, `ln_cf` channels-first) and InstanceNorm without affine
 //!   (`in_cf`, `in_cl`); `bwd` computes every gradient (x, and weight and bias for
@@ -192,22 +194,33 @@ fn conv_group(c: &mut Criterion, k: ConvKernel) {
             eprintln!("conv3d {name} {kernel}: {} not available on {d}", k.dtype);
             continue;
         };
+        // The channels-last cases take the weight in channels-last memory, as PyTorch's do
+        // (`channels_last_3d`), viewed in PyTorch's axis order: the same values.
+        let weight_cl = weight
+            .permute(&[0, 2, 3, 4, 1])
+            .and_then(|w| w.contiguous())
+            .and_then(|w| w.permute(&[0, 4, 1, 2, 3]))
+            .unwrap();
         for layout in layouts {
+            let weight = match layout {
+                Layout::ChannelsLast => &weight_cl,
+                Layout::ChannelsFirst => &weight,
+            };
             let spec = ConvSpec::new().same().layout(layout).allow_tf32(k.tf32);
             let shape = layout.shape(n, ch, &[h, w, dd]);
             let x = rand(&shape, 1).to_dtype(k.dtype).unwrap();
             let tag = tag(layout);
-            if !available(&x, &weight, &spec, which) {
+            if !available(&x, weight, &spec, which) {
                 eprintln!("conv3d {name} {tag}: not available on {d}");
                 continue;
             }
-            let (dy, _) = x.conv_with(&weight, None, &spec, which).unwrap();
+            let (dy, _) = x.conv_with(weight, None, &spec, which).unwrap();
             let dy = dy.to_dtype(k.dtype).unwrap();
             let id = format!("{name}/{tag}");
             g.bench_with_input(BenchmarkId::new(&id, "fwd"), &(), |b, _| {
                 b.iter_custom(|it| {
                     time_batched(&d, it, || {
-                        drop(x.conv_with(&weight, None, &spec, which).unwrap())
+                        drop(x.conv_with(weight, None, &spec, which).unwrap())
                     })
                 })
             });
@@ -215,8 +228,7 @@ fn conv_group(c: &mut Criterion, k: ConvKernel) {
                 b.iter_custom(|it| {
                     time_batched(&d, it, || {
                         drop(
-                            Tensor::conv_backward_input(&dy, &weight, &shape, &spec, which)
-                                .unwrap(),
+                            Tensor::conv_backward_input(&dy, weight, &shape, &spec, which).unwrap(),
                         )
                     })
                 })
@@ -238,7 +250,7 @@ fn conv_group(c: &mut Criterion, k: ConvKernel) {
                     b.iter_custom(|it| {
                         time_batched(&d, it, || {
                             drop(
-                                Tensor::conv_backward(&x, &weight, &dy, &spec, (true, true))
+                                Tensor::conv_backward(&x, weight, &dy, &spec, (true, true))
                                     .unwrap(),
                             )
                         })

@@ -620,14 +620,18 @@ fn use_tensor_cores(
     }
 }
 
-/// The memory order (axes, slowest first) of a weight (`[C_out, C_in/groups, *kernel]`)
-/// with axis `reduced` (1 for forward, 0 for backward-data) fastest, so tensor-core
-/// weight tiles load coalesced.
-fn reduced_fastest(rank: usize, reduced: usize) -> Vec<usize> {
-    (0..rank)
-        .filter(|&a| a != reduced)
-        .chain([reduced])
-        .collect()
+/// The memory order (axes, slowest first) a tensor-core pass wants of weight `w`
+/// (`[C_out, C_in/groups, *kernel]`): axis `reduced` (1 for forward, 0 for backward-data)
+/// fastest, so weight tiles load coalesced, the others as `w`'s memory has them (the
+/// kernels take any strides there). A PyTorch-order weight takes one tiled transpose
+/// either way; a channels-last one (`[C_out, *kernel, C_in]` memory, PyTorch's
+/// `channels_last_3d`) none for the forward.
+fn reduced_fastest(w: &Tensor, reduced: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..w.rank()).filter(|&a| a != reduced).collect();
+    // Slowest first; a stable sort keeps axis order among equal strides (unit axes).
+    order.sort_by_key(|&a| std::cmp::Reverse(w.strides()[a]));
+    order.push(reduced);
+    order
 }
 
 /// The inverse of permutation `perm`.
@@ -733,7 +737,7 @@ fn tc_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: &ConvProblem) ->
         }
     };
     let (cl, copied) = channel_fastest_pass(p, x.dtype(), x.device());
-    let w_order = Some(reduced_fastest(w.rank(), 1));
+    let w_order = Some(reduced_fastest(w, 1));
     let (x, wt) = in_memory_order((x, operand_order(x, copied)), (w, w_order))?;
     let out_shape = p.output_shape();
     let geo = fwd_geo(p, &x, &wt, strides_of_contiguous(&out_shape, p.layout));
@@ -837,7 +841,7 @@ impl Tensor {
         {
             check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
             let (cl, copied) = channel_fastest_pass(&p, dy.dtype(), dy.device());
-            let w_order = Some(reduced_fastest(weight.rank(), 0));
+            let w_order = Some(reduced_fastest(weight, 0));
             let (dy, wt) = in_memory_order((dy, operand_order(dy, copied)), (weight, w_order))?;
             let geo = bwd_geo(&p, &dy, &wt, strides_of_contiguous(input_shape, p.layout));
             let tile = tc::gemm_tile(p.c_in_g());

@@ -1060,3 +1060,58 @@ fn conv_backward_converts_the_output_gradient_once() {
         .to_string();
     assert!(e.contains("does not match"), "{e}");
 }
+
+/// A weight in channels-last memory (`[C_out, *kernel, C_in]`, PyTorch's
+/// `channels_last_3d`) viewed as `[C_out, C_in, *kernel]` gives what the same weight in
+/// PyTorch's order gives, bit for bit (the same kernels read the same values), and the
+/// tensor-core forward reads it without a copy where the PyTorch-order weight takes one.
+/// f64 everywhere; bf16 and TF32 where the device has tensor cores.
+#[test]
+fn conv_takes_channels_last_weights() {
+    let d = device();
+    let mut r = rng(113);
+    let mut dtypes = vec![DType::F64];
+    dtypes.extend(
+        [DType::BF16, DType::F32]
+            .into_iter()
+            .filter(|&t| d.has_tensor_cores(t)),
+    );
+    let (input, c_out) = (vec![2usize, 16, 4, 5, 6], 24);
+    let w_shape = [c_out, input[1], 3, 3, 3];
+    let w_memory = [c_out, 3, 3, 3, input[1]];
+    for dtype in dtypes {
+        for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+            let what = format!("{dtype} {layout:?}");
+            let spec = ConvSpec::new().same().layout(layout).allow_tf32(true);
+            let in_shape = to_layout(&input, layout);
+            let p = spec.resolve("test", &in_shape, &w_shape).unwrap();
+            let len = |s: &[usize]| s.iter().product::<usize>();
+            let x = upload(&r.vec(len(&in_shape), -1.0, 1.0), &in_shape, dtype);
+            let dy_shape = p.output_shape();
+            let dy = upload(&r.vec(len(&dy_shape), -1.0, 1.0), &dy_shape, dtype);
+            let w_cl = upload(&r.vec(len(&w_memory), -1.0, 1.0), &w_memory, dtype)
+                .permute(&[0, 4, 1, 2, 3])
+                .unwrap();
+            let w = w_cl.contiguous().unwrap();
+            assert_eq!(w.shape(), w_cl.shape(), "{what}");
+
+            let auto = ConvImpl::Auto;
+            let mut runs = Vec::new();
+            for weight in [&w, &w_cl] {
+                let before = ssm_runtime::copied_elements();
+                let (y, ran) = x.conv_with(weight, None, &spec, auto).unwrap();
+                let copied = ssm_runtime::copied_elements() - before;
+                let (dx, _) =
+                    Tensor::conv_backward_input(&dy, weight, &in_shape, &spec, auto).unwrap();
+                let vals = [y, dx].map(|t| t.to_f64_vec().unwrap());
+                runs.push((ran, copied, vals));
+            }
+            let ((ran, copied, want), (ran_cl, copied_cl, got)) = (&runs[0], &runs[1]);
+            assert_eq!(ran, ran_cl, "{what}");
+            assert_eq!(got[0], want[0], "{what}: forward");
+            assert_eq!(got[1], want[1], "{what}: input gradient");
+            let reorder = u64::from(*ran == ConvImpl::TensorCore) * w.numel() as u64;
+            assert_eq!(copied - copied_cl, reorder, "{what}: forward copies");
+        }
+    }
+}
