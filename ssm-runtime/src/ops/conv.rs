@@ -2,15 +2,18 @@
 //! dilation, bias and groups, and their input and weight gradients.
 //!
 //! Activations are channels-first `[N, C, *spatial]` or channels-last `[N, *spatial, C]`
-//! ([`Layout`]); weights always use PyTorch's `[C_out, C_in / groups, *kernel]`. Kernels read
-//! strided views in place, except that the pipelined tensor-core kernels read channel-fastest
-//! memory: channels-first operands they take are transposed to it (skipped for a view that
-//! already is; results are written channels-first directly), so keep activations
-//! channels-last to pay no copies. A pass's two copies (an operand and the weights it
-//! reorders for the tensor cores, or both operands of a weight gradient) go in one
-//! launch. [`Tensor::conv_backward`] takes both gradients with one copy of a
-//! channels-first `dy` (the autodiff op's backward uses it). Outputs come back in
-//! the input's layout. Which kernel runs ([`ConvImpl`]):
+//! ([`Layout`]); weights always use PyTorch's `[C_out, C_in / groups, *kernel]` axis order,
+//! in any memory order (a channels-last model can keep them as `[C_out, *kernel, C_in]`
+//! memory, PyTorch's `channels_last_3d`, which the tensor-core forward reads without the
+//! weight copy a PyTorch-order weight takes). Kernels read strided views in place, except
+//! that the pipelined tensor-core kernels read channel-fastest memory: channels-first
+//! operands they take are transposed to it (skipped for a view that already is; results
+//! are written channels-first directly), so keep activations channels-last to pay no
+//! copies. A pass's two copies (an operand and the weights it reorders for the tensor
+//! cores, or both operands of a weight gradient) go in one launch.
+//! [`Tensor::conv_backward`] takes both gradients with one copy of a channels-first `dy`
+//! (the autodiff op's backward uses it). Outputs come back in the input's layout. Which
+//! kernel runs ([`ConvImpl`]):
 //!
 //! | kernel | used for | prefers |
 //! | --- | --- | --- |
