@@ -625,14 +625,26 @@ fn use_tensor_cores(
 
 /// The memory order (axes, slowest first) a tensor-core pass wants of weight `w`
 /// (`[C_out, C_in/groups, *kernel]`): axis `reduced` (1 for forward, 0 for backward-data)
-/// fastest, so weight tiles load coalesced, the others as `w`'s memory has them (the
-/// kernels take any strides there). A PyTorch-order weight takes one tiled transpose
-/// either way; a channels-last one (`[C_out, *kernel, C_in]` memory, PyTorch's
-/// `channels_last_3d`) none for the forward.
+/// fastest, so weight tiles load coalesced, and the taps packed in their order (the
+/// kernels step the weight by tap · the last tap stride); the other channel axis goes
+/// before the taps, or between them and `reduced` where `w`'s memory has it there. A
+/// PyTorch-order weight takes one tiled transpose either way; a channels-last one
+/// (`[C_out, *kernel, C_in]` memory, PyTorch's `channels_last_3d`) none for the forward
+/// and one tiled transpose (not a scattered copy) for backward-data.
 fn reduced_fastest(w: &Tensor, reduced: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..w.rank()).filter(|&a| a != reduced).collect();
-    // Slowest first; a stable sort keeps axis order among equal strides (unit axes).
-    order.sort_by_key(|&a| std::cmp::Reverse(w.strides()[a]));
+    let other = 1 - reduced;
+    let taps = 2..w.rank();
+    let tap_stride = taps
+        .clone()
+        .filter(|&a| w.shape()[a] > 1)
+        .map(|a| w.strides()[a])
+        .min();
+    let inside = tap_stride.is_some_and(|t| w.strides()[other] < t);
+    let mut order: Vec<usize> = if inside {
+        taps.chain([other]).collect()
+    } else {
+        [other].into_iter().chain(taps).collect()
+    };
     order.push(reduced);
     order
 }
@@ -1208,5 +1220,35 @@ mod cubek_conv {
         })?;
         // [C_out, *k, C_in] → [C_out, C_in, *k]
         from_channels_last(dw, Layout::ChannelsFirst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::device;
+
+    #[test]
+    fn tensor_core_weight_orders_keep_the_taps_packed() {
+        let d = device();
+        let w = Tensor::zeros(&[24, 16, 3, 3, 3], DType::F32, &d).unwrap();
+        // PyTorch order: forward [C_out, taps, C_in], backward-data [C_in, taps, C_out].
+        assert_eq!(reduced_fastest(&w, 1), [0, 2, 3, 4, 1]);
+        assert_eq!(reduced_fastest(&w, 0), [1, 2, 3, 4, 0]);
+        // Channels-last memory [C_out, taps, C_in]: the forward's order as it is; for
+        // backward-data C_in stays after the taps ([taps, C_in, C_out], one transpose).
+        let cl = Tensor::zeros(&[24, 3, 3, 3, 16], DType::F32, &d).unwrap();
+        let cl = cl.permute(&[0, 4, 1, 2, 3]).unwrap();
+        assert_eq!(reduced_fastest(&cl, 1), [0, 2, 3, 4, 1]);
+        assert_eq!(reduced_fastest(&cl, 0), [2, 3, 4, 1, 0]);
+        // Taps split by a channel axis in memory ([kd, C_out, C_in, kh, kw]) come out
+        // packed all the same.
+        let odd = Tensor::zeros(&[3, 24, 16, 3, 3], DType::F32, &d).unwrap();
+        let odd = odd.permute(&[1, 2, 0, 3, 4]).unwrap();
+        assert_eq!(reduced_fastest(&odd, 1), [0, 2, 3, 4, 1]);
+        assert_eq!(reduced_fastest(&odd, 0), [1, 2, 3, 4, 0]);
+        // A 1 × 1 × 1 kernel has no tap stride to go by.
+        let point = Tensor::zeros(&[24, 16, 1, 1, 1], DType::F32, &d).unwrap();
+        assert_eq!(reduced_fastest(&point, 0), [1, 2, 3, 4, 0]);
     }
 }
