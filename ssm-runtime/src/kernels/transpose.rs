@@ -2,7 +2,9 @@
 //! contiguous `[B, C, R]` destination. [`super::copy::copy`] takes this path for views whose
 //! axes fall into two swapped runs (NCDHW ↔ NDHWC, `[B, D, L]` ↔ `[B, L, D]`): the strided
 //! copy would read or write such a view one scattered element at a time, while a tile is
-//! read along C and written along R, both coalesced.
+//! read along C and written along R, both coalesced. [`transpose_pair`] runs two such
+//! copies of one dtype in one launch ([`super::copy::copy_pair`]: a convolution's operand
+//! and weight copies).
 
 use cubecl::prelude::*;
 
