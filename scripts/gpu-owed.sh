@@ -7,6 +7,9 @@
 #   bash scripts/gpu-owed.sh table             every tensor-core pass, ours then PyTorch's
 #   bash scripts/gpu-owed.sh wgrad             the tensor-core weight gradients, likewise
 #   bash scripts/gpu-owed.sh sweep FILE        one sweep file (scripts/sweeps/)
+#   bash scripts/gpu-owed.sh ab FILE [BASE]    one sweep file on the build in BASE (default
+#                                              stage-a: a baseline, see docs/gpu-workflow.md)
+#                                              and then on STAGE, one machine, logs apart
 #   bash scripts/gpu-owed.sh reduce            the reduce and layout benches, ours then PyTorch's
 #
 # Several steps in one call: `bash scripts/gpu-owed.sh tests 250 && bash
@@ -23,7 +26,7 @@ run="$STAGE/gpu-run.sh"
 # Unpack once, before steps that run processes side by side.
 bash "$run" ssm --help > /dev/null 2>&1
 
-what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | reduce}"
+what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce}"
 case "$what" in
   tests)
     limit="${2:-420}"
@@ -63,6 +66,15 @@ case "$what" in
   sweep)
     file="${2:?usage: gpu-owed.sh sweep FILE}"
     OUT="$OUT/$(basename "$file" .txt)" STAGE="$STAGE" bash scripts/gpu-sweep.sh "$file" ;;
+  ab)
+    file="${2:?usage: gpu-owed.sh ab FILE [BASE]}"
+    base="${3:-stage-a}"
+    [ -f "$base/gpu-run.sh" ] || { echo "gpu-owed: no $base/gpu-run.sh (stage the baseline)" >&2; exit 2; }
+    name="$(basename "$file" .txt)"
+    echo "== $base"
+    OUT="$OUT/$name-a" STAGE="$base" bash scripts/gpu-sweep.sh "$file"
+    echo "== $STAGE"
+    OUT="$OUT/$name-b" STAGE="$STAGE" bash scripts/gpu-sweep.sh "$file" ;;
   reduce)
     OUT="$OUT/reduce" bash "$run" bench primitives 'reduce|layout' > /dev/null 2>&1
     python3 benches/torch_model_ops.py reduce/ layout/ > "$OUT/reduce/torch_reduce.log" 2>&1
