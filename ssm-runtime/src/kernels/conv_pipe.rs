@@ -46,7 +46,9 @@ use crate::dispatch;
 use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, position_grid, src_coord, sum_tap_splits, tap_splits};
 use crate::kernels::conv_mma::fragment;
-use crate::kernels::conv_tune::{check_fits, check_warps, conv_tune};
+use crate::kernels::conv_tune::{
+    PROBE_NO_COPIES, PROBE_NO_MMA, check_fits, check_warps, conv_probe, conv_tune,
+};
 use crate::tensor::Tensor as SsmTensor;
 
 /// Positions per segment: a run along w within one dst row, one 16-row MMA block (one
@@ -180,6 +182,7 @@ struct StageShape {
     vec: usize,
     transposed: bool,
     unit_stride: bool,
+    probe: u32,
 }
 
 /// One thread's producer: its halo rows, the cursor at the next stage to issue, and what
@@ -547,7 +550,9 @@ impl Producer {
         #[comptime] slot: usize,
         #[comptime] sh: StageShape,
     ) {
-        issue_stage::<I>(src, w, a_s, b_s, g, self, slot, sh);
+        if comptime!(sh.probe != PROBE_NO_COPIES) {
+            issue_stage::<I>(src, w, a_s, b_s, g, self, slot, sh);
+        }
         bars.commit(slot);
         let (bk, kw_inner, kh_inner) = comptime!((sh.bk, sh.kw_inner, sh.kh_inner));
         if self.cur.advance(
@@ -676,6 +681,7 @@ fn conv_pipe<I: Float, M: Float>(
     #[comptime] has_bias: bool,
     #[comptime] transposed: bool,
     #[comptime] unit_stride: bool,
+    #[comptime] probe: u32,
     #[define(I, M)] _d: [StorageType; 2],
 ) {
     let threads = comptime!(warps_m * warps_n * 32);
@@ -857,6 +863,7 @@ fn conv_pipe<I: Float, M: Float>(
         vec,
         transposed,
         unit_stride,
+        probe,
     });
     let mut prod = Producer {
         rows: hrows,
@@ -892,7 +899,7 @@ fn conv_pipe<I: Float, M: Float>(
                 }
 
                 #[unroll]
-                for uh in 0..kh_inner {
+                for uh in 0..comptime!(if probe == PROBE_NO_MMA { 0 } else { kh_inner }) {
                     #[unroll]
                     for u in 0..kw_inner {
                         // Tap (uh, u) of the group reads the halo shifted by this many rows: u
@@ -1517,6 +1524,7 @@ pub(crate) fn gemm(
                 bias.is_some(),
                 transposed,
                 geo.stride == [1, 1, 1],
+                conv_probe(),
                 [src.dtype.storage(), frag_ty],
             )
         }

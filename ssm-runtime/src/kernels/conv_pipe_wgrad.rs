@@ -26,7 +26,7 @@ use crate::kernels::conv_pipe::{
     SEG, SlotBarriers, copy_chunk, copy_granule, ldmatrix_regs, push_b_pair, rows_aligned,
     seg_place, seg_row, segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
 };
-use crate::kernels::conv_tune::{check_fits, conv_tune};
+use crate::kernels::conv_tune::{PROBE_NO_COPIES, PROBE_NO_MMA, check_fits, conv_probe, conv_tune};
 use crate::kernels::split_sum::split_sum;
 use crate::tensor::Tensor as SsmTensor;
 
@@ -76,6 +76,7 @@ struct StageShape {
     seg_per_row: usize,
     stage_rows: usize,
     vec: usize,
+    probe: u32,
 }
 
 /// One thread's producer: the cube's rows and where the next stage starts, plus what stays
@@ -187,73 +188,76 @@ impl Producer {
         let b_pitch = comptime!(cc + PAD);
         let sub_halo = comptime!(halo / rows_per_seg);
         let ow0 = self.st.sg * i32::cast_from(ks * SEG);
-        // dy: position p of the stage, dst channels m0 + ch·vec ...
-        let a_chunks = comptime!(bm / vec);
-        let a_total = comptime!(ks * SEG * a_chunks);
-        #[unroll]
-        for r in 0..a_total.div_ceil(threads) {
-            let e = tid + r * threads;
-            if e < a_total {
-                let p = e / a_chunks;
-                let ch = e % a_chunks;
-                let co = m0 + i32::cast_from(ch * vec);
-                // The dst row (`sub` rows past the stage's first) and w of position p.
-                let mut ow = ow0 + i32::cast_from(p);
-                let mut row_ok = true;
-                let mut dy_row = self.st.dy_row;
-                if comptime!(stage_rows > 1) {
-                    let (s, q) = (p / SEG, p % SEG);
-                    let (sub, w) = seg_place(
-                        i32::cast_from(s),
-                        i32::cast_from(q / run),
-                        i32::cast_from(q % run),
-                        i32::cast_from(seg_per_row),
-                        rows_per_seg,
-                    );
-                    ow = w;
-                    let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
-                    row_ok = q < rows_per_seg * run && self.st.row + sub < self.tile.row_end;
-                    dy_row = dy_base(g, &self.tile, n, od, oh);
+        // (`SSM_CONV_PROBE=no_copies` leaves the copies out: a timing bound.)
+        if comptime!(sh.probe != PROBE_NO_COPIES) {
+            // dy: position p of the stage, dst channels m0 + ch·vec ...
+            let a_chunks = comptime!(bm / vec);
+            let a_total = comptime!(ks * SEG * a_chunks);
+            #[unroll]
+            for r in 0..a_total.div_ceil(threads) {
+                let e = tid + r * threads;
+                if e < a_total {
+                    let p = e / a_chunks;
+                    let ch = e % a_chunks;
+                    let co = m0 + i32::cast_from(ch * vec);
+                    // The dst row (`sub` rows past the stage's first) and w of position p.
+                    let mut ow = ow0 + i32::cast_from(p);
+                    let mut row_ok = true;
+                    let mut dy_row = self.st.dy_row;
+                    if comptime!(stage_rows > 1) {
+                        let (s, q) = (p / SEG, p % SEG);
+                        let (sub, w) = seg_place(
+                            i32::cast_from(s),
+                            i32::cast_from(q / run),
+                            i32::cast_from(q % run),
+                            i32::cast_from(seg_per_row),
+                            rows_per_seg,
+                        );
+                        ow = w;
+                        let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
+                        row_ok = q < rows_per_seg * run && self.st.row + sub < self.tile.row_end;
+                        dy_row = dy_base(g, &self.tile, n, od, oh);
+                    }
+                    let ok = row_ok && ow < g.dst_w && co < g.c_out;
+                    let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
+                    copy_chunk::<I>(dy, dy_row + ow * g.sd_w + co * g.sd_c, ok, a_s, at, vec);
                 }
-                let ok = row_ok && ow < g.dst_w && co < g.c_out;
-                let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
-                copy_chunk::<I>(dy, dy_row + ow * g.sd_w + co * g.sd_c, ok, a_s, at, vec);
             }
-        }
-        // x halos: row hr of segment s reads x at w = (the segment's first position) − pad_w
-        // + hr (per sub-row of `sub_halo` rows when a segment holds several dst rows).
-        let b_chunks = comptime!(cc / vec);
-        let b_total = comptime!(ks * halo * b_chunks);
-        #[unroll]
-        for r in 0..b_total.div_ceil(threads) {
-            let e = tid + r * threads;
-            if e < b_total {
-                let hrow = e / b_chunks;
-                let ch = e % b_chunks;
-                let s = hrow / halo;
-                let hr = hrow % halo;
-                let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
-                let mut x_row = self.st.x_row;
-                if comptime!(stage_rows > 1) {
-                    let (sub, w) = seg_place(
-                        i32::cast_from(s),
-                        i32::cast_from(hr / sub_halo),
-                        i32::cast_from(hr % sub_halo),
-                        i32::cast_from(seg_per_row),
-                        rows_per_seg,
-                    );
-                    sw = w - g.pad_w;
-                    let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
-                    x_row = select(
-                        self.st.row + sub < self.tile.row_end,
-                        x_base(g, &self.tile, n, od, oh),
-                        -1i32,
-                    );
+            // x halos: row hr of segment s reads x at w = (the segment's first position) − pad_w
+            // + hr (per sub-row of `sub_halo` rows when a segment holds several dst rows).
+            let b_chunks = comptime!(cc / vec);
+            let b_total = comptime!(ks * halo * b_chunks);
+            #[unroll]
+            for r in 0..b_total.div_ceil(threads) {
+                let e = tid + r * threads;
+                if e < b_total {
+                    let hrow = e / b_chunks;
+                    let ch = e % b_chunks;
+                    let s = hrow / halo;
+                    let hr = hrow % halo;
+                    let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
+                    let mut x_row = self.st.x_row;
+                    if comptime!(stage_rows > 1) {
+                        let (sub, w) = seg_place(
+                            i32::cast_from(s),
+                            i32::cast_from(hr / sub_halo),
+                            i32::cast_from(hr % sub_halo),
+                            i32::cast_from(seg_per_row),
+                            rows_per_seg,
+                        );
+                        sw = w - g.pad_w;
+                        let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
+                        x_row = select(
+                            self.st.row + sub < self.tile.row_end,
+                            x_base(g, &self.tile, n, od, oh),
+                            -1i32,
+                        );
+                    }
+                    let c = c0 + i32::cast_from(ch * vec);
+                    let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
+                    let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
+                    copy_chunk::<I>(x, x_row + sw * g.ss_w + c * g.ss_c, ok, b_s, at, vec);
                 }
-                let c = c0 + i32::cast_from(ch * vec);
-                let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
-                let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
-                copy_chunk::<I>(x, x_row + sw * g.ss_w + c * g.ss_c, ok, b_s, at, vec);
             }
         }
         bars.commit(slot);
@@ -291,6 +295,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     #[comptime] mk: usize,
     #[comptime] vec: usize,
     #[comptime] stages: usize,
+    #[comptime] probe: u32,
     #[define(I, M)] _d: [StorageType; 2],
 ) {
     let threads = comptime!(32 * warps_m * kw);
@@ -426,6 +431,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         seg_per_row,
         stage_rows,
         vec,
+        probe,
     });
     #[unroll]
     for j in 0..stages - 1 {
@@ -449,7 +455,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                 }
 
                 #[unroll]
-                for sg in 0..ks {
+                for sg in 0..comptime!(if probe == PROBE_NO_MMA { 0 } else { ks }) {
                     #[unroll]
                     for kk in 0..SEG / mk {
                         // Positions sg·16 + kk·mk .. of the stage; x rows shifted by tap u.
@@ -928,6 +934,7 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
                 tile.warps_m, tile.frags_m, tile.kw, tile.cc, tile.ks, tile.halo, tile.run,
                 tile.rows_per_seg, tile.seg_per_row, tile.stage_rows, mk, vec,
                 tile.stages,
+                conv_probe(),
                 [x.dtype.storage(), frag_ty],
             )
         }

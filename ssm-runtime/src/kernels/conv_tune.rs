@@ -22,6 +22,12 @@
 //! device cannot hold is refused with a panic rather than left to another kernel, so a
 //! sweep never times something other than it asked for. Settings outside the rules are
 //! not covered by the GPU tests: adopt one as a rule, with its tests, before relying on it.
+//!
+//! `SSM_CONV_PROBE` bounds what a faster half of the pipelined kernels could buy, and makes
+//! their results **wrong**: `no_copies` leaves out the global → shared copies (the
+//! products read whatever the stage slots hold; what is left is the consumer and the
+//! barriers), `no_mma` the fragment loads and products (the producer and the barriers).
+//! A timing tool for sweeps only; the process says so on stderr once.
 
 use std::sync::OnceLock;
 
@@ -105,6 +111,43 @@ pub(crate) fn conv_tune() -> &'static ConvTune {
     })
 }
 
+/// [`conv_probe`]: the pipelined kernels as built.
+pub(crate) const PROBE_OFF: u32 = 0;
+/// [`conv_probe`]: no global → shared copies.
+pub(crate) const PROBE_NO_COPIES: u32 = 1;
+/// [`conv_probe`]: no fragment loads or products.
+pub(crate) const PROBE_NO_MMA: u32 = 2;
+
+/// Parse an `SSM_CONV_PROBE` value.
+fn parse_probe(text: &str) -> Result<u32, String> {
+    match text.trim() {
+        "" | "off" => Ok(PROBE_OFF),
+        "no_copies" => Ok(PROBE_NO_COPIES),
+        "no_mma" => Ok(PROBE_NO_MMA),
+        other => Err(format!("`{other}` (known: off, no_copies, no_mma)")),
+    }
+}
+
+/// The process's `SSM_CONV_PROBE` (read once, see the module docs; a malformed value
+/// panics, an active one is announced on stderr).
+pub(crate) fn conv_probe() -> u32 {
+    static PROBE: OnceLock<u32> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let Ok(v) = std::env::var("SSM_CONV_PROBE") else {
+            return PROBE_OFF;
+        };
+        let probe = parse_probe(&v).unwrap_or_else(|e| panic!("SSM_CONV_PROBE: {e}"));
+        if probe != PROBE_OFF {
+            eprintln!(
+                "SSM_CONV_PROBE={}: the pipelined convolution kernels return wrong results \
+                 (a timing bound)",
+                v.trim()
+            );
+        }
+        probe
+    })
+}
+
 /// Refuse an overridden tile that needs `bytes` of shared memory where the device has
 /// `max`: with the rules' tiles the caller would quietly take another kernel.
 pub(crate) fn check_fits(what: &str, bytes: usize, max: usize) {
@@ -126,6 +169,16 @@ pub(crate) fn check_warps(what: &str, warps: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_parse_by_name() {
+        assert_eq!(parse_probe(""), Ok(PROBE_OFF));
+        assert_eq!(parse_probe("off"), Ok(PROBE_OFF));
+        assert_eq!(parse_probe(" no_copies "), Ok(PROBE_NO_COPIES));
+        assert_eq!(parse_probe("no_mma"), Ok(PROBE_NO_MMA));
+        let e = parse_probe("1").unwrap_err();
+        assert!(e.contains("no_copies") && e.contains("`1`"), "{e}");
+    }
 
     #[test]
     fn parses_overrides_and_refuses_what_it_cannot_use() {
