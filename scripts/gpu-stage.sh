@@ -6,6 +6,9 @@
 #                                        # in flight, or as the baseline of an A/B run)
 #   LEAVE_OUT="bench-scan bench-scan_profile" bash scripts/gpu-stage.sh
 #                                        # binaries left out, so a baseline fits beside it
+#   SLIM=1 STAGE=stage-b bash scripts/gpu-stage.sh
+#                                        # only the runtime tests and the model_ops bench
+#                                        # (~5 min instead of ~8, ~11 MiB): kernel A/Bs
 #
 # The GPU machine has no Rust toolchain and no network: binaries built here (release,
 # stripped, CUDA through NVRTC at run time, CUDARC_CUDA_VERSION=13000 for driver 580)
@@ -34,16 +37,25 @@ for line in sys.stdin:
 '
 }
 
-echo "== building tests (release, cuda)" >&2
-cargo test --release --workspace --features "$FEATURES" --no-run --message-format=json-render-diagnostics \
-  | executables > "$STAGE/tests.txt"
-echo "== building benches (release, cuda)" >&2
-cargo bench --workspace --features "$FEATURES" --no-run --message-format=json-render-diagnostics \
-  | executables > "$STAGE/benches.txt"
-echo "== building the CLI (release, cuda)" >&2
-# Same feature set as the tests, so nothing is rebuilt.
-cargo build --release --workspace --features "$FEATURES" --bins --message-format=json-render-diagnostics \
-  | executables > "$STAGE/cli.txt"
+if [ "${SLIM:-0}" = 1 ]; then
+  echo "== building the runtime tests and the model_ops bench (release, cuda)" >&2
+  cargo test --release -p ssm-runtime --features cuda --test runtime --no-run \
+    --message-format=json-render-diagnostics | executables > "$STAGE/tests.txt"
+  cargo bench -p ssm-benches --bench model_ops --features cuda --no-run \
+    --message-format=json-render-diagnostics | executables > "$STAGE/benches.txt"
+  : > "$STAGE/cli.txt"
+else
+  echo "== building tests (release, cuda)" >&2
+  cargo test --release --workspace --features "$FEATURES" --no-run --message-format=json-render-diagnostics \
+    | executables > "$STAGE/tests.txt"
+  echo "== building benches (release, cuda)" >&2
+  cargo bench --workspace --features "$FEATURES" --no-run --message-format=json-render-diagnostics \
+    | executables > "$STAGE/benches.txt"
+  echo "== building the CLI (release, cuda)" >&2
+  # Same feature set as the tests, so nothing is rebuilt.
+  cargo build --release --workspace --features "$FEATURES" --bins --message-format=json-render-diagnostics \
+    | executables > "$STAGE/cli.txt"
+fi
 
 # Stage under stable names: test-<target>, bench-<target>, ssm.
 while read -r name path; do
@@ -61,11 +73,19 @@ while read -r name path; do if [ "$name" = ssm ]; then cp "$path" "$STAGE/bin/ss
 for name in ${LEAVE_OUT:-}; do rm -f "$STAGE/bin/$name"; done
 strip "$STAGE"/bin/* 2>/dev/null || true
 cp scripts/gpu-run.sh "$STAGE/"
+# Which build this is (a stage outlives the checkout it came from).
+echo "$STAGE = $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!stage*' || echo '+uncommitted') \
+($(git rev-parse --abbrev-ref HEAD)$([ "${SLIM:-0}" = 1 ] && echo ', slim'))" > "$STAGE/COMMIT"
 tar -C "$STAGE" -I "xz -T0 -6" -cf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin"
 
 size=$(du -sm "$STAGE" | cut -f1)
 echo "== staged ${size} MiB in $STAGE/ (limit 64 MiB with the working tree)" >&2
 echo
 echo "Run on the GPU machine (device tool, carry [\"$STAGE\"]):"
-echo "  bash $STAGE/gpu-run.sh tests            # whole suite with SSM_DEVICE=cuda"
-echo "  bash $STAGE/gpu-run.sh bench primitives # one criterion bench"
+if [ "${SLIM:-0}" = 1 ]; then
+  echo "  bash $STAGE/gpu-run.sh tests conv       # the runtime tests (filtered) with SSM_DEVICE=cuda"
+  echo "  bash $STAGE/gpu-run.sh bench model_ops  # the conv and norm benches"
+else
+  echo "  bash $STAGE/gpu-run.sh tests            # whole suite with SSM_DEVICE=cuda"
+  echo "  bash $STAGE/gpu-run.sh bench primitives # one criterion bench"
+fi
