@@ -11,6 +11,11 @@
 #                                              stage-a: a baseline, see docs/gpu-workflow.md)
 #                                              and then on STAGE, one machine, logs apart
 #   bash scripts/gpu-owed.sh reduce            the reduce and layout benches, ours then PyTorch's
+#   bash scripts/gpu-owed.sh profile LABEL KERNEL BENCH [VAR=value ...]
+#                                              ncu of the first launch of the kernel whose name
+#                                              starts with KERNEL in the model_ops bench BENCH
+#                                              (a filter matching one case): registers,
+#                                              occupancy, stall reasons, throughput
 #
 # Several steps in one call: `bash scripts/gpu-owed.sh tests 250 && bash
 # scripts/gpu-owed.sh table`. STAGE picks the staged folder (default stage); everything
@@ -26,7 +31,7 @@ run="$STAGE/gpu-run.sh"
 # Unpack once, before steps that run processes side by side.
 bash "$run" ssm --help > /dev/null 2>&1
 
-what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce}"
+what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce | profile LABEL KERNEL BENCH [VAR=value ...]}"
 case "$what" in
   tests)
     limit="${2:-420}"
@@ -80,5 +85,17 @@ case "$what" in
     python3 benches/torch_model_ops.py reduce/ layout/ > "$OUT/reduce/torch_reduce.log" 2>&1
     python3 benches/model_ops_table.py "$OUT/reduce/bench-primitives.log" \
       "$OUT/reduce/torch_reduce.log" | tee "$OUT/reduce/table.md" ;;
+  profile)
+    label="${2:?usage: gpu-owed.sh profile LABEL KERNEL BENCH [VAR=value ...]}"
+    kernel="${3:?kernel name prefix}"; bench="${4:?bench filter}"; shift 4
+    bin=/tmp/ssm-bin; [ "$STAGE" = stage ] || bin="$bin-$STAGE"
+    mkdir -p "$OUT/profile"
+    # shellcheck disable=SC2068 # the remaining words are VAR=value settings
+    (cd "$bin" && env SSM_DEVICE=cuda $@ timeout 200 ncu --clock-control none -k "regex:^$kernel" \
+      --launch-count 1 --section LaunchStats --section Occupancy --section WarpStateStats \
+      --section SpeedOfLight ./bench-model_ops --bench "$bench" > "$OUT/profile/$label.txt" 2>&1)
+    echo "== profile $label"
+    grep -E "Registers Per Thread|Shared Memory Configuration Size|Dynamic Shared Memory Per|Block Limit (Registers|Shared Mem)|Theoretical Occupancy|Achieved Occupancy|Duration|Warp Cycles Per Issued|Compute \(SM\) Throughput|Memory Throughput|stalled" \
+      "$OUT/profile/$label.txt" | sed 's/  */ /g' ;;
   *) echo "gpu-owed: unknown step '$what'" >&2; exit 2 ;;
 esac
