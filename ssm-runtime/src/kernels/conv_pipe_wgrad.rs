@@ -159,15 +159,109 @@ fn next_rows(st: &mut RowState, g: &ConvGeo, t: &TileRows, k: i32) {
 }
 
 #[cube]
+/// Issue the `cp.async` copies of producer `prod`'s next stage into slot `slot`: `ks·16` dy rows (dst
+/// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`). The stage starts
+/// at segment group `st.sg` of row `st.row`; its segment `s` lies in row `st.row + s /
+/// seg_per_row` (or, with `rows_per_seg` > 1, holds rows `st.row + s·rows_per_seg ..`
+/// whole: sub-row `sub` at positions `sub·run ..` and halo rows `sub·(halo /
+/// rows_per_seg) ..`). Chunks outside the problem or past the cube's rows are
+/// zero-filled.
+#[allow(clippy::too_many_arguments)]
+fn issue_stage<I: Float>(
+    x: &Array<I>,
+    dy: &Array<I>,
+    a_s: &mut SharedMemory<I>,
+    b_s: &mut SharedMemory<I>,
+    g: &ConvGeo,
+    prod: &Producer,
+    #[comptime] slot: usize,
+    #[comptime] sh: StageShape,
+) {
+    let (threads, bm, cc, ks) = comptime!((sh.threads, sh.bm, sh.cc, sh.ks));
+    let (halo, run, rows_per_seg, vec) = comptime!((sh.halo, sh.run, sh.rows_per_seg, sh.vec));
+    let (seg_per_row, stage_rows) = comptime!((sh.seg_per_row, sh.stage_rows));
+    let (tid, m0, c0) = (prod.tid, prod.m0, prod.c0);
+    let a_pitch = comptime!(bm + PAD);
+    let b_pitch = comptime!(cc + PAD);
+    let sub_halo = comptime!(halo / rows_per_seg);
+    let ow0 = prod.st.sg * i32::cast_from(ks * SEG);
+    // dy: position p of the stage, dst channels m0 + ch·vec ...
+    let a_chunks = comptime!(bm / vec);
+    let a_total = comptime!(ks * SEG * a_chunks);
+    #[unroll]
+    for r in 0..a_total.div_ceil(threads) {
+        let e = tid + r * threads;
+        if e < a_total {
+            let p = e / a_chunks;
+            let ch = e % a_chunks;
+            let co = m0 + i32::cast_from(ch * vec);
+            // The dst row (`sub` rows past the stage's first) and w of position p.
+            let mut ow = ow0 + i32::cast_from(p);
+            let mut row_ok = true;
+            let mut dy_row = prod.st.dy_row;
+            if comptime!(stage_rows > 1) {
+                let (s, q) = (p / SEG, p % SEG);
+                let (sub, w) = seg_place(
+                    i32::cast_from(s),
+                    i32::cast_from(q / run),
+                    i32::cast_from(q % run),
+                    i32::cast_from(seg_per_row),
+                    rows_per_seg,
+                );
+                ow = w;
+                let (n, od, oh) = rows_on(g, prod.st.n, prod.st.od, prod.st.oh, sub);
+                row_ok = q < rows_per_seg * run && prod.st.row + sub < prod.tile.row_end;
+                dy_row = dy_base(g, &prod.tile, n, od, oh);
+            }
+            let ok = row_ok && ow < g.dst_w && co < g.c_out;
+            let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
+            copy_chunk::<I>(dy, dy_row + ow * g.sd_w + co * g.sd_c, ok, a_s, at, vec);
+        }
+    }
+    // x halos: row hr of segment s reads x at w = (the segment's first position) − pad_w
+    // + hr (per sub-row of `sub_halo` rows when a segment holds several dst rows).
+    let b_chunks = comptime!(cc / vec);
+    let b_total = comptime!(ks * halo * b_chunks);
+    #[unroll]
+    for r in 0..b_total.div_ceil(threads) {
+        let e = tid + r * threads;
+        if e < b_total {
+            let hrow = e / b_chunks;
+            let ch = e % b_chunks;
+            let s = hrow / halo;
+            let hr = hrow % halo;
+            let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
+            let mut x_row = prod.st.x_row;
+            if comptime!(stage_rows > 1) {
+                let (sub, w) = seg_place(
+                    i32::cast_from(s),
+                    i32::cast_from(hr / sub_halo),
+                    i32::cast_from(hr % sub_halo),
+                    i32::cast_from(seg_per_row),
+                    rows_per_seg,
+                );
+                sw = w - g.pad_w;
+                let (n, od, oh) = rows_on(g, prod.st.n, prod.st.od, prod.st.oh, sub);
+                x_row = select(
+                    prod.st.row + sub < prod.tile.row_end,
+                    x_base(g, &prod.tile, n, od, oh),
+                    -1i32,
+                );
+            }
+            let c = c0 + i32::cast_from(ch * vec);
+            let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
+            let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
+            copy_chunk::<I>(x, x_row + sw * g.ss_w + c * g.ss_c, ok, b_s, at, vec);
+        }
+    }
+}
+
+#[cube]
 impl Producer {
-    /// Issue the `cp.async` copies of the next stage into slot `slot`: `ks·16` dy rows (dst
-    /// channels `m0 .. m0 + bm`) and `ks` x halos (channels `c0 .. c0 + cc`). The stage starts
-    /// at segment group `st.sg` of row `st.row`; its segment `s` lies in row `st.row + s /
-    /// seg_per_row` (or, with `rows_per_seg` > 1, holds rows `st.row + s·rows_per_seg ..`
-    /// whole: sub-row `sub` at positions `sub·run ..` and halo rows `sub·(halo /
-    /// rows_per_seg) ..`). Chunks outside the problem or past the cube's rows are
-    /// zero-filled. The copies commit to the slot's barrier, and `st` moves on to the next
-    /// stage (`spr` segment groups per row, `stage_rows` rows a stage).
+    /// [`issue_stage`] the next stage into slot `slot` (unless `SSM_CONV_PROBE=no_copies`
+    /// leaves the copies out, a timing bound), commit the copies to the slot's barrier and
+    /// move `st` on to the next stage (`spr` segment groups per row, `stage_rows` rows a
+    /// stage).
     #[allow(clippy::too_many_arguments)]
     fn produce<I: Float>(
         &mut self,
@@ -180,86 +274,10 @@ impl Producer {
         #[comptime] slot: usize,
         #[comptime] sh: StageShape,
     ) {
-        let (threads, bm, cc, ks) = comptime!((sh.threads, sh.bm, sh.cc, sh.ks));
-        let (halo, run, rows_per_seg, vec) = comptime!((sh.halo, sh.run, sh.rows_per_seg, sh.vec));
-        let (seg_per_row, stage_rows) = comptime!((sh.seg_per_row, sh.stage_rows));
-        let (tid, m0, c0) = (self.tid, self.m0, self.c0);
-        let a_pitch = comptime!(bm + PAD);
-        let b_pitch = comptime!(cc + PAD);
-        let sub_halo = comptime!(halo / rows_per_seg);
-        let ow0 = self.st.sg * i32::cast_from(ks * SEG);
-        // (`SSM_CONV_PROBE=no_copies` leaves the copies out: a timing bound.)
         if comptime!(sh.probe != PROBE_NO_COPIES) {
-            // dy: position p of the stage, dst channels m0 + ch·vec ...
-            let a_chunks = comptime!(bm / vec);
-            let a_total = comptime!(ks * SEG * a_chunks);
-            #[unroll]
-            for r in 0..a_total.div_ceil(threads) {
-                let e = tid + r * threads;
-                if e < a_total {
-                    let p = e / a_chunks;
-                    let ch = e % a_chunks;
-                    let co = m0 + i32::cast_from(ch * vec);
-                    // The dst row (`sub` rows past the stage's first) and w of position p.
-                    let mut ow = ow0 + i32::cast_from(p);
-                    let mut row_ok = true;
-                    let mut dy_row = self.st.dy_row;
-                    if comptime!(stage_rows > 1) {
-                        let (s, q) = (p / SEG, p % SEG);
-                        let (sub, w) = seg_place(
-                            i32::cast_from(s),
-                            i32::cast_from(q / run),
-                            i32::cast_from(q % run),
-                            i32::cast_from(seg_per_row),
-                            rows_per_seg,
-                        );
-                        ow = w;
-                        let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
-                        row_ok = q < rows_per_seg * run && self.st.row + sub < self.tile.row_end;
-                        dy_row = dy_base(g, &self.tile, n, od, oh);
-                    }
-                    let ok = row_ok && ow < g.dst_w && co < g.c_out;
-                    let at = slot * (ks * SEG * a_pitch) + p * a_pitch + ch * vec;
-                    copy_chunk::<I>(dy, dy_row + ow * g.sd_w + co * g.sd_c, ok, a_s, at, vec);
-                }
-            }
-            // x halos: row hr of segment s reads x at w = (the segment's first position) − pad_w
-            // + hr (per sub-row of `sub_halo` rows when a segment holds several dst rows).
-            let b_chunks = comptime!(cc / vec);
-            let b_total = comptime!(ks * halo * b_chunks);
-            #[unroll]
-            for r in 0..b_total.div_ceil(threads) {
-                let e = tid + r * threads;
-                if e < b_total {
-                    let hrow = e / b_chunks;
-                    let ch = e % b_chunks;
-                    let s = hrow / halo;
-                    let hr = hrow % halo;
-                    let mut sw = ow0 + i32::cast_from(s * SEG + hr) - g.pad_w;
-                    let mut x_row = self.st.x_row;
-                    if comptime!(stage_rows > 1) {
-                        let (sub, w) = seg_place(
-                            i32::cast_from(s),
-                            i32::cast_from(hr / sub_halo),
-                            i32::cast_from(hr % sub_halo),
-                            i32::cast_from(seg_per_row),
-                            rows_per_seg,
-                        );
-                        sw = w - g.pad_w;
-                        let (n, od, oh) = rows_on(g, self.st.n, self.st.od, self.st.oh, sub);
-                        x_row = select(
-                            self.st.row + sub < self.tile.row_end,
-                            x_base(g, &self.tile, n, od, oh),
-                            -1i32,
-                        );
-                    }
-                    let c = c0 + i32::cast_from(ch * vec);
-                    let ok = x_row >= 0 && sw >= 0 && sw < g.src_w && c < g.c_red;
-                    let at = slot * (ks * halo * b_pitch) + hrow * b_pitch + ch * vec;
-                    copy_chunk::<I>(x, x_row + sw * g.ss_w + c * g.ss_c, ok, b_s, at, vec);
-                }
-            }
+            issue_stage::<I>(x, dy, a_s, b_s, g, self, slot, sh);
         }
+        let stage_rows = comptime!(sh.stage_rows);
         bars.commit(slot);
         self.st.sg += 1;
         if self.st.sg == self.spr {
