@@ -10,11 +10,12 @@
 //! - one `mbarrier` per stage slot: every thread commits its copies to the slot's barrier and
 //!   waits there before reading the slot, which also proves that every warp is done with the
 //!   slot refilled next (it was read one stage earlier);
-//! - fragments come from shared memory with `ldmatrix` (bf16) or conflict-free 64-bit loads
-//!   of two reduced indices each (TF32, which `ldmatrix` cannot move; the reduction order
-//!   within a block is free, so a lane's two indices are stored side by side), and
-//!   multiply with warp-level `mma.sync`
-//!   (16×8×16 bf16, 16×8×8 TF32) into f32 registers;
+//! - fragments come from shared memory with `ldmatrix`, and multiply with warp-level
+//!   `mma.sync` (16×8×16 bf16, 16×8×8 TF32) into f32 registers. TF32 goes through a b16
+//!   view ([`ldmatrix_tf32`]): a 16-byte row of an 8 × 8 b16 matrix is four f32 values, and
+//!   lane `(g, t)` receives word `t` of row `g`, which is where the TF32 fragments want
+//!   them (one `ldmatrix.x4` per A fragment and per two B fragments, against two and one
+//!   64-bit loads before);
 //! - results leave straight from the accumulator registers (two adjacent channels per lane).
 //!
 //! Tiles are 8, 12 or 16 segments of 16 consecutive positions along w, each within one dst
@@ -23,8 +24,8 @@
 //! stage copies each segment's *halo* (16 + (k_w − 1)·dil_w src rows) once and every tap
 //! along w reads it at its shift: a 3-wide kernel moves about a third of the src bytes of
 //! a per-tap gather (the L2 → SM traffic that bounds a per-tap version; ncu showed L2 at
-//! ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded by 8 elements,
-//! so the 8 rows one `ldmatrix` (or one fragment load) touches fall on distinct banks.
+//! ~90 % of its throughput with the SMs ~25 % busy). Shared rows are padded by 16 bytes
+//! ([`row_pad`]), so the 8 rows one `ldmatrix` touches fall on distinct banks.
 //!
 //! A tile's dst rows run along h, so the taps along h read the same src rows shifted by
 //! one row. Where [`rows_halo_taps`] and [`with_rows_halo`] say so (a stride-1 kernel at
@@ -54,9 +55,13 @@ use crate::tensor::Tensor as SsmTensor;
 /// Positions per segment: a run along w within one dst row, one 16-row MMA block (one
 /// 16-deep reduction block in the weight gradient, whose segments follow [`segment_rows`]).
 pub(crate) const SEG: usize = 16;
-/// Padding of a shared row, in elements: 16 bytes for bf16 (the 8 rows of one `ldmatrix`
-/// fall on distinct banks), 32 for f32 (the 8 rows of one 64-bit TF32 fragment load do).
-const PAD: usize = 8;
+/// Padding of a shared row of `elem`-byte operands, in elements: 16 bytes, which with rows
+/// of a multiple of 32 bytes (`bk` a multiple of 16) makes the pitch an odd number of
+/// 16-byte units, so the 8 rows one `ldmatrix` matrix reads fall on distinct banks. In the
+/// kernels it is `vec` (the elements of one 16-byte copy).
+fn row_pad(elem: usize) -> usize {
+    16 / elem
+}
 
 /// The producer's place in the reduction: the first tap (`td`, `th`, `tw`) of the next
 /// stage's tap group and the stage's first reduced channel, stepped without divisions.
@@ -383,27 +388,6 @@ fn halo_row(
     }
 }
 
-/// [`halo_row`] of lane `lane`'s A rows of segment `s`: (its `ldmatrix` row `lane % 16`,
-/// its TF32 rows `g = lane / 4` and `g + 8`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn lane_rows(
-    s: i32,
-    lane: usize,
-    h_first: i32,
-    dst_h: i32,
-    segs_per_row: i32,
-    #[comptime] seg: SegRows,
-    #[comptime] rh: RowsHalo,
-) -> (usize, usize, usize) {
-    let spr = segs_per_row;
-    (
-        halo_row(s, lane % 16, h_first, dst_h, spr, seg, rh),
-        halo_row(s, lane / 4, h_first, dst_h, spr, seg, rh),
-        halo_row(s, lane / 4 + 8, h_first, dst_h, spr, seg, rh),
-    )
-}
-
 /// The src address (channel 0 of the group) of every halo row this thread copies (rows
 /// `row0 + q·threads / chunks` of the tile's halo, `chunks` copies per row) for the tap
 /// group at `cur` into `rows.addrs`, −1 where the row falls outside the src. With
@@ -497,7 +481,7 @@ fn issue_stage<I: Float>(
     let (kw_inner, bn, bk, vec) = comptime!((sh.kw_inner, sh.bn, sh.bk, sh.vec));
     let (tid, addrs, c0, w_grp, n0) = (p.tid, &p.rows.addrs, p.cur.c0, p.w_grp, p.n0);
     let tap0 = p.cur.tap(g);
-    let pitch = comptime!(bk + PAD);
+    let pitch = comptime!(bk + vec);
     let chunks = comptime!(bk / vec);
     let a_slot = slot * (a_rows * pitch);
     let col = p.chunk * vec;
@@ -636,6 +620,51 @@ pub(crate) fn push_b_pair<I: Float, M: Float, NB: Size>(
     frags.push(regs_as::<M, M, NB>(&regs, 2usize, 2usize));
 }
 
+/// One `ldmatrix` of `matrices` 8 × 8 matrices of f32 rows as TF32 MMA operand registers,
+/// one a matrix: each lane points at one 16-byte row (four f32) from `at`, which a b16
+/// view moves as eight halves, and lane `(g = lane / 4, t = lane % 4)` receives word `t` of
+/// matrix row `g` whole. That is the TF32 16×8×8 layout: A registers (g, t), (g + 8, t),
+/// (g, t + 4), (g + 8, t + 4) are four matrices at rows 0 / 8 and words 0 / 4 of a block;
+/// B's (t, g), (t + 4, g) of an n-major block are two. (`ldmatrix` itself takes no 4-byte
+/// elements; the bits pass unconverted, as with the TF32 loads everywhere here: the
+/// tensor cores read the top 19 bits.)
+#[cube]
+pub(crate) fn ldmatrix_tf32<I: Float, M: Float, N: Size>(
+    s: &SharedMemory<I>,
+    at: usize,
+    #[comptime] matrices: usize,
+) -> Array<Vector<M, N>> {
+    // Safety: a view of the same shared memory for `ldmatrix`, which takes the address
+    // (offset in f32 elements) and moves bits.
+    let halves = unsafe { s.slice(at, at + 4).downcast_unchecked::<half::bf16>() };
+    let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, 8usize);
+    let regs =
+        def.load_matrix::<half::bf16, Const<2>>(&halves, cmma::MatrixIdent::A, matrices, false);
+    let mut f = Array::<Vector<M, N>>::new(matrices);
+    #[unroll]
+    for e in 0..matrices {
+        f[e] = Vector::<M, N>::reinterpret(regs[e]);
+    }
+    f
+}
+
+/// One `ldmatrix` of `matrices` matrices at `at` as operand registers of the `mk`-deep MMA
+/// (16: bf16 as it is, 8: TF32 through [`ldmatrix_tf32`]).
+#[cube]
+fn ldmatrix_frags<I: Float, M: Float, N: Size>(
+    s: &SharedMemory<I>,
+    at: usize,
+    #[comptime] ident: cmma::MatrixIdent,
+    #[comptime] matrices: usize,
+    #[comptime] mk: usize,
+) -> Array<Vector<M, N>> {
+    if comptime!(mk == 16) {
+        ldmatrix_regs::<I, M, N>(s, at, ident, matrices, false)
+    } else {
+        ldmatrix_tf32::<I, M, N>(s, at, matrices)
+    }
+}
+
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
 /// channels-last operands.
 ///
@@ -688,7 +717,7 @@ fn conv_pipe<I: Float, M: Float>(
     let segs = comptime!(warps_m * frags_m);
     let bm = comptime!(segs * SEG);
     let bn = comptime!(warps_n * frags_n * 8);
-    let pitch = comptime!(bk + PAD);
+    let pitch = comptime!(bk + vec);
     let (kh_inner, tile_rows, row_halo) =
         comptime!((rows_halo.kh_inner, rows_halo.tile_rows, rows_halo.row_halo,));
     let a_rows = comptime!(rows_halo.stage_rows(segs, halo));
@@ -803,29 +832,19 @@ fn conv_pipe<I: Float, M: Float>(
     let size!(NA) = def.vector_size(cmma::MatrixIdent::A);
     let size!(NB) = def.vector_size(cmma::MatrixIdent::B);
     let size!(NC) = def.vector_size(cmma::MatrixIdent::Accumulator);
-    let va = def.vectors_per_lane(cmma::MatrixIdent::A);
-    let vb = def.vectors_per_lane(cmma::MatrixIdent::B);
     let vc = def.vectors_per_lane(cmma::MatrixIdent::Accumulator);
     let sc = def.vector_size(cmma::MatrixIdent::Accumulator);
-    // Shared offsets of this lane's A rows within a segment's halo (bf16: the row it points
-    // `ldmatrix` at; TF32: rows g and g + 8) and its B pair.
-    // TF32 (16×8×8): lane (g = lane / 4, t = lane % 4) holds A at rows g, g + 8 × reduced
-    // indices t, t + 4 and B at t, t + 4 × column g. The products of a block may pair the
-    // reduced indices in any order, so logical index k reads shared column
-    // 2·(k % 4) + k / 4: each lane's pair (t, t + 4) is then one 64-bit load at 2t.
-    let pair = (lane % 4) as usize * 2;
-    let pair_row = (lane / 4) as usize * pitch + pair;
-    // Where this lane's A rows of each of its segments sit in a stage's halo at tap shift 0
-    // (bf16: the row it points `ldmatrix` at; TF32: rows g and g + 8).
+    // The rows this lane points `ldmatrix` at (16-byte rows, `vec` elements): A row
+    // `lane % 16` of each of its segments (in a stage's halo at tap shift 0) at the block's
+    // first or second 16 bytes; B channel `lane % 8` of the first or second block of a
+    // pair at its first or second 16 bytes (`lane_b_odd`: an odd last block's x2).
     let mut lane_a = Array::<usize>::new(frags_m);
-    let mut lane_top = Array::<usize>::new(frags_m);
-    let mut lane_low = Array::<usize>::new(frags_m);
     #[unroll]
     for i in 0..frags_m {
         let s = i32::cast_from(wm * frags_m + i);
-        let (a, top, low) = lane_rows(
+        let a = halo_row(
             s,
-            lane as usize,
+            (lane % 16) as usize,
             h_first,
             g.dst_h,
             segs_per_row,
@@ -836,10 +855,11 @@ fn conv_pipe<I: Float, M: Float>(
             }),
             rows_halo,
         );
-        lane_a[i] = a * pitch + (lane / 16) as usize * 8;
-        lane_top[i] = top * pitch + pair;
-        lane_low[i] = low * pitch + pair;
+        lane_a[i] = a * pitch + (lane / 16) as usize * vec;
     }
+    let b_k = ((lane / 8) % 2) as usize * vec;
+    let lane_b = (lane % 8 + (lane / 16) * 8) as usize * pitch + b_k;
+    let lane_b_odd = (lane % 8) as usize * pitch + b_k;
     let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
     for _ in 0..frags_m * frags_n {
@@ -917,65 +937,41 @@ fn conv_pipe<I: Float, M: Float>(
                             let k0 = kk * mk;
                             let mut a_frags = Sequence::<Array<Vector<M, NA>>>::new();
                             let mut b_frags = Sequence::<Array<Vector<M, NB>>>::new();
-                            if comptime!(mk == 16) {
-                                // ldmatrix.x4: lanes 0-15 give rows 0-15 at k0, lanes 16-31 at
-                                // k0 + 8.
-                                #[unroll]
-                                for i in 0..frags_m {
-                                    let at = a_slot + lane_a[i] + k0;
-                                    a_frags.push(ldmatrix_regs::<I, M, NA>(
-                                        &a_s,
-                                        at,
-                                        cmma::MatrixIdent::A,
-                                        4usize,
-                                        false,
-                                    ));
-                                }
-                                // ldmatrix.x4 over two 8-channel blocks: lanes 0-7 / 8-15 give
-                                // the first block at k0 / k0 + 8, lanes 16-23 / 24-31 the second.
-                                let nrow = (lane % 8 + (lane / 16) * 8) as usize;
-                                let nk = ((lane / 8) % 2) as usize * 8;
-                                #[unroll]
-                                for jp in 0..frags_n / 2 {
-                                    let at = b_slot + (jp * 16 + nrow) * pitch + k0 + nk;
-                                    push_b_pair::<I, M, NB>(&b_s, at, false, &mut b_frags);
-                                }
-                                if comptime!(frags_n % 2 == 1) {
-                                    let at = b_slot
-                                        + ((frags_n - 1) * 8 + (lane % 8) as usize) * pitch
-                                        + k0
-                                        + nk;
-                                    b_frags.push(ldmatrix_regs::<I, M, NB>(
-                                        &b_s,
-                                        at,
-                                        cmma::MatrixIdent::B,
-                                        2usize,
-                                        false,
-                                    ));
-                                }
-                            } else {
-                                // Registers a0..a3 = (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
-                                #[unroll]
-                                for i in 0..frags_m {
-                                    let top = tf32_pair::<I, M>(&a_s, a_slot + lane_top[i] + k0);
-                                    let low = tf32_pair::<I, M>(&a_s, a_slot + lane_low[i] + k0);
-                                    let mut f = Array::<Vector<M, NA>>::new(va);
-                                    f[0] = Vector::new(top[0]);
-                                    f[1] = Vector::new(low[0]);
-                                    f[2] = Vector::new(top[1]);
-                                    f[3] = Vector::new(low[1]);
-                                    a_frags.push(f);
-                                }
-                                // b0, b1 = (t, g), (t + 4, g); B is stored n-major.
-                                #[unroll]
-                                for jn in 0..frags_n {
-                                    let at = b_slot + jn * 8 * pitch + k0 + pair_row;
-                                    let v = tf32_pair::<I, M>(&b_s, at);
-                                    let mut f = Array::<Vector<M, NB>>::new(vb);
-                                    f[0] = Vector::new(v[0]);
-                                    f[1] = Vector::new(v[1]);
-                                    b_frags.push(f);
-                                }
+                            // A: ldmatrix.x4, lanes 0-15 give rows 0-15 at k0, lanes 16-31
+                            // at k0 + 16 bytes.
+                            #[unroll]
+                            for i in 0..frags_m {
+                                a_frags.push(ldmatrix_frags::<I, M, NA>(
+                                    &a_s,
+                                    a_slot + lane_a[i] + k0,
+                                    cmma::MatrixIdent::A,
+                                    4usize,
+                                    mk,
+                                ));
+                            }
+                            // B: ldmatrix.x4 over two 8-channel blocks, lanes 0-7 / 8-15 give
+                            // the first block at k0 / k0 + 16 bytes, lanes 16-23 / 24-31 the
+                            // second; an odd last block takes an x2.
+                            #[unroll]
+                            for jp in 0..frags_n / 2 {
+                                let regs = ldmatrix_frags::<I, M, NB>(
+                                    &b_s,
+                                    b_slot + jp * 16 * pitch + lane_b + k0,
+                                    cmma::MatrixIdent::B,
+                                    4usize,
+                                    mk,
+                                );
+                                b_frags.push(regs_as::<M, M, NB>(&regs, 0usize, 2usize));
+                                b_frags.push(regs_as::<M, M, NB>(&regs, 2usize, 2usize));
+                            }
+                            if comptime!(frags_n % 2 == 1) {
+                                b_frags.push(ldmatrix_frags::<I, M, NB>(
+                                    &b_s,
+                                    b_slot + (frags_n - 1) * 8 * pitch + lane_b_odd + k0,
+                                    cmma::MatrixIdent::B,
+                                    2usize,
+                                    mk,
+                                ));
                             }
                             #[unroll]
                             for i in 0..frags_m {
@@ -1135,7 +1131,7 @@ impl PipeTile {
     fn stage_bytes(&self, elem: usize) -> usize {
         let rh = &self.rows_halo;
         let a_rows = rh.stage_rows(self.segs(), self.halo);
-        (a_rows + rh.kh_inner * self.kw_inner * self.bn()) * (self.bk + PAD) * elem
+        (a_rows + rh.kh_inner * self.kw_inner * self.bn()) * (self.bk + row_pad(elem)) * elem
     }
 
     /// Shared memory of one cube: the stage slots and the epilogue's row table.
@@ -1272,9 +1268,16 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
 /// 192 101.4 / 95.0 → 96.2 / 92.2, but at 96 202.5 / 206.7 → 219.2 / 213.5 and at 48 within
 /// 3 %. Its nine taps of weights a slot leave one cube an SM where two fitted: the
 /// one-cube-an-SM tiles lose nothing, TF32 (half the MMAs a byte) gains anyway, bf16 tiles
-/// of two cubes an SM lose. So: one-per-SM tiles and TF32.
+/// of two cubes an SM lose. So: one-per-SM tiles and TF32, except TF32's four-segment
+/// warps (96 channels), whose two slots with a rows halo fit once 16-byte row padding
+/// shrank the f32 slots, and then ran slower (H100, 2026-12-06, fwd / bwd-data 372.3 /
+/// 364.4 µs against 333.2 / 331.2 per-segment).
 fn rows_halo_taps(tile: &PipeTile, elem: usize, k_h: usize) -> usize {
-    if tile.one_per_sm || elem == 4 { k_h } else { 1 }
+    if tile.one_per_sm || (elem == 4 && tile.frags_m < 4) {
+        k_h
+    } else {
+        1
+    }
 }
 
 /// `tile` with a [`RowsHalo`] of `h_taps` taps along h where `geo` and the tile allow one:
@@ -1627,6 +1630,24 @@ mod tests {
     }
 
     #[test]
+    fn padded_rows_put_an_ldmatrix_on_distinct_banks() {
+        // The 8 rows of one `ldmatrix` matrix sit a pitch apart; they fall on distinct
+        // 16-byte bank groups (8 to a 128-byte line) when the pitch is an odd number of
+        // 16-byte units.
+        for dtype in [DType::BF16, DType::F32] {
+            let elem = dtype.size();
+            // The kernels pad by `vec`, one copy's elements.
+            assert_eq!(row_pad(elem), copy_granule(dtype));
+            for bk in [16, 32, 48, 64] {
+                let units = (bk + row_pad(elem)) * elem / 16;
+                let groups: std::collections::BTreeSet<usize> =
+                    (0..8).map(|r| r * units % 8).collect();
+                assert_eq!(groups.len(), 8, "{elem}-byte rows of {bk}");
+            }
+        }
+    }
+
+    #[test]
     fn rows_halos_where_the_tile_allows() {
         let hopper = 227 * 1024;
         let geo = |c: i32, dst: [i32; 3]| Geo {
@@ -1692,8 +1713,8 @@ mod tests {
         assert_eq!(h.rows_halo.tile_rows, t.segs() / 2);
         assert_eq!(h.rows_halo.row_halo, 34);
         // The rule on the benchmark shapes (132 SMs): 192 channels in both types, 48 in
-        // TF32; not 96 in TF32 (two slots of its four-segment tile do not fit) nor bf16 at
-        // 96 and 48 (two cubes an SM without).
+        // TF32; not 96 in TF32 (its four-segment tile's two slots fit one, which ran
+        // slower) nor bf16 at 96 and 48 (two cubes an SM without).
         for (c, dst, elem, want) in [
             (192, [28, 28, 8], 2, 3),
             (192, [28, 28, 8], 4, 3),
@@ -1711,6 +1732,12 @@ mod tests {
                 "{c} channels, {elem}-byte operands"
             );
         }
+        // The four-segment TF32 tile at 96 channels fits a rows halo in two slots (16-byte
+        // row padding); the rule leaves it out.
+        let t = bench(96, 16, 4, 2 * 56 * 56);
+        assert_eq!(t.frags_m, 4);
+        let h = with_rows_halo(t, &geo(96, [56, 56, 16]), 3, 4, hopper);
+        assert_eq!(h.rows_halo.kh_inner, 3);
         // Planes of one row each: every row its own plane.
         let t = bench(192, 8, 2, 2 * 28);
         let h = with_rows_halo(t, &geo(192, [28, 1, 8]), 3, 2, hopper);
