@@ -26,7 +26,9 @@ use crate::kernels::conv_pipe::{
     SEG, SlotBarriers, copy_chunk, copy_granule, ldmatrix_regs, push_b_pair, rows_aligned,
     seg_place, seg_row, segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
 };
-use crate::kernels::conv_tune::{PROBE_NO_COPIES, PROBE_NO_MMA, check_fits, conv_probe, conv_tune};
+use crate::kernels::conv_tune::{
+    PROBE_NO_COPIES, PROBE_NO_MMA, check_fits, check_warps, conv_probe, conv_tune,
+};
 use crate::kernels::split_sum::split_sum;
 use crate::tensor::Tensor as SsmTensor;
 
@@ -730,10 +732,17 @@ fn stage_segments(dst_w: usize, elem: usize) -> usize {
 }
 
 /// Tile for `c_out` dst and `c_red` input channels per group, a kernel `k_w` wide with
-/// dilation `dil_w`, dst rows `dst_w` long: up to 96 dst channels (48 per warp), up to 64
-/// input channels per chunk, `ks` segments per stage. Short rows make whole-row stages:
-/// `ks` is then rounded down to whole rows (rows of ≤ 8 share a segment, as in
-/// [`super::conv_pipe`]); longer rows make stages of `ks` segments along one row.
+/// dilation `dil_w`, dst rows `dst_w` long: up to 96 dst channels (two warps of 48) for
+/// bf16, up to 192 (four warps of 48) for TF32, up to 64 input channels per chunk, `ks`
+/// segments per stage. Short rows make whole-row stages: `ks` is then rounded down to
+/// whole rows (rows of ≤ 8 share a segment, as in [`super::conv_pipe`]); longer rows make
+/// stages of `ks` segments along one row.
+///
+/// A tile's x is read once per dst-channel tile, so fewer, taller tiles read it fewer
+/// times. At 192 channels on an H100 (2026-12-06, channels-last / channels-first µs), one
+/// tile of four warps against two of two: TF32 355.3 / 359.0 → 274.2 / 283.7, but bf16
+/// 147.1 / 150.9 → 181.3 / 186.9 (its two 6-warp cubes an SM become one of 12 warps, at
+/// the same warps an SM; not understood).
 pub(crate) fn wgrad_tile(
     c_out: usize,
     c_red: usize,
@@ -743,9 +752,14 @@ pub(crate) fn wgrad_tile(
     elem: usize,
     ks: usize,
 ) -> WgradTile {
+    // 16-row blocks: tiles of at most six over one or two warps; TF32 tiles of up to
+    // twelve where they split into warps of exactly three.
     let mf = c_out.div_ceil(16);
     let per = mf.div_ceil(mf.div_ceil(6));
-    let (warps_m, frags_m) = if per <= 3 {
+    let tall = mf.div_ceil(mf.div_ceil(12));
+    let (warps_m, frags_m) = if elem == 4 && tall.is_multiple_of(3) {
+        (tall / 3, 3)
+    } else if per <= 3 {
         (1, per)
     } else {
         (2, per.div_ceil(2))
@@ -798,6 +812,13 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
     );
     if let Some(cc) = tune.wgrad_cc {
         tile.cc = cc;
+        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
+    }
+    if let Some(warps_m) = tune.wgrad_warps_m {
+        // The dst channels' 16-row blocks spread over `warps_m` warps.
+        tile.warps_m = warps_m;
+        tile.frags_m = (geo.c_out as usize).div_ceil(16).div_ceil(warps_m);
+        check_warps("weight-gradient", tile.warps());
         tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     }
     if let Some(slots) = tune.wgrad_slots {
@@ -975,7 +996,11 @@ mod tests {
             for c_red in [16, 24, 48, 96, 192] {
                 for elem in [2, 4] {
                     let t = wgrad_tile(c_out, c_red, 3, 1, 112, elem, stage_segments(112, elem));
-                    assert!(t.frags_m <= 3 && t.warps_m <= 2, "{t:?}");
+                    let most_warps = if elem == 4 { 4 } else { 2 };
+                    assert!(t.frags_m <= 3 && t.warps_m <= most_warps, "{t:?}");
+                    if elem == 4 && c_out == 192 {
+                        assert_eq!((t.warps_m, t.frags_m), (4, 3));
+                    }
                     let m_tiles = c_out.div_ceil(t.bm());
                     assert!(m_tiles * t.bm() - c_out < 16 * m_tiles, "{c_out}: {t:?}");
                     let c_tiles = c_red.div_ceil(t.cc);
@@ -1071,9 +1096,11 @@ mod tests {
     fn benchmark_shapes_split_as_timed() {
         // (channels, dst (d, h, w)) of the benchmark shapes; 3 × 3 × 3, batch 2, 132 SMs.
         // The counts each rule picks, all timed with `wgrad.target` on an H200 (the doc of
-        // `wave_filling_cubes`; 48 channels: 57 splits, 812 / 384 µs, before).
+        // `wave_filling_cubes`; 48 channels: 57 splits, 812 / 384 µs, before). TF32 at 192:
+        // one tile of all dst channels (27 tiles), 14 splits, the 378 cubes of the two-tile
+        // rule's 7 (timed on an H100 with `wgrad.warps_m=4`: `wgrad_tile`'s doc).
         for (c, dst, tf32, bf16) in [
-            (192, [28, 28, 8], 7, 9),
+            (192, [28, 28, 8], 14, 9),
             (96, [56, 56, 16], 14, 14),
             (48, [112, 112, 32], 56, 56),
         ] {

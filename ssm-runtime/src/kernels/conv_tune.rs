@@ -14,6 +14,7 @@
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
 //! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
+//! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
 //! | `wgrad.target` | cubes the row splits aim for | `wave_filling_cubes` (512 on Vulkan) |
@@ -43,13 +44,14 @@ pub(crate) struct ConvTune {
     pub fwd_split_target: Option<usize>,
     pub fwd_h_taps: Option<usize>,
     pub wgrad_ks: Option<usize>,
+    pub wgrad_warps_m: Option<usize>,
     pub wgrad_cc: Option<usize>,
     pub wgrad_slots: Option<usize>,
     pub wgrad_target: Option<usize>,
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
-                    fwd.h_taps, wgrad.ks, wgrad.cc, wgrad.slots, wgrad.target";
+                    fwd.h_taps, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -78,6 +80,7 @@ impl ConvTune {
                 "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
                 "fwd.h_taps" => (&mut t.fwd_h_taps, 7),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
+                "wgrad.warps_m" => (&mut t.wgrad_warps_m, 8),
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
                 "wgrad.slots" => (&mut t.wgrad_slots, 4),
                 "wgrad.target" => (&mut t.wgrad_target, usize::MAX),
@@ -204,6 +207,10 @@ mod tests {
         assert!(e.contains("multiple of 16"), "{e}");
         assert_eq!(ConvTune::parse("wgrad.cc=48").unwrap().wgrad_cc, Some(48));
         assert_eq!(ConvTune::parse("fwd.h_taps=3").unwrap().fwd_h_taps, Some(3));
+        assert_eq!(
+            ConvTune::parse("wgrad.warps_m=4").unwrap().wgrad_warps_m,
+            Some(4)
+        );
         assert_eq!(ConvTune::parse("fwd.bk=16").unwrap().fwd_bk, Some(16));
         let t = ConvTune::parse("fwd.warps_n=4,fwd.frags_n=3").unwrap();
         assert_eq!((t.fwd_warps_n, t.fwd_frags_n), (Some(4), Some(3)));
@@ -223,6 +230,7 @@ mod tests {
             "fwd.warps_n=9",
             "fwd.frags_n=13",
             "fwd.h_taps=8",
+            "wgrad.warps_m=9",
         ] {
             let e = ConvTune::parse(bad).unwrap_err();
             assert!(e.contains("must lie in"), "{bad}: {e}");
