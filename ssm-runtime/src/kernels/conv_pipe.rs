@@ -629,17 +629,17 @@ pub(crate) fn push_b_pair<I: Float, M: Float, NB: Size>(
 /// elements; the bits pass unconverted, as with the TF32 loads everywhere here: the
 /// tensor cores read the top 19 bits.)
 #[cube]
-pub(crate) fn ldmatrix_tf32<I: Float, M: Float, N: Size>(
+fn ldmatrix_tf32<I: Float, M: Float, N: Size>(
     s: &SharedMemory<I>,
     at: usize,
+    #[comptime] ident: cmma::MatrixIdent,
     #[comptime] matrices: usize,
 ) -> Array<Vector<M, N>> {
     // Safety: a view of the same shared memory for `ldmatrix`, which takes the address
     // (offset in f32 elements) and moves bits.
     let halves = unsafe { s.slice(at, at + 4).downcast_unchecked::<half::bf16>() };
     let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, 8usize);
-    let regs =
-        def.load_matrix::<half::bf16, Const<2>>(&halves, cmma::MatrixIdent::A, matrices, false);
+    let regs = def.load_matrix::<half::bf16, Const<2>>(&halves, ident, matrices, false);
     let mut f = Array::<Vector<M, N>>::new(matrices);
     #[unroll]
     for e in 0..matrices {
@@ -661,7 +661,7 @@ fn ldmatrix_frags<I: Float, M: Float, N: Size>(
     if comptime!(mk == 16) {
         ldmatrix_regs::<I, M, N>(s, at, ident, matrices, false)
     } else {
-        ldmatrix_tf32::<I, M, N>(s, at, matrices)
+        ldmatrix_tf32::<I, M, N>(s, at, ident, matrices)
     }
 }
 
