@@ -9,10 +9,11 @@
 #   base   conv3d/2x96.*/bf16_cl/(fwd|bwd_data)
 #   nopipe conv3d/2x96.*/bf16_cl/(fwd|bwd_data) SSM_CONV_PIPELINE=0
 # Each line runs under a limit of SWEEP_LINE_LIMIT seconds (default 240), so a hung kernel
-# costs one line, not the call. Prints `label bench median unit` per bench as it goes (stream it: do not pipe the call
-# through `tail`, whose output is lost when the device tool's limit stops the call) and
-# keeps each log as $OUT/sweep-<label>.log (labels of letters, digits, `_` and `-` only:
-# the device tool leaves out files whose names hold other characters).
+# costs one line, not the call. Prints `label bench median unit` per bench as it goes
+# (stream it: do not pipe the call through `tail`, whose output is lost when the device
+# tool's limit stops the call) and keeps each log as $OUT/sweep-<label>.log (labels of
+# letters, digits, `_` and `-` only: the device tool leaves out files whose names hold
+# other characters).
 set -uo pipefail
 OUT="${OUT:-/tmp/ssm-out}"
 mkdir -p "$OUT"
@@ -29,7 +30,7 @@ while read -r label filter vars; do
   timeout "$line_limit" env $vars bash "${STAGE:-stage}/gpu-run.sh" bench model_ops "$filter" \
     > /dev/null 2>&1
   status=$?
-  mv "$OUT/bench-model_ops.log" "$OUT/sweep-$label.log" 2> /dev/null
+  mv "$OUT/bench-model_ops.log" "$OUT/sweep-$label.log"
   # A line stopped at its limit (a hung kernel, say) says so and the sweep goes on.
   [ "$status" -eq 124 ] && echo "$label STOPPED at the ${line_limit} s line limit"
   # The first `time:` line after a bench's name holds its median; a second one (criterion's
