@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run every check CI runs: formatting, clippy (warnings are
-# errors) and the whole test suite on the device SSM_DEVICE selects (lavapipe on CI).
+# errors), the whole test suite on the device SSM_DEVICE selects (lavapipe on CI), and the
+# CUDA-only kernels compiled offline for an H100 (the `cuda-codegen` target: no GPU, no
+# CUDA toolkit; CUDARC_CUDA_VERSION only names the driver API the bindings are built for).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace -q
+CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}" \
+  cargo test -q -p ssm-runtime --features cuda-codegen --test cuda_codegen

@@ -31,6 +31,10 @@ pub enum Backend {
     /// CUDA.
     #[cfg(feature = "cuda")]
     Cuda(ComputeClient<cubecl::cuda::CudaRuntime>),
+    /// The offline CUDA target: kernels compiled to CUDA C++, never run
+    /// ([`crate::codegen`]).
+    #[cfg(feature = "cuda-codegen")]
+    CudaCodegen(ComputeClient<crate::codegen::CodegenRuntime>),
 }
 
 struct DeviceInner {
@@ -81,6 +85,32 @@ impl Device {
     pub fn cuda() -> Result<Device> {
         static CUDA: OnceLock<std::result::Result<Device, Error>> = OnceLock::new();
         CUDA.get_or_init(init_cuda).clone()
+    }
+
+    /// The offline CUDA target ([`crate::codegen`]): ops choose their kernels as on an
+    /// H100 and every kernel they launch is compiled to CUDA C++ and never run, so the
+    /// values read back are not results. Its kind is [`DeviceKind::Cuda`], for the ops'
+    /// choices; never selected by `SSM_DEVICE`.
+    #[cfg(feature = "cuda-codegen")]
+    pub fn cuda_codegen() -> Device {
+        static CODEGEN: OnceLock<Device> = OnceLock::new();
+        CODEGEN
+            .get_or_init(|| {
+                use crate::codegen::{CodegenDevice, CodegenRuntime};
+                let client = CodegenRuntime::client(&CodegenDevice);
+                let caps = capabilities(&client);
+                Device {
+                    inner: Arc::new(DeviceInner {
+                        backend: Backend::CudaCodegen(client),
+                        kind: DeviceKind::Cuda,
+                        name: "cuda-codegen (sm_90 properties; kernels compiled, never run)".into(),
+                        plane_ops: true,
+                        plane_size: 32,
+                        caps,
+                    }),
+                }
+            })
+            .clone()
     }
 
     /// The device named by `SSM_DEVICE` (`cuda`, `vulkan` or `auto`, default `auto`).
@@ -191,6 +221,8 @@ impl Device {
             Backend::Vulkan(c) => cubecl::future::block_on(c.sync()),
             #[cfg(feature = "cuda")]
             Backend::Cuda(c) => cubecl::future::block_on(c.sync()),
+            #[cfg(feature = "cuda-codegen")]
+            Backend::CudaCodegen(c) => cubecl::future::block_on(c.sync()),
         };
         res.map_err(|e| Error::kernel("sync", format!("{e:?}")))
     }
@@ -341,6 +373,8 @@ macro_rules! dispatch {
             $crate::device::Backend::Vulkan($client) => $body,
             #[cfg(feature = "cuda")]
             $crate::device::Backend::Cuda($client) => $body,
+            #[cfg(feature = "cuda-codegen")]
+            $crate::device::Backend::CudaCodegen($client) => $body,
         }
     };
 }

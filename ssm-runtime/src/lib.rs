@@ -8,6 +8,8 @@
 //! All fallible operations return [`Result`]; shape, dtype and device mistakes are
 //! [`Error`]s naming the operation and the operands, never panics.
 
+#[cfg(feature = "cuda-codegen")]
+pub mod codegen;
 pub mod device;
 pub mod dtype;
 pub mod error;

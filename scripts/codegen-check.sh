@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Compiles the tensor-core convolution kernels to CUDA C++ for an H100 on this machine (no
+# GPU): the offline check a kernel change passes before it waits for a GPU session.
+#
+#   bash scripts/codegen-check.sh                   every pass of the benchmark table, default rules
+#   bash scripts/codegen-check.sh SWEEP_FILE ...    each sweep line's passes with its settings
+#
+# A sweep line is `label filter [VAR=value ...]` as for scripts/gpu-sweep.sh: the passes of
+# the table whose bench ids the filter matches (grep -E) run with the line's variables
+# (SSM_CONV_TUNE, ...), so a setting that fails to expand, to compile or to fit in shared
+# memory fails here, not in the device call. Prints `label ok|FAILED ...` per line; the
+# status is 1 if any line failed. SSM_CODEGEN_DUMP=DIR keeps the CUDA sources.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
+test_cmd=(cargo test -q -p ssm-runtime --features cuda-codegen --test cuda_codegen)
+"${test_cmd[@]}" --no-run || exit 2
+
+# The table's bench ids (tests/cuda_codegen.rs names its cases the same way).
+ids=()
+for shape in 2x48x112x112x32 2x96x56x56x16 2x192x28x28x8; do
+  for kernel in tf32 bf16; do
+    for layout in cl cf; do
+      for pass in fwd bwd_data bwd_weight bwd; do
+        ids+=("conv3d/$shape/${kernel}_$layout/$pass")
+      done
+    done
+  done
+done
+
+# Run the check on the named cases (all when none) with extra variables; print its summary.
+check() {
+  local label="$1" cases="$2"
+  shift 2
+  local log
+  log="$(mktemp)"
+  if env "$@" SSM_CODEGEN_CASES="$cases" "${test_cmd[@]}" -- --nocapture tensor_core \
+    > "$log" 2>&1; then
+    echo "$label ok: $(grep -E '^[0-9]+ kernels compiled' "$log")"
+    rm -f "$log"
+    return 0
+  fi
+  echo "$label FAILED (log: $log)"
+  grep -E 'panicked|expansion panicked|compilation error|shared memory|not a case' "$log" | head -8
+  return 1
+}
+
+failed=0
+if [ "$#" -eq 0 ]; then
+  check all "${ids[*]}" || failed=1
+fi
+for file in "$@"; do
+  while read -r label filter vars; do
+    case "$label" in ''|'#'*) continue ;; esac
+    cases="$(printf '%s\n' "${ids[@]}" | grep -E -- "$filter" | tr '\n' ' ')"
+    if [ -z "$cases" ]; then
+      echo "$label skipped: no tensor-core pass of the table matches $filter"
+      continue
+    fi
+    # shellcheck disable=SC2086 # vars is a list of VAR=value words
+    check "$label" "$cases" $vars || failed=1
+  done < "$file"
+done
+exit "$failed"

@@ -1,0 +1,242 @@
+//! The CUDA kernels compiled offline (feature `cuda-codegen`, no GPU needed): every
+//! tensor-core convolution pass of the benchmark table, set up and launched as
+//! `benches/benches/model_ops.rs` launches it, on the codegen target, where each distinct
+//! kernel is expanded and compiled to CUDA C++ for an H100. A kernel that fails to expand,
+//! fails to compile or declares more shared memory than sm_90 allows fails the test, as it
+//! would fail its first launch on the GPU.
+//!
+//! `SSM_CODEGEN_CASES` (space-separated bench ids, e.g.
+//! `conv3d/2x96x56x56x16/bf16_cl/fwd`) narrows the passes; `SSM_CONV_TUNE` applies as on
+//! the GPU (`scripts/codegen-check.sh` runs a sweep file's lines this way).
+//! `SSM_CODEGEN_DUMP=DIR` writes each kernel's CUDA source there.
+
+#![cfg(feature = "cuda-codegen")]
+
+use ssm_runtime::codegen::{self, Record};
+use ssm_runtime::{ConvImpl, ConvSpec, DType, Device, Layout, Tensor};
+
+/// Held by each test for its duration: the target's record of compiled kernels is one per
+/// process, and each test takes what its own launches compiled.
+static TARGET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn hold_target() -> std::sync::MutexGuard<'static, ()> {
+    TARGET.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The benchmark table's shapes (N, C, H, W, D).
+const SHAPES: [[usize; 5]; 3] = [
+    [2, 48, 112, 112, 32],
+    [2, 96, 56, 56, 16],
+    [2, 192, 28, 28, 8],
+];
+const PASSES: [&str; 4] = ["fwd", "bwd_data", "bwd_weight", "bwd"];
+
+/// One pass of the table, named as its bench.
+struct Case {
+    shape: [usize; 5],
+    /// `tf32` (TF32 fragments on f32 operands) or `bf16` (bf16 operands under `Auto`).
+    kernel: &'static str,
+    layout: Layout,
+    pass: &'static str,
+}
+
+impl Case {
+    fn id(&self) -> String {
+        let [n, c, h, w, d] = self.shape;
+        let l = match self.layout {
+            Layout::ChannelsLast => "cl",
+            Layout::ChannelsFirst => "cf",
+        };
+        format!(
+            "conv3d/{n}x{c}x{h}x{w}x{d}/{}_{l}/{}",
+            self.kernel, self.pass
+        )
+    }
+
+    /// Launch the pass as the bench does (its operands, weight layout and kernel choice).
+    fn launch(&self, d: &Device) {
+        let (which, tf32, dtype) = match self.kernel {
+            "tf32" => (ConvImpl::TensorCore, true, DType::F32),
+            _ => (ConvImpl::Auto, false, DType::BF16),
+        };
+        let [n, c, h, w, dd] = self.shape;
+        let rand = |shape: &[usize], seed| {
+            Tensor::rand_normal(shape, 0.0, 1.0, seed, DType::F32, d)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap()
+        };
+        let mut weight = rand(&[c, c, 3, 3, 3], 2);
+        if self.layout == Layout::ChannelsLast {
+            // Channels-last weight memory viewed in PyTorch's axis order, as the bench's.
+            weight = (weight.permute(&[0, 2, 3, 4, 1]))
+                .and_then(|w| w.contiguous())
+                .and_then(|w| w.permute(&[0, 4, 1, 2, 3]))
+                .unwrap();
+        }
+        let spec = ConvSpec::new().same().layout(self.layout).allow_tf32(tf32);
+        let shape = self.layout.shape(n, c, &[h, w, dd]);
+        let x = rand(&shape, 1);
+        let dy = rand(&shape, 3);
+        let id = self.id();
+        let ran = match self.pass {
+            "fwd" => x.conv_with(&weight, None, &spec, which).map(|r| r.1),
+            "bwd_data" => {
+                Tensor::conv_backward_input(&dy, &weight, &shape, &spec, which).map(|r| r.1)
+            }
+            "bwd_weight" => {
+                Tensor::conv_backward_weight(&x, &dy, weight.shape(), &spec, which).map(|r| r.1)
+            }
+            _ => Tensor::conv_backward(&x, &weight, &dy, &spec, (true, true))
+                .map(|_| ConvImpl::TensorCore),
+        }
+        .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(
+            ran,
+            ConvImpl::TensorCore,
+            "{id}: an H100 runs this pass on tensor cores"
+        );
+    }
+}
+
+fn all_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for shape in SHAPES {
+        for kernel in ["tf32", "bf16"] {
+            for layout in [Layout::ChannelsLast, Layout::ChannelsFirst] {
+                for pass in PASSES {
+                    cases.push(Case {
+                        shape,
+                        kernel,
+                        layout,
+                        pass,
+                    });
+                }
+            }
+        }
+    }
+    cases
+}
+
+/// The cases `SSM_CODEGEN_CASES` names (all when unset); a name that is no case is an error.
+fn selected_cases() -> Vec<Case> {
+    let all = all_cases();
+    let Ok(wanted) = std::env::var("SSM_CODEGEN_CASES") else {
+        return all;
+    };
+    let wanted: Vec<&str> = wanted.split_whitespace().collect();
+    for w in &wanted {
+        assert!(
+            all.iter().any(|c| c.id() == *w),
+            "SSM_CODEGEN_CASES: `{w}` is not a case; they are\n{}",
+            all.iter().map(Case::id).collect::<Vec<_>>().join("\n")
+        );
+    }
+    all.into_iter()
+        .filter(|c| wanted.contains(&c.id().as_str()))
+        .collect()
+}
+
+fn failures(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.name)))
+        .collect()
+}
+
+fn dump(records: &[Record]) {
+    let Ok(dir) = std::env::var("SSM_CODEGEN_DUMP") else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, r) in records.iter().enumerate() {
+        if let Ok(k) = &r.outcome {
+            let path = std::path::Path::new(&dir).join(format!("{i:03}-{}.cu", r.name));
+            std::fs::write(&path, format!("// {}\n{}", r.id, k.source)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn tensor_core_convolutions_compile_for_sm90() {
+    let _target = hold_target();
+    let d = Device::cuda_codegen();
+    assert!(d.has_pipelined_mma(DType::BF16) && d.has_pipelined_mma(DType::F32));
+    let mut records = Vec::new();
+    for case in selected_cases() {
+        case.launch(&d);
+        // Launches reach the target's server asynchronously.
+        d.sync().unwrap();
+        let new = codegen::take_records();
+        let names: Vec<&str> = new.iter().map(|r| r.name.as_str()).collect();
+        eprintln!("{}: {} new kernels {names:?}", case.id(), new.len());
+        records.extend(new);
+    }
+    dump(&records);
+    let largest = records
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().ok().map(|k| (k.shared_bytes, &r.name)))
+        .max();
+    eprintln!(
+        "{} kernels compiled; most shared memory: {largest:?}",
+        records.len()
+    );
+    let failed = failures(&records);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+mod reported {
+    //! The target reports what a GPU launch would refuse: without these, a check that
+    //! compiled nothing, or swallowed every error, would pass.
+    use cubecl::prelude::*;
+    use ssm_runtime::codegen::{self, CodegenDevice, CodegenRuntime, MAX_SHARED};
+
+    #[cube(launch)]
+    fn shared_past_the_limit(out: &mut Array<f32>, #[comptime] floats: usize) {
+        let mut s = SharedMemory::<f32>::new(floats);
+        s[UNIT_POS as usize] = 1.0;
+        sync_cube();
+        out[UNIT_POS as usize] = s[0];
+    }
+
+    #[cube(launch)]
+    fn refused_at_expansion(out: &mut Array<f32>, #[comptime] lanes: usize) {
+        // A comptime rule that fails, as a tile rule's would on a setting it cannot hold.
+        comptime!(assert!(lanes <= 4, "lanes = {lanes}: at most 4"));
+        out[0] = 1.0;
+    }
+
+    #[test]
+    fn refusals_are_reported_and_the_rest_compiles() {
+        let _target = super::hold_target();
+        let client = CodegenRuntime::client(&CodegenDevice);
+        let out = client.empty(4 * 32);
+        let arg = || unsafe { ArrayArg::from_raw_parts(out.clone(), 32) };
+        let (one, warp) = (CubeCount::Static(1, 1, 1), CubeDim::new_1d(32));
+        let fits = MAX_SHARED / 4;
+        shared_past_the_limit::launch::<CodegenRuntime>(&client, one.clone(), warp, arg(), fits);
+        shared_past_the_limit::launch::<CodegenRuntime>(
+            &client,
+            one.clone(),
+            warp,
+            arg(),
+            fits + 1,
+        );
+        refused_at_expansion::launch::<CodegenRuntime>(&client, one.clone(), warp, arg(), 4);
+        refused_at_expansion::launch::<CodegenRuntime>(&client, one, warp, arg(), 5);
+        cubecl::future::block_on(client.sync()).unwrap();
+        let records = codegen::take_records();
+        let outcome: Vec<_> = records
+            .iter()
+            .map(|r| r.outcome.as_ref().map(|k| k.shared_bytes))
+            .collect();
+        assert_eq!(records.len(), 4, "{outcome:?}");
+        assert_eq!(outcome[0], Ok(MAX_SHARED), "{outcome:?}");
+        assert!(outcome[2].is_ok(), "{outcome:?}");
+        let past = outcome[1].as_ref().unwrap_err();
+        assert!(past.contains("shared memory"), "{past}");
+        let panicked = outcome[3].as_ref().unwrap_err();
+        assert!(panicked.contains("lanes = 5: at most 4"), "{panicked}");
+        let source = &records[2].outcome.as_ref().unwrap().source;
+        assert!(source.contains("__global__"), "{source}");
+    }
+}
