@@ -9,12 +9,20 @@
 # the table whose bench ids the filter matches (grep -E) run with the line's variables
 # (SSM_CONV_TUNE, ...), so a setting that fails to expand, to compile or to fit in shared
 # memory fails here, not in the device call. Prints `label ok|FAILED ...` per line; the
-# status is 1 if any line failed. SSM_CODEGEN_DUMP=DIR keeps the CUDA sources.
+# status is 1 if any line failed.
+#
+# NVRTC=1 also compiles every kernel as the GPU would (NVRTC 12.9 for sm_90a, then ptxas,
+# from the toolkit scripts/cuda-toolkit.sh fetches) and prints its registers a thread and
+# spills: a C++ error fails the line, and register pressure shows before any profiler run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
 test_cmd=(cargo test -q -p ssm-runtime --features cuda-codegen --test cuda_codegen)
 "${test_cmd[@]}" --no-run || exit 2
+toolkit=""
+if [ "${NVRTC:-0}" = 1 ]; then
+  toolkit="$(bash scripts/cuda-toolkit.sh)" || exit 2
+fi
 
 # The table's bench ids (tests/cuda_codegen.rs names its cases the same way).
 ids=()
@@ -32,14 +40,23 @@ done
 check() {
   local label="$1" cases="$2"
   shift 2
-  local log
+  local log sources
   log="$(mktemp)"
-  if env "$@" SSM_CODEGEN_CASES="$cases" "${test_cmd[@]}" -- --nocapture tensor_core \
-    > "$log" 2>&1; then
+  sources="$(mktemp -d)"
+  if env "$@" SSM_CODEGEN_CASES="$cases" SSM_CODEGEN_DUMP="$sources" "${test_cmd[@]}" \
+    -- --nocapture tensor_core > "$log" 2>&1; then
     echo "$label ok: $(grep -E '^[0-9]+ kernels compiled' "$log")"
     rm -f "$log"
+    if [ -n "$toolkit" ]; then
+      python3 scripts/cuda-compile.py "$toolkit" "$sources"/*.cu | sed "s/^/$label /"
+      local status="${PIPESTATUS[0]}"
+      rm -rf "$sources"
+      return "$status"
+    fi
+    rm -rf "$sources"
     return 0
   fi
+  rm -rf "$sources"
   echo "$label FAILED (log: $log)"
   grep -E 'panicked|expansion panicked|compilation error|shared memory|not a case' "$log" | head -8
   return 1

@@ -150,8 +150,10 @@ fn dump(records: &[Record]) {
     std::fs::create_dir_all(&dir).unwrap();
     for (i, r) in records.iter().enumerate() {
         if let Ok(k) = &r.outcome {
-            let path = std::path::Path::new(&dir).join(format!("{i:03}-{}.cu", r.name));
-            std::fs::write(&path, format!("// {}\n{}", r.id, k.source)).unwrap();
+            let name = r.name.replace("::", "-");
+            let path = std::path::Path::new(&dir).join(format!("{i:03}-{name}.cu"));
+            let id: String = r.id.lines().map(|l| format!("// {l}\n")).collect();
+            std::fs::write(&path, format!("{id}{}", k.source)).unwrap();
         }
     }
 }
