@@ -2,7 +2,9 @@
 # Compiles the tensor-core convolution kernels to CUDA C++ for an H100 on this machine (no
 # GPU): the offline check a kernel change passes before it waits for a GPU session.
 #
-#   bash scripts/codegen-check.sh                   every pass of the benchmark table, default rules
+#   bash scripts/codegen-check.sh                   the whole check (tests/cuda_codegen.rs): every
+#                                                   pass of the benchmark table and the tested
+#                                                   variants (strides, groups, 1-D, 2-D, bias)
 #   bash scripts/codegen-check.sh SWEEP_FILE ...    each sweep line's passes with its settings
 #
 # A sweep line is `label filter [VAR=value ...]` as for scripts/gpu-sweep.sh: the passes of
@@ -36,35 +38,36 @@ for shape in 2x48x112x112x32 2x96x56x56x16 2x192x28x28x8; do
   done
 done
 
-# Run the check on the named cases (all when none) with extra variables; print its summary.
+# Run the tests named by FILTER (with the table's cases CASES, all when empty) with extra
+# variables; print their summary, and with NVRTC=1 every kernel's registers and spills.
 check() {
-  local label="$1" cases="$2"
-  shift 2
-  local log sources
+  local label="$1" filter="$2" cases="$3"
+  shift 3
+  local log sources status=0 vars=("$@")
   log="$(mktemp)"
   sources="$(mktemp -d)"
-  if env "$@" SSM_CODEGEN_CASES="$cases" SSM_CODEGEN_DUMP="$sources" "${test_cmd[@]}" \
-    -- --nocapture tensor_core > "$log" 2>&1; then
-    echo "$label ok: $(grep -E '^[0-9]+ kernels compiled' "$log")"
+  [ -n "$cases" ] && vars+=("SSM_CODEGEN_CASES=$cases")
+  # shellcheck disable=SC2086 # filter is a list of test-harness words
+  if env "${vars[@]}" SSM_CODEGEN_DUMP="$sources" "${test_cmd[@]}" -- --nocapture $filter \
+    > "$log" 2>&1; then
+    echo "$label ok: $(grep -oE '[0-9]+ kernels compiled.*' "$log" | paste -sd ';' -)"
     rm -f "$log"
     if [ -n "$toolkit" ]; then
       python3 scripts/cuda-compile.py "$toolkit" "$sources"/*.cu | sed "s/^/$label /"
-      local status="${PIPESTATUS[0]}"
-      rm -rf "$sources"
-      return "$status"
+      status="${PIPESTATUS[0]}"
     fi
-    rm -rf "$sources"
-    return 0
+  else
+    echo "$label FAILED (log: $log)"
+    grep -E 'panicked|expansion panicked|compilation error|shared memory|not a case' "$log" | head -8
+    status=1
   fi
   rm -rf "$sources"
-  echo "$label FAILED (log: $log)"
-  grep -E 'panicked|expansion panicked|compilation error|shared memory|not a case' "$log" | head -8
-  return 1
+  return "$status"
 }
 
 failed=0
 if [ "$#" -eq 0 ]; then
-  check all "${ids[*]}" || failed=1
+  check all "" "" || failed=1
 fi
 for file in "$@"; do
   while read -r label filter vars; do
@@ -75,7 +78,7 @@ for file in "$@"; do
       continue
     fi
     # shellcheck disable=SC2086 # vars is a list of VAR=value words
-    check "$label" "$cases" $vars || failed=1
+    check "$label" "--exact tensor_core_convolutions_compile_for_sm90" "$cases" $vars || failed=1
   done < "$file"
 done
 exit "$failed"

@@ -143,7 +143,8 @@ fn failures(records: &[Record]) -> Vec<String> {
         .collect()
 }
 
-fn dump(records: &[Record]) {
+/// Write each compiled kernel's source to `$SSM_CODEGEN_DUMP/<test>-<index>-<kernel>.cu`.
+fn dump(test: &str, records: &[Record]) {
     let Ok(dir) = std::env::var("SSM_CODEGEN_DUMP") else {
         return;
     };
@@ -151,7 +152,7 @@ fn dump(records: &[Record]) {
     for (i, r) in records.iter().enumerate() {
         if let Ok(k) = &r.outcome {
             let name = r.name.replace("::", "-");
-            let path = std::path::Path::new(&dir).join(format!("{i:03}-{name}.cu"));
+            let path = std::path::Path::new(&dir).join(format!("{test}-{i:03}-{name}.cu"));
             let id: String = r.id.lines().map(|l| format!("// {l}\n")).collect();
             std::fs::write(&path, format!("{id}{}", k.source)).unwrap();
         }
@@ -173,7 +174,7 @@ fn tensor_core_convolutions_compile_for_sm90() {
         eprintln!("{}: {} new kernels {names:?}", case.id(), new.len());
         records.extend(new);
     }
-    dump(&records);
+    dump("table", &records);
     let largest = records
         .iter()
         .filter_map(|r| r.outcome.as_ref().ok().map(|k| (k.shared_bytes, &r.name)))
@@ -182,6 +183,101 @@ fn tensor_core_convolutions_compile_for_sm90() {
         "{} kernels compiled; most shared memory: {largest:?}",
         records.len()
     );
+    let failed = failures(&records);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// The shapes `conv_tensor_cores_match_host` checks on a GPU (channels-first input, C_out,
+/// kernel, spec): strided, grouped and dilated, causal 1-D, pointwise, partial tiles, rows
+/// shorter than a segment, and a bias, in both layouts and both operand types.
+#[test]
+fn tensor_core_convolution_variants_compile_for_sm90() {
+    let _target = hold_target();
+    let d = Device::cuda_codegen();
+    let cases = [
+        (
+            vec![2usize, 48, 6, 7, 5],
+            48,
+            vec![3usize, 3, 3],
+            ConvSpec::new().same(),
+        ),
+        (
+            vec![1, 40, 9, 8],
+            24,
+            vec![3, 3],
+            ConvSpec::new().pad(&[1]).stride(&[2]),
+        ),
+        (
+            vec![2, 32, 10, 9],
+            32,
+            vec![3, 3],
+            ConvSpec::new().pad(&[2]).dilation(&[2]).groups(2),
+        ),
+        (vec![1, 20, 37], 72, vec![4], ConvSpec::new().causal()),
+        (vec![2, 16, 5, 6], 32, vec![1, 1], ConvSpec::new()),
+        (vec![1, 24, 5, 18], 112, vec![3, 3], ConvSpec::new().same()),
+        (
+            vec![1, 64, 3, 4, 20],
+            64,
+            vec![3, 3, 3],
+            ConvSpec::new().same(),
+        ),
+        (
+            vec![1, 32, 3, 5, 12],
+            32,
+            vec![3, 3, 3],
+            ConvSpec::new().same(),
+        ),
+        (
+            vec![2, 32, 4, 6, 8],
+            32,
+            vec![3, 3, 3],
+            ConvSpec::new().same().groups(2),
+        ),
+    ];
+    let mut records = Vec::new();
+    for dtype in [DType::BF16, DType::F32] {
+        for (input, c_out, kernel, spec) in &cases {
+            for layout in [Layout::ChannelsFirst, Layout::ChannelsLast] {
+                let spec = spec.clone().layout(layout).allow_tf32(true);
+                let spatial = &input[2..];
+                let in_shape = layout.shape(input[0], input[1], spatial);
+                let w_shape = [&[*c_out, input[1] / spec.groups][..], kernel].concat();
+                let out_shape = spec
+                    .resolve("codegen", &in_shape, &w_shape)
+                    .unwrap()
+                    .output_shape();
+                let rand = |shape: &[usize], dtype| {
+                    Tensor::rand_normal(shape, 0.0, 1.0, 7, DType::F32, &d)
+                        .and_then(|t| t.to_dtype(dtype))
+                        .unwrap()
+                };
+                let (x, w, dy) = (
+                    rand(&in_shape, dtype),
+                    rand(&w_shape, dtype),
+                    rand(&out_shape, dtype),
+                );
+                let b = rand(&[*c_out], DType::F32);
+                let what = format!("{input:?} {layout:?} {dtype}");
+                let tc = ConvImpl::TensorCore;
+                x.conv_with(&w, Some(&b), &spec, tc)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                Tensor::conv_backward_input(&dy, &w, &in_shape, &spec, tc)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, tc)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                d.sync().unwrap();
+                records.extend(codegen::take_records());
+            }
+        }
+    }
+    dump("variants", &records);
+    let pipelined = records.iter().filter(|r| r.name.contains("Pipe")).count();
+    eprintln!(
+        "{} kernels compiled, {pipelined} of them pipelined",
+        records.len()
+    );
+    assert!(pipelined > 0, "no pipelined kernel was launched");
     let failed = failures(&records);
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
