@@ -248,13 +248,17 @@ pub(crate) fn seg_row(
 /// (stride and dilation 1 along h): the rows of a plane's run of dst rows `h0 .. h1` and
 /// all its taps are the `h1 − h0 + kh_inner − 1` src rows from `h0 − pad`, which the halo
 /// holds once ([`RowsHalo::ext_rows`] rows of `row_halo` src positions in all) instead of
-/// once per tap. `kh_inner == 1`: per-segment halos (the rest unused).
+/// once per tap. `kh_inner == 1`: per-segment halos (the rest unused). `tap_loop`: the
+/// consumer walks the taps along h in a run-time loop instead of unrolling them (a third
+/// of the stage body live at once: ptxas gives the 192-channel tiles 255 registers and
+/// spills unrolled).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) struct RowsHalo {
     pub kh_inner: usize,
     pub tile_rows: usize,
     pub planes: usize,
     pub row_halo: usize,
+    pub tap_loop: bool,
 }
 
 impl RowsHalo {
@@ -268,6 +272,7 @@ impl RowsHalo {
             tile_rows,
             planes,
             row_halo,
+            tap_loop: false,
         }
     }
 
@@ -292,6 +297,7 @@ impl RowsHalo {
         tile_rows: 0,
         planes: 0,
         row_halo: 0,
+        tap_loop: false,
     };
 }
 
@@ -918,7 +924,7 @@ fn conv_pipe<I: Float, M: Float>(
                     prod.produce::<I>(src, w, &mut a_s, &mut b_s, &g, &bars, fill, sh);
                 }
 
-                #[unroll]
+                #[unroll(!rows_halo.tap_loop)]
                 for uh in 0..comptime!(if probe == PROBE_NO_MMA { 0 } else { kh_inner }) {
                     #[unroll]
                     for u in 0..kw_inner {
@@ -929,7 +935,7 @@ fn conv_pipe<I: Float, M: Float>(
                         } else {
                             usize::cast_from(g.dil_w) * u
                         };
-                        let shift_h = comptime!(if transposed { kh_inner - 1 - uh } else { uh });
+                        let shift_h = if transposed { kh_inner - 1 - uh } else { uh };
                         let a_slot = j * a_stage + (shift_h * row_halo + shift) * pitch;
                         let b_slot = j * b_stage + ((uh * kw_inner + u) * bn + warp_col) * pitch;
                         #[unroll]
@@ -1254,6 +1260,9 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
         .fwd_h_taps
         .unwrap_or_else(|| rows_halo_taps(&tile, elem, geo.k[1] as usize));
     tile = with_rows_halo(tile, geo, h_taps, elem, max_shared);
+    if tune.fwd_h_loop == Some(1) {
+        tile.rows_halo.tap_loop = true;
+    }
     if let Some(slots) = tune.fwd_slots {
         tile.stages = slots;
     }
@@ -1677,6 +1686,7 @@ mod tests {
                 tile_rows: 24,
                 planes: 2,
                 row_halo: 10,
+                tap_loop: false,
             };
             assert_eq!((h.rows_halo, h.stages), (want, 2), "{elem}");
             assert_eq!(h.rows_halo.ext_rows(), 28);

@@ -12,6 +12,7 @@
 //! | `fwd.slots` | stage slots | `stage_slots` |
 //! | `fwd.bk` | reduced channels a stage (16, 32, 48 or 64) | `reduce_depth` |
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
+//! | `fwd.h_loop` | 1: a rows halo's taps along h in a run-time loop, not unrolled | unrolled |
 //! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
@@ -43,6 +44,7 @@ pub(crate) struct ConvTune {
     pub fwd_bk: Option<usize>,
     pub fwd_split_target: Option<usize>,
     pub fwd_h_taps: Option<usize>,
+    pub fwd_h_loop: Option<usize>,
     pub wgrad_ks: Option<usize>,
     pub wgrad_warps_m: Option<usize>,
     pub wgrad_cc: Option<usize>,
@@ -51,7 +53,7 @@ pub(crate) struct ConvTune {
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
-                    fwd.h_taps, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
+                    fwd.h_taps, fwd.h_loop, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -79,6 +81,7 @@ impl ConvTune {
                 "fwd.bk" => (&mut t.fwd_bk, 64),
                 "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
                 "fwd.h_taps" => (&mut t.fwd_h_taps, 7),
+                "fwd.h_loop" => (&mut t.fwd_h_loop, 1),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
                 "wgrad.warps_m" => (&mut t.wgrad_warps_m, 8),
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
@@ -207,6 +210,7 @@ mod tests {
         assert!(e.contains("multiple of 16"), "{e}");
         assert_eq!(ConvTune::parse("wgrad.cc=48").unwrap().wgrad_cc, Some(48));
         assert_eq!(ConvTune::parse("fwd.h_taps=3").unwrap().fwd_h_taps, Some(3));
+        assert_eq!(ConvTune::parse("fwd.h_loop=1").unwrap().fwd_h_loop, Some(1));
         assert_eq!(
             ConvTune::parse("wgrad.warps_m=4").unwrap().wgrad_warps_m,
             Some(4)
@@ -230,6 +234,7 @@ mod tests {
             "fwd.warps_n=9",
             "fwd.frags_n=13",
             "fwd.h_taps=8",
+            "fwd.h_loop=2",
             "wgrad.warps_m=9",
         ] {
             let e = ConvTune::parse(bad).unwrap_err();
