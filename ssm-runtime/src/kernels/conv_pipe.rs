@@ -1260,9 +1260,9 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
         .fwd_h_taps
         .unwrap_or_else(|| rows_halo_taps(&tile, elem, geo.k[1] as usize));
     tile = with_rows_halo(tile, geo, h_taps, elem, max_shared);
-    if tune.fwd_h_loop == Some(1) {
-        tile.rows_halo.tap_loop = true;
-    }
+    tile.rows_halo.tap_loop = tune
+        .fwd_h_loop
+        .map_or_else(|| h_tap_loop(&tile), |v| v == 1);
     if let Some(slots) = tune.fwd_slots {
         tile.stages = slots;
     }
@@ -1287,6 +1287,18 @@ fn rows_halo_taps(tile: &PipeTile, elem: usize, k_h: usize) -> usize {
     } else {
         1
     }
+}
+
+/// Whether a rows halo's taps along h run in a loop rather than unrolled: in the
+/// one-cube-an-SM tiles (192 channels), whose unrolled stage body took 255 registers and
+/// spilled 104–128 B a thread (ptxas), while looped it takes 243–246 and none. H100
+/// (2026-12-06, two runs, µs, unrolled → loop), channels-last / channels-first: TF32
+/// forward 165.8 → 156.7 / 163.7 → 158.4, backward-data 162.7 → 155.9 / 162.3 → 157.4;
+/// bf16 forward 91.5 → 88.6 / 87.6 → 82.7, backward-data 94.1 → 88.6 / 89.9 → 82.7. The
+/// TF32 tiles at 48 channels (248 registers, no spills either way) ran 2–6 % slower in the
+/// loop, so the others stay unrolled.
+fn h_tap_loop(tile: &PipeTile) -> bool {
+    tile.one_per_sm && tile.rows_halo.kh_inner > 1
 }
 
 /// `tile` with a [`RowsHalo`] of `h_taps` taps along h where `geo` and the tile allow one:
@@ -1724,21 +1736,23 @@ mod tests {
         assert_eq!(h.rows_halo.row_halo, 34);
         // The rule on the benchmark shapes (132 SMs): 192 channels in both types, 48 in
         // TF32; not 96 in TF32 (its four-segment tile's two slots fit one, which ran
-        // slower) nor bf16 at 96 and 48 (two cubes an SM without).
-        for (c, dst, elem, want) in [
-            (192, [28, 28, 8], 2, 3),
-            (192, [28, 28, 8], 4, 3),
-            (96, [56, 56, 16], 4, 1),
-            (96, [56, 56, 16], 2, 1),
-            (48, [112, 112, 32], 4, 3),
-            (48, [112, 112, 32], 2, 1),
+        // slower) nor bf16 at 96 and 48 (two cubes an SM without). Its taps along h loop
+        // at 192 channels only (the one-cube-an-SM tiles, which spilled unrolled).
+        for (c, dst, elem, want, looped) in [
+            (192, [28, 28, 8], 2, 3, true),
+            (192, [28, 28, 8], 4, 3, true),
+            (96, [56, 56, 16], 4, 1, false),
+            (96, [56, 56, 16], 2, 1, false),
+            (48, [112, 112, 32], 4, 3, false),
+            (48, [112, 112, 32], 2, 1, false),
         ] {
             let (dst_w, rows) = (dst[2] as usize, 2 * (dst[0] * dst[1]) as usize);
             let t = bench(c as usize, dst_w, elem, rows);
             let taps = rows_halo_taps(&t, elem, 3);
             let h = with_rows_halo(t, &geo(c, dst), taps, elem, hopper);
             assert_eq!(
-                h.rows_halo.kh_inner, want,
+                (h.rows_halo.kh_inner, h_tap_loop(&h)),
+                (want, looped),
                 "{c} channels, {elem}-byte operands"
             );
         }

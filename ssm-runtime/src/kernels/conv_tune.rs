@@ -12,7 +12,7 @@
 //! | `fwd.slots` | stage slots | `stage_slots` |
 //! | `fwd.bk` | reduced channels a stage (16, 32, 48 or 64) | `reduce_depth` |
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
-//! | `fwd.h_loop` | 1: a rows halo's taps along h in a run-time loop, not unrolled | unrolled |
+//! | `fwd.h_loop` | 1: a rows halo's taps along h in a run-time loop; 0: unrolled | `h_tap_loop` |
 //! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
@@ -66,9 +66,7 @@ impl ConvTune {
             let n: usize = value
                 .trim()
                 .parse()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("`{item}`: the value must be a whole number above 0"))?;
+                .map_err(|_| format!("`{item}`: the value must be a whole number"))?;
             // The kernels' limits: four slot barriers (one slot cannot overlap a copy with
             // its reads), 32 warps a cube ([`check_warps`] checks the product), registers
             // for four 16-row or twelve 8-channel accumulator blocks a warp.
@@ -89,7 +87,11 @@ impl ConvTune {
                 "wgrad.target" => (&mut t.wgrad_target, usize::MAX),
                 other => return Err(format!("unknown key `{other}` (known: {KEYS})")),
             };
-            let min = if key.trim().ends_with(".slots") { 2 } else { 1 };
+            let min = match key.trim() {
+                k if k.ends_with(".slots") => 2,
+                "fwd.h_loop" => 0,
+                _ => 1,
+            };
             if !(min..=max).contains(&n) {
                 return Err(format!("`{item}`: the value must lie in {min}..={max}"));
             }
@@ -222,11 +224,14 @@ mod tests {
         assert!(e.contains("multiple of 16"), "{e}");
         let e = ConvTune::parse("fwd.slots").unwrap_err();
         assert!(e.contains("not key=value"), "{e}");
-        for bad in ["fwd.slots=0", "fwd.slots=-1", "fwd.slots=two"] {
+        for bad in ["fwd.slots=-1", "fwd.slots=two", "fwd.h_loop=yes"] {
             let e = ConvTune::parse(bad).unwrap_err();
-            assert!(e.contains("whole number above 0"), "{bad}: {e}");
+            assert!(e.contains("whole number"), "{bad}: {e}");
         }
+        assert_eq!(ConvTune::parse("fwd.h_loop=0").unwrap().fwd_h_loop, Some(0));
         for bad in [
+            "fwd.slots=0",
+            "fwd.bk=0",
             "fwd.slots=1",
             "wgrad.slots=5",
             "fwd.frags_m=5",
