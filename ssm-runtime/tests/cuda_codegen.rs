@@ -187,54 +187,14 @@ fn tensor_core_convolutions_compile_for_sm90() {
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
-/// The shapes `conv_tensor_cores_match_host` checks on a GPU (channels-first input, C_out,
-/// kernel, spec): strided, grouped and dilated, causal 1-D, pointwise, partial tiles, rows
-/// shorter than a segment, and a bias, in both layouts and both operand types.
+/// The shapes `conv_tensor_cores_match_host` checks on a GPU
+/// ([`tensor_core_conv_cases`](ssm_runtime::testing::tensor_core_conv_cases)), with a bias,
+/// in both layouts and both operand types.
 #[test]
 fn tensor_core_convolution_variants_compile_for_sm90() {
     let _target = hold_target();
     let d = Device::cuda_codegen();
-    let cases = [
-        (
-            vec![2usize, 48, 6, 7, 5],
-            48,
-            vec![3usize, 3, 3],
-            ConvSpec::new().same(),
-        ),
-        (
-            vec![1, 40, 9, 8],
-            24,
-            vec![3, 3],
-            ConvSpec::new().pad(&[1]).stride(&[2]),
-        ),
-        (
-            vec![2, 32, 10, 9],
-            32,
-            vec![3, 3],
-            ConvSpec::new().pad(&[2]).dilation(&[2]).groups(2),
-        ),
-        (vec![1, 20, 37], 72, vec![4], ConvSpec::new().causal()),
-        (vec![2, 16, 5, 6], 32, vec![1, 1], ConvSpec::new()),
-        (vec![1, 24, 5, 18], 112, vec![3, 3], ConvSpec::new().same()),
-        (
-            vec![1, 64, 3, 4, 20],
-            64,
-            vec![3, 3, 3],
-            ConvSpec::new().same(),
-        ),
-        (
-            vec![1, 32, 3, 5, 12],
-            32,
-            vec![3, 3, 3],
-            ConvSpec::new().same(),
-        ),
-        (
-            vec![2, 32, 4, 6, 8],
-            32,
-            vec![3, 3, 3],
-            ConvSpec::new().same().groups(2),
-        ),
-    ];
+    let cases = ssm_runtime::testing::tensor_core_conv_cases();
     let mut records = Vec::new();
     for dtype in [DType::BF16, DType::F32] {
         for (input, c_out, kernel, spec) in &cases {

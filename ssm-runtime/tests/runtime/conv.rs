@@ -815,56 +815,7 @@ fn conv_tensor_cores_match_host() {
         );
         return;
     }
-    // (channels-first input, C_out, kernel, spec): the model's 3×3×3 C→C block (several
-    // stages per tap, taps split across cubes), a strided 2-D case with C_in ≠ C_out and
-    // partial tiles, a grouped dilated one, a causal 1-D one with a channel count off the 16
-    // grid, a pointwise one (one tap: no split, the bias added in the only pass), and one
-    // with more dst channels than one tile holds and dst rows of partial 16-position segments,
-    // a 64-channel one (bf16 stages then reduce 32 channels, two per tap group), and one of
-    // rows shorter than a segment in an odd count (the weight gradient's two-row stages end
-    // half past the rows), and a grouped stride-1 one (TF32 takes rows halos there, each
-    // group's src rows from its own channels).
-    let cases = [
-        (
-            vec![2usize, 48, 6, 7, 5],
-            48,
-            vec![3usize, 3, 3],
-            ConvSpec::new().same(),
-        ),
-        (
-            vec![1, 40, 9, 8],
-            24,
-            vec![3, 3],
-            ConvSpec::new().pad(&[1]).stride(&[2]),
-        ),
-        (
-            vec![2, 32, 10, 9],
-            32,
-            vec![3, 3],
-            ConvSpec::new().pad(&[2]).dilation(&[2]).groups(2),
-        ),
-        (vec![1, 20, 37], 72, vec![4], ConvSpec::new().causal()),
-        (vec![2, 16, 5, 6], 32, vec![1, 1], ConvSpec::new()),
-        (vec![1, 24, 5, 18], 112, vec![3, 3], ConvSpec::new().same()),
-        (
-            vec![1, 64, 3, 4, 20],
-            64,
-            vec![3, 3, 3],
-            ConvSpec::new().same(),
-        ),
-        (
-            vec![1, 32, 3, 5, 12],
-            32,
-            vec![3, 3, 3],
-            ConvSpec::new().same(),
-        ),
-        (
-            vec![2, 32, 4, 6, 8],
-            32,
-            vec![3, 3, 3],
-            ConvSpec::new().same().groups(2),
-        ),
-    ];
+    let cases = ssm_runtime::testing::tensor_core_conv_cases();
     // Fewer than 16 channels per group: asked for, a clear refusal; `Auto` goes elsewhere.
     let x8 = upload(&r.vec(2 * 8 * 6 * 5, -1.0, 1.0), &[2, 8, 6, 5], dtypes[0]);
     let w8 = upload(&r.vec(8 * 8 * 9, -1.0, 1.0), &[8, 8, 3, 3], dtypes[0]);
