@@ -13,7 +13,10 @@
 #![cfg(feature = "cuda-codegen")]
 
 use ssm_runtime::codegen::{self, Record};
-use ssm_runtime::{ConvImpl, ConvSpec, DType, Device, Layout, Tensor};
+use ssm_runtime::scan::{
+    ScanInputs, ScanOptions, ScanSpec, presets, selective_scan_bwd, selective_scan_fwd,
+};
+use ssm_runtime::{ConvImpl, ConvSpec, DType, Device, Layout, Norm, NormNeeds, Tensor};
 
 /// Held by each test for its duration: the target's record of compiled kernels is one per
 /// process, and each test takes what its own launches compiled.
@@ -238,6 +241,102 @@ fn tensor_core_convolution_variants_compile_for_sm90() {
         records.len()
     );
     assert!(pipelined > 0, "no pipelined kernel was launched");
+    let failed = failures(&records);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// The kernels that take warp shuffles only where planes are 32 lanes wide (lavapipe's are
+/// 8, so CI never expanded them): reductions, norms, softmax, attention and the selective
+/// scan (1-D chunked, 2-D and 3-D tiled, gated), forward and backward, f32 and f64.
+#[test]
+fn warp_shuffle_paths_compile_for_sm90() {
+    let _target = hold_target();
+    let d = Device::cuda_codegen();
+    assert!(d.has_planes_of(32));
+    let mut records = Vec::new();
+    for dtype in [DType::F32, DType::F64] {
+        let rand = |shape: &[usize]| {
+            Tensor::rand_normal(shape, 0.0, 1.0, 11, DType::F32, &d)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap()
+        };
+        let x = rand(&[2, 48, 6, 5, 7]);
+        for axes in [&[1isize][..], &[-1], &[2, 3, 4], &[0, 2, 3, 4]] {
+            x.sum(axes, false).unwrap();
+            x.mean(axes, true).unwrap();
+            x.var(axes, 1, false).unwrap();
+            x.max(axes, false).unwrap();
+        }
+        x.argmax(1, false).unwrap();
+        let y = x.softmax(-1).unwrap();
+        Tensor::softmax_backward(&y, &x, -1).unwrap();
+        let (w, b) = (rand(&[48]), rand(&[48]));
+        for (norm, layout, affine) in [
+            (Norm::Layer, Layout::ChannelsLast, true),
+            (Norm::Layer, Layout::ChannelsFirst, true),
+            (Norm::Instance, Layout::ChannelsFirst, false),
+            (Norm::Instance, Layout::ChannelsLast, false),
+            (Norm::Group(4), Layout::ChannelsFirst, true),
+            (Norm::Batch, Layout::ChannelsFirst, true),
+        ] {
+            let shape = layout.shape(2, 48, &[6, 5, 7]);
+            let (xn, dy) = (rand(&shape), rand(&shape));
+            let (wo, bo) = if affine {
+                (Some(&w), Some(&b))
+            } else {
+                (None, None)
+            };
+            let what = format!("{norm:?} {layout:?} {dtype}");
+            let (_, stats) = (xn.norm_forward(norm, layout, wo, bo, 1e-5))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let needs = NormNeeds {
+                dx: true,
+                dw: affine,
+                db: affine,
+            };
+            Tensor::norm_backward(&xn, &dy, norm, layout, wo, &stats, needs)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        let (q, k, v) = (
+            rand(&[2, 3, 40, 16]),
+            rand(&[2, 3, 40, 16]),
+            rand(&[2, 3, 40, 16]),
+        );
+        let (out, lse) = Tensor::attention(&q, &k, &v, None).unwrap();
+        Tensor::attention_backward(&q, &k, &v, &out, &lse, &out, None).unwrap();
+        // Scans: (grid, paths, gated); B 1, Di 16, N 8, one B/C group.
+        for (grid, paths, gated) in [
+            (vec![300], presets::bidirectional(), true),
+            (vec![12, 10], presets::cross2d(), false),
+            (vec![4, 6, 5], presets::srma_abss(), true),
+        ] {
+            let (di, n, l, kp) = (16, 8, grid.iter().product::<usize>(), paths.len());
+            let a = rand(&[kp, di, n]).abs().and_then(|t| t.neg()).unwrap();
+            let (u, delta, z) = (rand(&[1, di, l]), rand(&[1, di, l]), rand(&[1, di, l]));
+            let (bm, cm) = (rand(&[1, kp, 1, n, l]), rand(&[1, kp, 1, n, l]));
+            let (dd, db) = (rand(&[kp, di]), rand(&[kp, di]));
+            let inputs = ScanInputs {
+                u: &u,
+                delta: &delta,
+                a: &a,
+                b: &bm,
+                c: &cm,
+                d: &dd,
+                delta_bias: &db,
+                z: gated.then_some(&z),
+            };
+            let spec = ScanSpec::new(&grid, paths);
+            let what = format!("scan over {grid:?} {dtype}");
+            let (y, saved) = selective_scan_fwd(&inputs, &spec, &ScanOptions::default())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            selective_scan_bwd(&inputs, &spec, &saved, &y)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        d.sync().unwrap();
+        records.extend(codegen::take_records());
+    }
+    dump("shuffles", &records);
+    eprintln!("{} kernels compiled", records.len());
     let failed = failures(&records);
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
