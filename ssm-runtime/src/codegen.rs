@@ -9,9 +9,10 @@
 //! and shared-memory limit), launch them, and each distinct kernel is compiled here once;
 //! [`take_records`] says which compiled and why any did not.
 //!
-//! What it cannot see: NVRTC does not run (no CUDA toolkit is needed), so errors only the
-//! C++ compiler would find are out of reach, and nothing executes: buffers live in host
-//! memory that no kernel writes, so values read back are inputs or zeros, never results.
+//! What it cannot see: NVRTC does not run in-process (no CUDA toolkit is needed; the
+//! sources it records go through NVRTC and ptxas in `scripts/codegen-check.sh` with
+//! `NVRTC=1`), and nothing executes: buffers live in host memory that no kernel writes, so
+//! values read back are inputs or zeros, never results.
 
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
