@@ -16,7 +16,7 @@ use ssm_runtime::codegen::{self, Record};
 use ssm_runtime::scan::{
     ScanInputs, ScanOptions, ScanSpec, presets, selective_scan_bwd, selective_scan_fwd,
 };
-use ssm_runtime::{ConvImpl, ConvSpec, DType, Device, Layout, Norm, NormNeeds, Tensor};
+use ssm_runtime::{ConvImpl, ConvSpec, DType, Device, Layout, MatmulImpl, Norm, NormNeeds, Tensor};
 
 /// Held by each test for its duration: the target's record of compiled kernels is one per
 /// process, and each test takes what its own launches compiled.
@@ -337,6 +337,47 @@ fn warp_shuffle_paths_compile_for_sm90() {
     }
     dump("shuffles", &records);
     eprintln!("{} kernels compiled", records.len());
+    let failed = failures(&records);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// cubek's kernels as an H100 selects them: the matmul (f32 and f64, square and skinny)
+/// and the TF32 channels-last convolution.
+#[test]
+fn cubek_paths_compile_for_sm90() {
+    let _target = hold_target();
+    let d = Device::cuda_codegen();
+    let rand = |shape: &[usize], dtype| {
+        Tensor::rand_normal(shape, 0.0, 1.0, 13, DType::F32, &d)
+            .and_then(|t| t.to_dtype(dtype))
+            .unwrap()
+    };
+    for dtype in [DType::F32, DType::F64] {
+        for (m, k, n) in [(256, 256, 256), (4, 384, 1000), (1000, 48, 96)] {
+            let (a, b) = (rand(&[2, m, k], dtype), rand(&[2, k, n], dtype));
+            let (_, ran) = a.matmul_with(&b, MatmulImpl::Auto).unwrap();
+            eprintln!("matmul {m}x{k}x{n} {dtype}: {ran:?}");
+        }
+    }
+    let spec = ConvSpec::new()
+        .same()
+        .layout(Layout::ChannelsLast)
+        .allow_tf32(true);
+    let (x, w) = (
+        rand(&[2, 6, 5, 4, 16], DType::F32),
+        rand(&[16, 16, 3, 3, 3], DType::F32),
+    );
+    let (_, ran) = x.conv_with(&w, None, &spec, ConvImpl::Cubek).unwrap();
+    assert_eq!(ran, ConvImpl::Cubek);
+    d.sync().unwrap();
+    let records = codegen::take_records();
+    dump("cubek", &records);
+    let cubek = records
+        .iter()
+        .filter(|r| !r.name.contains("RandomKernel"))
+        .count();
+    eprintln!("{} kernels compiled", records.len());
+    assert!(cubek > 0, "no cubek kernel was launched");
     let failed = failures(&records);
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
