@@ -98,17 +98,9 @@ impl Device {
             .get_or_init(|| {
                 use crate::codegen::{CodegenDevice, CodegenRuntime};
                 let client = CodegenRuntime::client(&CodegenDevice);
-                let caps = capabilities(&client);
-                Device {
-                    inner: Arc::new(DeviceInner {
-                        backend: Backend::CudaCodegen(client),
-                        kind: DeviceKind::Cuda,
-                        name: "cuda-codegen (sm_90 properties; kernels compiled, never run)".into(),
-                        plane_ops: true,
-                        plane_size: 32,
-                        caps,
-                    }),
-                }
+                let name = "cuda-codegen (sm_90 properties; kernels compiled, never run)";
+                let backend = Backend::CudaCodegen(client.clone());
+                device_of(&client, backend, DeviceKind::Cuda, name.into())
             })
             .clone()
     }
@@ -217,13 +209,7 @@ impl Device {
 
     /// Wait for all queued work and report deferred kernel failures.
     pub fn sync(&self) -> Result<()> {
-        let res = match self.backend() {
-            Backend::Vulkan(c) => cubecl::future::block_on(c.sync()),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(c) => cubecl::future::block_on(c.sync()),
-            #[cfg(feature = "cuda-codegen")]
-            Backend::CudaCodegen(c) => cubecl::future::block_on(c.sync()),
-        };
+        let res = crate::dispatch!(self, c => cubecl::future::block_on(c.sync()));
         res.map_err(|e| Error::kernel("sync", format!("{e:?}")))
     }
 }
@@ -290,23 +276,37 @@ fn init_vulkan() -> Result<Device> {
         )));
     }
     let client = WgpuRuntime::client(&WgpuDevice::DefaultDevice);
-    let props = client.properties();
+    let name = format!("vulkan ({})", adapters.join(", "));
+    Ok(device_of(
+        &client,
+        Backend::Vulkan(client.clone()),
+        DeviceKind::Vulkan,
+        name,
+    ))
+}
+
+/// The device of `client` (held in `backend`): its plane width and capabilities as the
+/// client reports them.
+fn device_of<R: Runtime>(
+    client: &ComputeClient<R>,
+    backend: Backend,
+    kind: DeviceKind,
+    name: String,
+) -> Device {
     let plane_ops = client
         .features()
         .plane
         .contains(cubecl::ir::features::Plane::Ops);
-    let plane_size = props.hardware.plane_size_max;
-    let caps = capabilities(&client);
-    Ok(Device {
+    Device {
         inner: Arc::new(DeviceInner {
-            backend: Backend::Vulkan(client),
-            kind: DeviceKind::Vulkan,
-            name: format!("vulkan ({})", adapters.join(", ")),
+            backend,
+            kind,
+            name,
             plane_ops,
-            plane_size,
-            caps,
+            plane_size: client.properties().hardware.plane_size_max,
+            caps: capabilities(client),
         }),
-    })
+    }
 }
 
 fn vulkan_adapters() -> Vec<String> {
@@ -339,22 +339,13 @@ fn init_cuda() -> Result<Device> {
         .ok()
         .and_then(|d| cudarc::driver::result::device::get_name(d).ok())
         .unwrap_or_else(|| "unknown GPU".into());
-    let plane_ops = client
-        .features()
-        .plane
-        .contains(cubecl::ir::features::Plane::Ops);
-    let plane_size = client.properties().hardware.plane_size_max;
-    let caps = capabilities(&client);
-    Ok(Device {
-        inner: Arc::new(DeviceInner {
-            backend: Backend::Cuda(client),
-            kind: DeviceKind::Cuda,
-            name: format!("cuda:0 ({gpu})"),
-            plane_ops,
-            plane_size,
-            caps,
-        }),
-    })
+    let name = format!("cuda:0 ({gpu})");
+    Ok(device_of(
+        &client,
+        Backend::Cuda(client.clone()),
+        DeviceKind::Cuda,
+        name,
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]
