@@ -63,12 +63,7 @@ impl Case {
             _ => (ConvImpl::Auto, false, DType::BF16),
         };
         let [n, c, h, w, dd] = self.shape;
-        let rand = |shape: &[usize], seed| {
-            Tensor::rand_normal(shape, 0.0, 1.0, seed, DType::F32, d)
-                .and_then(|t| t.to_dtype(dtype))
-                .unwrap()
-        };
-        let mut weight = rand(&[c, c, 3, 3, 3], 2);
+        let mut weight = rand(d, &[c, c, 3, 3, 3], dtype, 2);
         if self.layout == Layout::ChannelsLast {
             // Channels-last weight memory viewed in PyTorch's axis order, as the bench's.
             weight = (weight.permute(&[0, 2, 3, 4, 1]))
@@ -78,8 +73,8 @@ impl Case {
         }
         let spec = ConvSpec::new().same().layout(self.layout).allow_tf32(tf32);
         let shape = self.layout.shape(n, c, &[h, w, dd]);
-        let x = rand(&shape, 1);
-        let dy = rand(&shape, 3);
+        let x = rand(d, &shape, dtype, 1);
+        let dy = rand(d, &shape, dtype, 3);
         let id = self.id();
         let ran = match self.pass {
             "fwd" => x.conv_with(&weight, None, &spec, which).map(|r| r.1),
@@ -139,11 +134,28 @@ fn selected_cases() -> Vec<Case> {
         .collect()
 }
 
-fn failures(records: &[Record]) -> Vec<String> {
-    records
+/// Standard-normal values of `dtype` (drawn in f32) on the target.
+fn rand(d: &Device, shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    Tensor::rand_normal(shape, 0.0, 1.0, seed, DType::F32, d)
+        .and_then(|t| t.to_dtype(dtype))
+        .unwrap()
+}
+
+/// The kernels compiled since the last call, once the launches have reached the target's
+/// server (they arrive asynchronously).
+fn launched(d: &Device) -> Vec<Record> {
+    d.sync().unwrap();
+    codegen::take_records()
+}
+
+/// Keep the sources (`$SSM_CODEGEN_DUMP`) and fail on any kernel that did not compile.
+fn assert_compiled(test: &str, records: &[Record]) {
+    dump(test, records);
+    let failed: Vec<String> = records
         .iter()
         .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.name)))
-        .collect()
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
 /// Write each compiled kernel's source to `$SSM_CODEGEN_DUMP/<test>-<index>-<kernel>.cu`.
@@ -170,14 +182,11 @@ fn tensor_core_convolutions_compile_for_sm90() {
     let mut records = Vec::new();
     for case in selected_cases() {
         case.launch(&d);
-        // Launches reach the target's server asynchronously.
-        d.sync().unwrap();
-        let new = codegen::take_records();
+        let new = launched(&d);
         let names: Vec<&str> = new.iter().map(|r| r.name.as_str()).collect();
         eprintln!("{}: {} new kernels {names:?}", case.id(), new.len());
         records.extend(new);
     }
-    dump("table", &records);
     let largest = records
         .iter()
         .filter_map(|r| r.outcome.as_ref().ok().map(|k| (k.shared_bytes, &r.name)))
@@ -186,8 +195,7 @@ fn tensor_core_convolutions_compile_for_sm90() {
         "{} kernels compiled; most shared memory: {largest:?}",
         records.len()
     );
-    let failed = failures(&records);
-    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    assert_compiled("table", &records);
 }
 
 /// The shapes `conv_tensor_cores_match_host` checks on a GPU
@@ -210,17 +218,12 @@ fn tensor_core_convolution_variants_compile_for_sm90() {
                     .resolve("codegen", &in_shape, &w_shape)
                     .unwrap()
                     .output_shape();
-                let rand = |shape: &[usize], dtype| {
-                    Tensor::rand_normal(shape, 0.0, 1.0, 7, DType::F32, &d)
-                        .and_then(|t| t.to_dtype(dtype))
-                        .unwrap()
-                };
                 let (x, w, dy) = (
-                    rand(&in_shape, dtype),
-                    rand(&w_shape, dtype),
-                    rand(&out_shape, dtype),
+                    rand(&d, &in_shape, dtype, 7),
+                    rand(&d, &w_shape, dtype, 7),
+                    rand(&d, &out_shape, dtype, 7),
                 );
-                let b = rand(&[*c_out], DType::F32);
+                let b = rand(&d, &[*c_out], DType::F32, 7);
                 let what = format!("{input:?} {layout:?} {dtype}");
                 let tc = ConvImpl::TensorCore;
                 x.conv_with(&w, Some(&b), &spec, tc)
@@ -229,20 +232,17 @@ fn tensor_core_convolution_variants_compile_for_sm90() {
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                 Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, tc)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
-                d.sync().unwrap();
-                records.extend(codegen::take_records());
+                records.extend(launched(&d));
             }
         }
     }
-    dump("variants", &records);
     let pipelined = records.iter().filter(|r| r.name.contains("Pipe")).count();
     eprintln!(
         "{} kernels compiled, {pipelined} of them pipelined",
         records.len()
     );
     assert!(pipelined > 0, "no pipelined kernel was launched");
-    let failed = failures(&records);
-    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    assert_compiled("variants", &records);
 }
 
 /// The kernels that take warp shuffles only where planes are 32 lanes wide (lavapipe's are
@@ -255,12 +255,8 @@ fn warp_shuffle_paths_compile_for_sm90() {
     assert!(d.has_planes_of(32));
     let mut records = Vec::new();
     for dtype in [DType::F32, DType::F64] {
-        let rand = |shape: &[usize]| {
-            Tensor::rand_normal(shape, 0.0, 1.0, 11, DType::F32, &d)
-                .and_then(|t| t.to_dtype(dtype))
-                .unwrap()
-        };
-        let x = rand(&[2, 48, 6, 5, 7]);
+        let randn = |shape: &[usize]| rand(&d, shape, dtype, 11);
+        let x = randn(&[2, 48, 6, 5, 7]);
         for axes in [&[1isize][..], &[-1], &[2, 3, 4], &[0, 2, 3, 4]] {
             x.sum(axes, false).unwrap();
             x.mean(axes, true).unwrap();
@@ -270,7 +266,7 @@ fn warp_shuffle_paths_compile_for_sm90() {
         x.argmax(1, false).unwrap();
         let y = x.softmax(-1).unwrap();
         Tensor::softmax_backward(&y, &x, -1).unwrap();
-        let (w, b) = (rand(&[48]), rand(&[48]));
+        let (w, b) = (randn(&[48]), randn(&[48]));
         for (norm, layout, affine) in [
             (Norm::Layer, Layout::ChannelsLast, true),
             (Norm::Layer, Layout::ChannelsFirst, true),
@@ -280,7 +276,7 @@ fn warp_shuffle_paths_compile_for_sm90() {
             (Norm::Batch, Layout::ChannelsFirst, true),
         ] {
             let shape = layout.shape(2, 48, &[6, 5, 7]);
-            let (xn, dy) = (rand(&shape), rand(&shape));
+            let (xn, dy) = (randn(&shape), randn(&shape));
             let (wo, bo) = if affine {
                 (Some(&w), Some(&b))
             } else {
@@ -298,9 +294,9 @@ fn warp_shuffle_paths_compile_for_sm90() {
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
         }
         let (q, k, v) = (
-            rand(&[2, 3, 40, 16]),
-            rand(&[2, 3, 40, 16]),
-            rand(&[2, 3, 40, 16]),
+            randn(&[2, 3, 40, 16]),
+            randn(&[2, 3, 40, 16]),
+            randn(&[2, 3, 40, 16]),
         );
         let (out, lse) = Tensor::attention(&q, &k, &v, None).unwrap();
         Tensor::attention_backward(&q, &k, &v, &out, &lse, &out, None).unwrap();
@@ -311,10 +307,10 @@ fn warp_shuffle_paths_compile_for_sm90() {
             (vec![4, 6, 5], presets::srma_abss(), true),
         ] {
             let (di, n, l, kp) = (16, 8, grid.iter().product::<usize>(), paths.len());
-            let a = rand(&[kp, di, n]).abs().and_then(|t| t.neg()).unwrap();
-            let (u, delta, z) = (rand(&[1, di, l]), rand(&[1, di, l]), rand(&[1, di, l]));
-            let (bm, cm) = (rand(&[1, kp, 1, n, l]), rand(&[1, kp, 1, n, l]));
-            let (dd, db) = (rand(&[kp, di]), rand(&[kp, di]));
+            let a = randn(&[kp, di, n]).abs().and_then(|t| t.neg()).unwrap();
+            let (u, delta, z) = (randn(&[1, di, l]), randn(&[1, di, l]), randn(&[1, di, l]));
+            let (bm, cm) = (randn(&[1, kp, 1, n, l]), randn(&[1, kp, 1, n, l]));
+            let (dd, db) = (randn(&[kp, di]), randn(&[kp, di]));
             let inputs = ScanInputs {
                 u: &u,
                 delta: &delta,
@@ -332,13 +328,10 @@ fn warp_shuffle_paths_compile_for_sm90() {
             selective_scan_bwd(&inputs, &spec, &saved, &y)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
         }
-        d.sync().unwrap();
-        records.extend(codegen::take_records());
+        records.extend(launched(&d));
     }
-    dump("shuffles", &records);
     eprintln!("{} kernels compiled", records.len());
-    let failed = failures(&records);
-    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    assert_compiled("shuffles", &records);
 }
 
 /// cubek's kernels as an H100 selects them: the matmul (f32 and f64, square and skinny)
@@ -347,16 +340,18 @@ fn warp_shuffle_paths_compile_for_sm90() {
 fn cubek_paths_compile_for_sm90() {
     let _target = hold_target();
     let d = Device::cuda_codegen();
-    let rand = |shape: &[usize], dtype| {
-        Tensor::rand_normal(shape, 0.0, 1.0, 13, DType::F32, &d)
-            .and_then(|t| t.to_dtype(dtype))
-            .unwrap()
-    };
     for dtype in [DType::F32, DType::F64] {
         for (m, k, n) in [(256, 256, 256), (4, 384, 1000), (1000, 48, 96)] {
-            let (a, b) = (rand(&[2, m, k], dtype), rand(&[2, k, n], dtype));
+            let (a, b) = (
+                rand(&d, &[2, m, k], dtype, 13),
+                rand(&d, &[2, k, n], dtype, 13),
+            );
             let (_, ran) = a.matmul_with(&b, MatmulImpl::Auto).unwrap();
             eprintln!("matmul {m}x{k}x{n} {dtype}: {ran:?}");
+            // cubek-matmul takes f32 on an H100 (f64 goes to the tiled kernel).
+            if dtype == DType::F32 {
+                assert_eq!(ran, MatmulImpl::Cubek, "matmul {m}x{k}x{n}");
+            }
         }
     }
     let spec = ConvSpec::new()
@@ -364,22 +359,22 @@ fn cubek_paths_compile_for_sm90() {
         .layout(Layout::ChannelsLast)
         .allow_tf32(true);
     let (x, w) = (
-        rand(&[2, 6, 5, 4, 16], DType::F32),
-        rand(&[16, 16, 3, 3, 3], DType::F32),
+        rand(&d, &[2, 6, 5, 4, 16], DType::F32, 13),
+        rand(&d, &[16, 16, 3, 3, 3], DType::F32, 13),
     );
     let (_, ran) = x.conv_with(&w, None, &spec, ConvImpl::Cubek).unwrap();
     assert_eq!(ran, ConvImpl::Cubek);
-    d.sync().unwrap();
-    let records = codegen::take_records();
-    dump("cubek", &records);
+    let records = launched(&d);
     let cubek = records
         .iter()
-        .filter(|r| !r.name.contains("RandomKernel"))
+        .filter(|r| r.name.contains("MatmulEntry"))
         .count();
-    eprintln!("{} kernels compiled", records.len());
+    eprintln!(
+        "{} kernels compiled, {cubek} of them cubek's",
+        records.len()
+    );
     assert!(cubek > 0, "no cubek kernel was launched");
-    let failed = failures(&records);
-    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    assert_compiled("cubek", &records);
 }
 
 mod reported {
