@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Compiles the tensor-core convolution kernels to CUDA C++ for an H100 on this machine (no
-# GPU): the offline check a kernel change passes before it waits for a GPU session.
+# Compiles the CUDA kernels to CUDA C++ for an H100 on this machine (no GPU): the offline
+# check a kernel change passes before it waits for a GPU session.
 #
-#   bash scripts/codegen-check.sh                   the whole check (tests/cuda_codegen.rs): every
-#                                                   pass of the benchmark table and the tested
-#                                                   variants (strides, groups, 1-D, 2-D, bias)
+#   bash scripts/codegen-check.sh                   the whole check (tests/cuda_codegen.rs): the
+#                                                   tensor-core convolutions (the table's passes
+#                                                   and the tested variants), the warp-shuffle
+#                                                   paths and cubek's kernels
 #   bash scripts/codegen-check.sh SWEEP_FILE ...    each sweep line's passes with its settings
 #
 # A sweep line is `label filter [VAR=value ...]` as for scripts/gpu-sweep.sh: the passes of
