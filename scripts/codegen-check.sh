@@ -17,6 +17,8 @@
 # NVRTC=1 also compiles every kernel as the GPU would (NVRTC 12.9 for sm_90a, then ptxas,
 # from the toolkit scripts/cuda-toolkit.sh fetches) and prints its registers a thread and
 # spills: a C++ error fails the line, and register pressure shows before any profiler run.
+# SASS=DIR (with NVRTC=1) also writes each kernel's machine code to DIR/LABEL/*.sass and
+# prints the instructions of its loops by opcode (scripts/cuda-compile.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
@@ -54,7 +56,8 @@ check() {
     echo "$label ok: $(grep -oE '[0-9]+ kernels compiled.*' "$log" | paste -sd ';' -)"
     rm -f "$log"
     if [ -n "$toolkit" ]; then
-      python3 scripts/cuda-compile.py "$toolkit" "$sources"/*.cu | sed "s/^/$label /"
+      SASS="${SASS:+$SASS/$label}" python3 scripts/cuda-compile.py "$toolkit" "$sources"/*.cu \
+        | sed "s/^/$label /"
       status="${PIPESTATUS[0]}"
     fi
   else
