@@ -16,6 +16,10 @@
 #                                              starts with KERNEL in the model_ops bench BENCH
 #                                              (a filter matching one case): registers,
 #                                              occupancy, stall reasons, throughput
+#   bash scripts/gpu-owed.sh stalls LABEL KERNEL BENCH [VAR=value ...]
+#                                              the same launch: cycles a warp waits a issued
+#                                              instruction by reason, tensor-pipe and
+#                                              shared-memory load
 #
 # Several steps in one call: `bash scripts/gpu-owed.sh tests 250 && bash
 # scripts/gpu-owed.sh table`. STAGE picks the staged folder (default stage); everything
@@ -31,7 +35,23 @@ run="$STAGE/gpu-run.sh"
 # Unpack once, before steps that run processes side by side.
 bash "$run" ssm --help > /dev/null 2>&1
 
-what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce | profile LABEL KERNEL BENCH [VAR=value ...]}"
+# ncu on the first launch of the kernel whose name starts with KERNEL in the model_ops bench
+# BENCH, with VAR=value settings before `--` and ncu's own options after it; the report to
+# $OUT/profile/LABEL.txt.
+ncu_first_launch() {
+  local label="$1" kernel="$2" bench="$3" vars=()
+  shift 3
+  while [ "$#" -gt 0 ] && [ "$1" != -- ]; do vars+=("$1"); shift; done
+  shift
+  local bin=/tmp/ssm-bin; [ "$STAGE" = stage ] || bin="$bin-$STAGE"
+  mkdir -p "$OUT/profile"
+  (cd "$bin" && env SSM_DEVICE=cuda "${vars[@]}" timeout 200 ncu --clock-control none \
+    -k "regex:^$kernel" --launch-count 1 "$@" ./bench-model_ops --bench "$bench" \
+    > "$OUT/profile/$label.txt" 2>&1)
+  echo "== $label"
+}
+
+what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce | profile|stalls LABEL KERNEL BENCH [VAR=value ...]}"
 case "$what" in
   tests)
     limit="${2:-420}"
@@ -88,14 +108,24 @@ case "$what" in
   profile)
     label="${2:?usage: gpu-owed.sh profile LABEL KERNEL BENCH [VAR=value ...]}"
     kernel="${3:?kernel name prefix}"; bench="${4:?bench filter}"; shift 4
-    bin=/tmp/ssm-bin; [ "$STAGE" = stage ] || bin="$bin-$STAGE"
-    mkdir -p "$OUT/profile"
-    # shellcheck disable=SC2068 # the remaining words are VAR=value settings
-    (cd "$bin" && env SSM_DEVICE=cuda $@ timeout 200 ncu --clock-control none -k "regex:^$kernel" \
-      --launch-count 1 --section LaunchStats --section Occupancy --section WarpStateStats \
-      --section SpeedOfLight ./bench-model_ops --bench "$bench" > "$OUT/profile/$label.txt" 2>&1)
-    echo "== profile $label"
+    ncu_first_launch "$label" "$kernel" "$bench" "$@" -- --section LaunchStats \
+      --section Occupancy --section WarpStateStats --section SpeedOfLight
     grep -E "Registers Per Thread|Shared Memory Configuration Size|Dynamic Shared Memory Per|Block Limit (Registers|Shared Mem)|Theoretical Occupancy|Achieved Occupancy|Duration|Warp Cycles Per Issued|Compute \(SM\) Throughput|Memory Throughput|stalled" \
       "$OUT/profile/$label.txt" | sed 's/  */ /g' ;;
+  stalls)
+    # What a warp waits on, reason by reason (cycles a issued instruction; they sum to
+    # "Warp Cycles Per Issued Instruction"), beside the tensor pipe's and shared memory's
+    # load: short_scoreboard = a fragment load's result, mio_throttle = the shared-memory
+    # queue full, math_pipe_throttle = the tensor pipe busy, barrier / long_scoreboard /
+    # wait = barriers, global memory, fixed latency.
+    label="${2:?usage: gpu-owed.sh stalls LABEL KERNEL BENCH [VAR=value ...]}"
+    kernel="${3:?kernel name prefix}"; bench="${4:?bench filter}"; shift 4
+    ncu_first_launch "$label" "$kernel" "$bench" "$@" -- --metrics \
+      'regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$,regex:^sm__pipe_tensor_op_hmma_cycles_active\.avg\.pct_of_peak_sustained_active$,regex:^l1tex__data_pipe_lsu_wavefronts_mem_shared(_op_ld|_op_st)?\.sum$,regex:^l1tex__data_bank_conflicts_pipe_lsu_mem_shared\.sum$,smsp__average_warp_latency_per_inst_issued.ratio,gpu__time_duration.sum'
+    # (First run on a GPU still owed: if ncu refuses a metric name, its own words show.)
+    grep -qE "^ +(smsp|sm__|l1tex|gpu__)" "$OUT/profile/$label.txt" \
+      || { tail -5 "$OUT/profile/$label.txt"; exit 1; }
+    grep -E "^ +(smsp|sm__|l1tex|gpu__)" "$OUT/profile/$label.txt" | sed 's/  */ /g' \
+      | sort -t' ' -k4 -g -r ;;
   *) echo "gpu-owed: unknown step '$what'" >&2; exit 2 ;;
 esac
