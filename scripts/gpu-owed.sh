@@ -121,7 +121,7 @@ case "$what" in
     label="${2:?usage: gpu-owed.sh stalls LABEL KERNEL BENCH [VAR=value ...]}"
     kernel="${3:?kernel name prefix}"; bench="${4:?bench filter}"; shift 4
     ncu_first_launch "$label" "$kernel" "$bench" "$@" -- --metrics \
-      'regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$,regex:^sm__pipe_tensor_op_hmma_cycles_active\.avg\.pct_of_peak_sustained_active$,regex:^l1tex__data_pipe_lsu_wavefronts_mem_shared(_op_ld|_op_st)?\.sum$,regex:^l1tex__data_bank_conflicts_pipe_lsu_mem_shared\.sum$,smsp__average_warp_latency_per_inst_issued.ratio,gpu__time_duration.sum'
+      'regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$,regex:^l1tex__data_(pipe_lsu_wavefronts|bank_conflicts_pipe_lsu)_mem_shared(_op_(ld|st|ldsm))?\.sum$,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__average_warp_latency_per_inst_issued.ratio,smsp__inst_executed.sum,gpu__time_duration.sum'
     # (First run on a GPU still owed: if ncu refuses a metric name, its own words show.)
     grep -qE "^ +(smsp|sm__|l1tex|gpu__)" "$OUT/profile/$label.txt" \
       || { tail -5 "$OUT/profile/$label.txt"; exit 1; }
