@@ -11,11 +11,11 @@ TOOLKIT is the folder scripts/cuda-toolkit.sh prints. One line per kernel:
 stage buffers are dynamic shared memory: the codegen record counts those), or the
 compiler's log on failure. The status is 1 if any kernel failed to compile or assemble.
 
-With SASS=DIR each kernel's machine code is disassembled (nvdisasm) into DIR/FILE.sass,
-and every loop of it (a branch back to an earlier instruction) gets a line under the
-kernel's: its instructions by opcode, most frequent first (HMMA tensor-core products, LDSM
-fragment loads, LDGSTS asynchronous copies, IMAD/IADD3/ISETP integer work, ...), which
-is what a loop issues an iteration; a loop holding others counts theirs once.
+With SASS=DIR each kernel's machine code is disassembled (nvdisasm) into DIR/NAME.sass
+(for NAME.cu), and every loop of it (a branch back to an earlier instruction) gets a line
+under the kernel's: its instructions by opcode, most frequent first (HMMA tensor-core
+products, LDSM fragment loads, LDGSTS asynchronous copies, IMAD/IADD3/ISETP integer work,
+...), which is what a loop issues an iteration; a loop holding others counts theirs once.
 """
 
 import collections

@@ -123,9 +123,11 @@ case "$what" in
     ncu_first_launch "$label" "$kernel" "$bench" "$@" -- --metrics \
       'regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$,regex:^l1tex__data_(pipe_lsu_wavefronts|bank_conflicts_pipe_lsu)_mem_shared(_op_(ld|st|ldsm))?\.sum$,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__average_warp_latency_per_inst_issued.ratio,smsp__inst_executed.sum,gpu__time_duration.sum'
     # (First run on a GPU still owed: if ncu refuses a metric name, its own words show.)
-    grep -qE "^ +(smsp|sm__|l1tex|gpu__)" "$OUT/profile/$label.txt" \
+    metrics="$(grep -E "^ +(smsp|sm__|l1tex|gpu__)" "$OUT/profile/$label.txt" | sed 's/  */ /g')" \
       || { tail -5 "$OUT/profile/$label.txt"; exit 1; }
-    grep -E "^ +(smsp|sm__|l1tex|gpu__)" "$OUT/profile/$label.txt" | sed 's/  */ /g' \
-      | sort -t' ' -k4 -g -r ;;
+    # The stall reasons largest first (plain decimals); the counts as ncu prints them
+    # (thousands separated by commas, which a numeric sort would misread).
+    grep "issue_stalled" <<< "$metrics" | sort -t' ' -k4 -g -r
+    grep -v "issue_stalled" <<< "$metrics" ;;
   *) echo "gpu-owed: unknown step '$what'" >&2; exit 2 ;;
 esac
