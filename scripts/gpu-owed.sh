@@ -20,6 +20,10 @@
 #                                              the same launch: cycles a warp waits a issued
 #                                              instruction by reason, tensor-pipe and
 #                                              shared-memory load
+#   bash scripts/gpu-owed.sh sass LABEL KERNEL BENCH [VAR=value ...]
+#                                              the same launch's warp-state samples per SASS
+#                                              instruction (ncu's source page, summed by
+#                                              opcode and by loop: scripts/ncu_sass.py)
 #
 # Several steps in one call: `bash scripts/gpu-owed.sh tests 250 && bash
 # scripts/gpu-owed.sh table`. STAGE picks the staged folder (default stage); everything
@@ -51,7 +55,7 @@ ncu_first_launch() {
   echo "== $label"
 }
 
-what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce | profile|stalls LABEL KERNEL BENCH [VAR=value ...]}"
+what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce | profile|stalls|sass LABEL KERNEL BENCH [VAR=value ...]}"
 case "$what" in
   tests)
     limit="${2:-420}"
@@ -129,5 +133,14 @@ case "$what" in
     # (thousands separated by commas, which a numeric sort would misread).
     grep "issue_stalled" <<< "$metrics" | sort -t' ' -k4 -g -r
     grep -v "issue_stalled" <<< "$metrics" ;;
+  sass)
+    label="${2:?usage: gpu-owed.sh sass LABEL KERNEL BENCH [VAR=value ...]}"
+    kernel="${3:?kernel name prefix}"; bench="${4:?bench filter}"; shift 4
+    ncu_first_launch "$label" "$kernel" "$bench" "$@" -- --section SourceCounters \
+      --section WarpStateStats -o "$OUT/profile/$label"
+    ncu -i "$OUT/profile/$label.ncu-rep" --page source --csv --print-source sass \
+      > "$OUT/profile/$label-sass.csv" 2> "$OUT/profile/$label-sass.err" \
+      || { tail -5 "$OUT/profile/$label.txt" "$OUT/profile/$label-sass.err"; exit 1; }
+    python3 scripts/ncu_sass.py "$OUT/profile/$label-sass.csv" | tee "$OUT/profile/$label-sass.txt" ;;
   *) echo "gpu-owed: unknown step '$what'" >&2; exit 2 ;;
 esac
