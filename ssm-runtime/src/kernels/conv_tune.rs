@@ -45,6 +45,7 @@ pub(crate) struct ConvTune {
     pub fwd_split_target: Option<usize>,
     pub fwd_h_taps: Option<usize>,
     pub fwd_h_loop: Option<usize>,
+    pub fwd_producers: Option<usize>,
     pub wgrad_ks: Option<usize>,
     pub wgrad_warps_m: Option<usize>,
     pub wgrad_cc: Option<usize>,
@@ -53,7 +54,7 @@ pub(crate) struct ConvTune {
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
-                    fwd.h_taps, fwd.h_loop, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
+                    fwd.h_taps, fwd.h_loop, fwd.producers, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -80,6 +81,7 @@ impl ConvTune {
                 "fwd.split_target" => (&mut t.fwd_split_target, usize::MAX),
                 "fwd.h_taps" => (&mut t.fwd_h_taps, 7),
                 "fwd.h_loop" => (&mut t.fwd_h_loop, 1),
+                "fwd.producers" => (&mut t.fwd_producers, 8),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
                 "wgrad.warps_m" => (&mut t.wgrad_warps_m, 8),
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
@@ -89,7 +91,7 @@ impl ConvTune {
             };
             let min = match key.trim() {
                 k if k.ends_with(".slots") => 2,
-                "fwd.h_loop" => 0,
+                "fwd.h_loop" | "fwd.producers" => 0,
                 _ => 1,
             };
             if !(min..=max).contains(&n) {
@@ -229,6 +231,8 @@ mod tests {
             assert!(e.contains("whole number"), "{bad}: {e}");
         }
         assert_eq!(ConvTune::parse("fwd.h_loop=0").unwrap().fwd_h_loop, Some(0));
+        assert_eq!(ConvTune::parse("fwd.producers=4").unwrap().fwd_producers, Some(4));
+        assert!(ConvTune::parse("fwd.producers=9").is_err());
         for bad in [
             "fwd.slots=0",
             "fwd.bk=0",
