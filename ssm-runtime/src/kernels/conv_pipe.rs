@@ -975,33 +975,27 @@ fn conv_pipe<I: Float, M: Float>(
     let q1 = select(q0 + per_split < groups, q0 + per_split, groups);
     let n_stages = select(q1 > q0, (q1 - q0) * n_c, 0i32);
 
-    // The dst address of tile row `t` (segment t / 16, −1 past the problem) for the
-    // epilogue, filled by every thread now so that no thread waits for another at the end.
     let mut rows = SharedMemory::<i32>::new(bm);
-    #[unroll]
-    for q in 0..bm.div_ceil(cube_threads) {
-        let t = unit + q * cube_threads;
-        if t < bm {
-            let r = t % SEG;
-            let (row, ow) = seg_place(
-                seg0 + i32::cast_from(t / SEG),
-                i32::cast_from(r / run),
-                i32::cast_from(r % run),
-                segs_per_row,
-                rows_per_seg,
-            );
-            rows[t] = select(
-                r < rows_per_seg * run && row < total_rows && ow < g.dst_w,
-                si * dst_split
-                    + (row / (g.dst_h * g.dst_d)) * g.sd_n
-                    + ((row / g.dst_h) % g.dst_d) * g.sd_d
-                    + (row % g.dst_h) * g.sd_h
-                    + ow * g.sd_w,
-                -1i32,
-            );
-        }
+    let seg = comptime!(SegRows {
+        halo,
+        run,
+        rows_per_seg,
+    });
+    if comptime!(specialized) {
+        // Now, so that the consumers need not wait for the producers at the end.
+        dst_rows(
+            &mut rows,
+            &g,
+            unit,
+            seg0,
+            segs_per_row,
+            si * dst_split,
+            cube_threads,
+            bm,
+            seg,
+        );
+        sync_cube();
     }
-    sync_cube();
 
     // Fragment register layout of this lane.
     let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, mk);
@@ -1206,6 +1200,20 @@ fn conv_pipe<I: Float, M: Float>(
             phase = 1u32 - phase;
         }
 
+        if comptime!(!specialized) {
+            dst_rows(
+                &mut rows,
+                &g,
+                unit,
+                seg0,
+                segs_per_row,
+                si * dst_split,
+                cube_threads,
+                bm,
+                seg,
+            );
+            sync_cube();
+        }
         #[unroll]
         for h in 0..vc {
             let (r, c) = def.position_of_nth(lane, (h * sc) as u32, cmma::MatrixIdent::Accumulator);
@@ -1230,6 +1238,49 @@ fn conv_pipe<I: Float, M: Float>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The dst address of each of a tile's `bm` rows (segment t / 16, −1 past the problem;
+/// split partials `split_base` further) into `rows`, the cube's `threads` threads from
+/// `unit` on, for the epilogue's stores.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dst_rows(
+    rows: &mut SharedMemory<i32>,
+    g: &ConvGeo,
+    unit: usize,
+    seg0: i32,
+    segs_per_row: i32,
+    split_base: i32,
+    #[comptime] threads: usize,
+    #[comptime] bm: usize,
+    #[comptime] seg: SegRows,
+) {
+    let (run, rows_per_seg) = comptime!((seg.run, seg.rows_per_seg));
+    let total_rows = g.batch * g.dst_d * g.dst_h;
+    #[unroll]
+    for q in 0..bm.div_ceil(threads) {
+        let t = unit + q * threads;
+        if t < bm {
+            let r = t % SEG;
+            let (row, ow) = seg_place(
+                seg0 + i32::cast_from(t / SEG),
+                i32::cast_from(r / run),
+                i32::cast_from(r % run),
+                segs_per_row,
+                rows_per_seg,
+            );
+            rows[t] = select(
+                r < rows_per_seg * run && row < total_rows && ow < g.dst_w,
+                split_base
+                    + (row / (g.dst_h * g.dst_d)) * g.sd_n
+                    + ((row / g.dst_h) % g.dst_d) * g.sd_d
+                    + (row % g.dst_h) * g.sd_h
+                    + ow * g.sd_w,
+                -1i32,
+            );
         }
     }
 }

@@ -231,7 +231,10 @@ mod tests {
             assert!(e.contains("whole number"), "{bad}: {e}");
         }
         assert_eq!(ConvTune::parse("fwd.h_loop=0").unwrap().fwd_h_loop, Some(0));
-        assert_eq!(ConvTune::parse("fwd.producers=4").unwrap().fwd_producers, Some(4));
+        assert_eq!(
+            ConvTune::parse("fwd.producers=4").unwrap().fwd_producers,
+            Some(4)
+        );
         assert!(ConvTune::parse("fwd.producers=9").is_err());
         for bad in [
             "fwd.slots=0",
