@@ -112,7 +112,7 @@ impl TapCursor {
 
 /// One `mbarrier` per stage slot (up to four): a slot's copies commit to it, and every
 /// thread waits on it before reading the slot.
-#[derive(CubeType)]
+#[derive(CubeType, Clone, Copy)]
 pub(crate) struct SlotBarriers {
     b0: Shared<Barrier>,
     b1: Shared<Barrier>,
@@ -872,7 +872,11 @@ fn conv_pipe<I: Float, M: Float>(
 
     let unit = UNIT_POS as usize;
     // The copying thread's index (for a consumer of a specialized cube: unused).
-    let tid = (unit + comptime!(producers * 32)) % cube_threads;
+    let tid = if comptime!(specialized) {
+        (unit + comptime!(producers * 32)) % cube_threads
+    } else {
+        unit
+    };
     let (row0, chunk) = (tid / chunks, tid % chunks);
     let lane = UNIT_POS_X;
     let warp = UNIT_POS_Y as usize;
@@ -894,10 +898,12 @@ fn conv_pipe<I: Float, M: Float>(
     } else {
         SlotBarriers::new()
     };
-    let empty = SlotBarriers::counted(
-        comptime!(consumers as u32),
-        comptime!(if specialized { stages } else { 0 }),
-    );
+    // (Without producer warps `empty` is never used: a copy of `bars`, declaring nothing.)
+    let empty = if comptime!(specialized) {
+        SlotBarriers::counted(comptime!(consumers as u32), stages)
+    } else {
+        bars
+    };
 
     // The halo rows this thread copies, decoded once.
     let mut hrows = HaloRows {
@@ -1072,22 +1078,24 @@ fn conv_pipe<I: Float, M: Float>(
     }
 
     if producer_warp {
-        // Stage s goes to slot s % stages once the consumers are done with the slot's
-        // previous stage (the empty barrier's phase of the use before).
-        let mut k = i32::new(0);
-        let mut phase = 0u32;
-        while k < n_stages {
-            #[unroll]
-            for j in 0..stages {
-                if k + i32::cast_from(j) < n_stages {
-                    if k > 0i32 {
-                        empty.wait_parity(j, 1u32 - phase);
+        if comptime!(specialized) {
+            // Stage s goes to slot s % stages once the consumers are done with the slot's
+            // previous stage (the empty barrier's phase of the use before).
+            let mut k = i32::new(0);
+            let mut phase = 0u32;
+            while k < n_stages {
+                #[unroll]
+                for j in 0..stages {
+                    if k + i32::cast_from(j) < n_stages {
+                        if k > 0i32 {
+                            empty.wait_parity(j, 1u32 - phase);
+                        }
+                        prod.produce::<I>(src, w, &mut a_s, &mut b_s, &g, &bars, j, sh);
                     }
-                    prod.produce::<I>(src, w, &mut a_s, &mut b_s, &g, &bars, j, sh);
                 }
+                k += i32::cast_from(stages);
+                phase = 1u32 - phase;
             }
-            k += i32::cast_from(stages);
-            phase = 1u32 - phase;
         }
     } else {
         if comptime!(!specialized) {
@@ -1197,7 +1205,9 @@ fn conv_pipe<I: Float, M: Float>(
                 }
             }
             k += i32::cast_from(stages);
-            phase = 1u32 - phase;
+            if comptime!(specialized) {
+                phase = 1u32 - phase;
+            }
         }
 
         if comptime!(!specialized) {
