@@ -122,26 +122,9 @@ pub(crate) struct SlotBarriers {
 
 #[cube]
 impl SlotBarriers {
+    /// Barriers every thread of the cube arrives at, for all four slots.
     pub(crate) fn new() -> SlotBarriers {
-        SlotBarriers {
-            b0: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
-            b1: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
-            b2: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
-            b3: Barrier::shared(CUBE_DIM, UNIT_POS == 0),
-        }
-    }
-
-    /// Tie this thread's pending copies to slot `slot`'s barrier.
-    pub(crate) fn commit(&self, #[comptime] slot: usize) {
-        if comptime!(slot == 0) {
-            self.b0.commit_copy_async();
-        } else if comptime!(slot == 1) {
-            self.b1.commit_copy_async();
-        } else if comptime!(slot == 2) {
-            self.b2.commit_copy_async();
-        } else {
-            self.b3.commit_copy_async();
-        }
+        SlotBarriers::counted(CUBE_DIM, 4usize)
     }
 
     /// Barriers for `slots` slots that complete a phase after `count` arrivals (the rest
@@ -155,43 +138,37 @@ impl SlotBarriers {
         }
     }
 
+    /// Slot `slot`'s barrier.
+    fn at(&self, #[comptime] slot: usize) -> Shared<Barrier> {
+        if comptime!(slot == 0) {
+            self.b0
+        } else if comptime!(slot == 1) {
+            self.b1
+        } else if comptime!(slot == 2) {
+            self.b2
+        } else {
+            self.b3
+        }
+    }
+
+    /// Tie this thread's pending copies to slot `slot`'s barrier.
+    pub(crate) fn commit(&self, #[comptime] slot: usize) {
+        self.at(slot).commit_copy_async();
+    }
+
     /// Arrive at slot `slot`'s barrier without waiting.
     pub(crate) fn arrive(&self, #[comptime] slot: usize) {
-        if comptime!(slot == 0) {
-            let _ = self.b0.arrive();
-        } else if comptime!(slot == 1) {
-            let _ = self.b1.arrive();
-        } else if comptime!(slot == 2) {
-            let _ = self.b2.arrive();
-        } else {
-            let _ = self.b3.arrive();
-        }
+        let _ = self.at(slot).arrive();
     }
 
     /// Wait until slot `slot`'s barrier completes its phase of parity `phase`.
     pub(crate) fn wait_parity(&self, #[comptime] slot: usize, phase: u32) {
-        if comptime!(slot == 0) {
-            self.b0.wait_parity(phase);
-        } else if comptime!(slot == 1) {
-            self.b1.wait_parity(phase);
-        } else if comptime!(slot == 2) {
-            self.b2.wait_parity(phase);
-        } else {
-            self.b3.wait_parity(phase);
-        }
+        self.at(slot).wait_parity(phase);
     }
 
     /// Wait until every thread's copies into slot `slot` have landed.
     pub(crate) fn wait(&self, #[comptime] slot: usize) {
-        if comptime!(slot == 0) {
-            self.b0.arrive_and_wait();
-        } else if comptime!(slot == 1) {
-            self.b1.arrive_and_wait();
-        } else if comptime!(slot == 2) {
-            self.b2.arrive_and_wait();
-        } else {
-            self.b3.arrive_and_wait();
-        }
+        self.at(slot).arrive_and_wait();
     }
 }
 
