@@ -764,6 +764,30 @@ fn ldmatrix_frags<I: Float, M: Float, N: Size>(
     }
 }
 
+/// The products of one reduction step of a warp's tile: A fragment `i` times B fragment
+/// `jn` into accumulator block `i · frags_n + jn`.
+#[cube]
+pub(crate) fn mma_tile<M: Float, NA: Size, NB: Size, NC: Size>(
+    def: &cmma::MmaDefinition<M, M, f32>,
+    a_frags: &Sequence<Array<Vector<M, NA>>>,
+    b_frags: &Sequence<Array<Vector<M, NB>>>,
+    acc: &mut Sequence<Array<Vector<f32, NC>>>,
+    #[comptime] frags_m: usize,
+    #[comptime] frags_n: usize,
+) {
+    #[unroll]
+    for i in 0..frags_m {
+        #[unroll]
+        for jn in 0..frags_n {
+            def.execute_inplace(
+                a_frags.index(i),
+                b_frags.index(jn),
+                acc.index_mut(i * frags_n + jn),
+            );
+        }
+    }
+}
+
 /// Pipelined tensor-core implicit GEMM (forward, or backward-data with `transposed`) for
 /// channels-last operands.
 ///
@@ -1162,17 +1186,9 @@ fn conv_pipe<I: Float, M: Float>(
                                         mk,
                                     ));
                                 }
-                                #[unroll]
-                                for i in 0..frags_m {
-                                    #[unroll]
-                                    for jn in 0..frags_n {
-                                        def.execute_inplace(
-                                            a_frags.index(i),
-                                            b_frags.index(jn),
-                                            acc.index_mut(i * frags_n + jn),
-                                        );
-                                    }
-                                }
+                                mma_tile::<M, NA, NB, NC>(
+                                    &def, &a_frags, &b_frags, &mut acc, frags_m, frags_n,
+                                );
                             }
                         }
                     }

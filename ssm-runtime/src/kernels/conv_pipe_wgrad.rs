@@ -23,8 +23,8 @@ use crate::dtype::DType;
 use crate::kernels::conv::{ConvGeo, Geo, row_splits};
 use crate::kernels::conv_mma::fragment;
 use crate::kernels::conv_pipe::{
-    SEG, SlotBarriers, copy_chunk, copy_granule, ldmatrix_regs, push_b_pair, rows_aligned,
-    seg_place, seg_row, segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
+    SEG, SlotBarriers, copy_chunk, copy_granule, ldmatrix_regs, mma_tile, push_b_pair,
+    rows_aligned, seg_place, seg_row, segment_rows, stage_slots, tf32_pair, tf32_quad, usable,
 };
 use crate::kernels::conv_tune::{
     PROBE_NO_COPIES, PROBE_NO_MMA, check_fits, check_warps, conv_probe, conv_tune,
@@ -562,17 +562,9 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                                 }
                             }
                         }
-                        #[unroll]
-                        for i in 0..frags_m {
-                            #[unroll]
-                            for jn in 0..frags_n {
-                                def.execute_inplace(
-                                    a_frags.index(i),
-                                    b_frags.index(jn),
-                                    acc.index_mut(i * frags_n + jn),
-                                );
-                            }
-                        }
+                        mma_tile::<M, NA, NB, NC>(
+                            &def, &a_frags, &b_frags, &mut acc, frags_m, frags_n,
+                        );
                     }
                 }
             }
