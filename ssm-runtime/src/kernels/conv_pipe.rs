@@ -39,7 +39,7 @@
 //! strides multiples of 8 bf16 or 4 f32 elements); [`fits`] says when, and
 //! [`super::conv_mma::gemm`] takes this path whenever it does.
 
-use cubecl::prelude::barrier::{Barrier, copy_async_checked};
+use cubecl::prelude::barrier::{Barrier, copy_async, copy_async_checked};
 use cubecl::prelude::*;
 
 use crate::device::{Device, record_launch};
@@ -215,7 +215,21 @@ struct StageShape {
     /// Producer warps of their own ([`conv_pipe`]'s `producers`): the copies then commit
     /// and arrive at the slot's full barrier, and the weight copies run in a loop.
     specialized: bool,
+    /// How the copies are issued ([`conv_pipe`]'s `copies`): [`COPIES_DECODED`],
+    /// [`COPIES_STEPPED`] or [`COPIES_DENSE`].
+    copies: u32,
 }
+
+/// Each copy of a stage decodes its place from its index and is guarded.
+pub(crate) const COPIES_DECODED: u32 = 0;
+/// The weight rows are stepped from copy to copy in one unrolled sequence, and only a
+/// partial last round of copies (halo or weights) is guarded: the others lie inside the
+/// stage for every thread.
+pub(crate) const COPIES_STEPPED: u32 = 1;
+/// As [`COPIES_STEPPED`], for a tile that covers its weights whole (dst channels a multiple
+/// of the tile's, reduced channels of the stage depth): the weight copies need no bounds,
+/// so they take the plain `cp.async` form instead of the zero-filling one.
+pub(crate) const COPIES_DENSE: u32 = 2;
 
 /// One thread's producer: its halo rows, the cursor at the next stage to issue, and what
 /// stays fixed for the cube (thread index `tid`, its first halo row `row0` and the copy
@@ -519,16 +533,21 @@ fn issue_stage<I: Float>(
     let a_slot = slot * (a_rows * pitch);
     let col = p.chunk * vec;
     let c = c0 + i32::cast_from(col);
+    let rows_per_pass = comptime!(threads / chunks);
     #[unroll]
     for q in 0..qh {
-        let rho = p.row0 + q * comptime!(threads / chunks);
-        if rho < a_rows {
+        let rho = p.row0 + q * rows_per_pass;
+        // (row0 < rows_per_pass: a whole round lies inside the halo for every thread.)
+        let whole = comptime!(sh.copies != COPIES_DECODED && (q + 1) * rows_per_pass <= a_rows);
+        if whole || rho < a_rows {
             let ok = addrs[q] >= 0 && c < g.c_red;
             copy_chunk::<I>(src, addrs[q] + c, ok, a_s, a_slot + rho * pitch + col, vec);
         }
     }
     let b_slot = slot * (kh_inner * kw_inner * bn * pitch);
-    if comptime!(sh.specialized) {
+    if comptime!(sh.copies != COPIES_DECODED) {
+        weight_copies_unrolled::<I>(w, b_s, g, p, tap0, b_slot, sh);
+    } else if comptime!(sh.specialized) {
         weight_copies_stepped::<I>(w, b_s, g, p, tap0, b_slot, sh);
     } else {
         let b_chunks = comptime!(kh_inner * kw_inner * bn * chunks);
@@ -611,6 +630,93 @@ fn weight_copies_stepped<I: Float>(
             }
         }
     }
+}
+
+/// The weight copies of a stage as one unrolled sequence over this thread's weight rows
+/// (`threads / chunks` apart, the same chunk of each): the row's source address is stepped
+/// from copy to copy (where rows lie closer than a tile's dst channels: at most one wrap
+/// into the next tap a step), and only a partial last round is guarded (`row0` lies below
+/// the step). Decoded and guarded per copy, a copy took ~46 instructions.
+#[cube]
+fn weight_copies_unrolled<I: Float>(
+    w: &Array<I>,
+    b_s: &mut SharedMemory<I>,
+    g: &ConvGeo,
+    p: &Producer,
+    tap0: i32,
+    b_slot: usize,
+    #[comptime] sh: StageShape,
+) {
+    let (threads, kh_inner, kw_inner) = comptime!((sh.threads, sh.kh_inner, sh.kw_inner));
+    let (bn, bk, vec) = comptime!((sh.bn, sh.bk, sh.vec));
+    let pitch = comptime!(bk + vec);
+    let step = comptime!(threads / (bk / vec));
+    let b_rows = comptime!(kh_inner * kw_inner * bn);
+    let rounds = comptime!(b_rows.div_ceil(step));
+    let dense = comptime!(sh.copies == COPIES_DENSE);
+    let c = p.cur.c0 + i32::cast_from(p.chunk * vec);
+    let c_ok = c < g.c_red;
+    let (bni, kwi) = (i32::cast_from(bn), i32::cast_from(kw_inner));
+    // Row `row0` of the stage's weights: tap (uh, uw) of the group, dst channel n0 + cl.
+    let mut cl = i32::cast_from(p.row0 % bn);
+    let u = i32::cast_from(p.row0 / bn);
+    let mut uw = u % kwi;
+    let uh = u / kwi;
+    let mut addr = p.w_grp + (tap0 + uh * g.k_w + uw) * g.sw_w + (p.n0 + cl) * g.sw_o + c;
+    // What a wrap into the next tap along w, and one past the group's last along w, add.
+    let next_w = g.sw_w - bni * g.sw_o;
+    let next_h = (g.k_w - kwi) * g.sw_w;
+    let at = b_slot + p.row0 * pitch + p.chunk * vec;
+    #[unroll]
+    for r in 0..rounds {
+        let whole = comptime!((r + 1) * step <= b_rows);
+        if whole || p.row0 + comptime!(r * step) < b_rows {
+            let to = at + comptime!(r * step * pitch);
+            if comptime!(dense) {
+                copy_chunk_dense::<I>(w, addr, b_s, to, vec);
+            } else {
+                copy_chunk::<I>(w, addr, c_ok && p.n0 + cl < g.c_out, b_s, to, vec);
+            }
+        }
+        if comptime!(r + 1 < rounds) {
+            if comptime!(step <= bn) {
+                cl += i32::cast_from(step);
+                addr += i32::cast_from(step) * g.sw_o;
+                let wrap = cl >= bni;
+                cl = select(wrap, cl - bni, cl);
+                addr = select(wrap, addr + next_w, addr);
+                if comptime!(kh_inner > 1) {
+                    uw = select(wrap, uw + 1i32, uw);
+                    let wrap_h = uw == kwi;
+                    uw = select(wrap_h, 0i32, uw);
+                    addr = select(wrap_h, addr + next_h, addr);
+                }
+            } else {
+                // Several wraps a step: decode the next row outright.
+                let row = p.row0 + comptime!((r + 1) * step);
+                cl = i32::cast_from(row % bn);
+                let u = i32::cast_from(row / bn);
+                let tap = tap0 + (u / kwi) * g.k_w + u % kwi;
+                addr = p.w_grp + tap * g.sw_w + (p.n0 + cl) * g.sw_o + c;
+            }
+        }
+    }
+}
+
+/// Copy `vec` elements of `from` at `addr` to `to` at `at` with the plain `cp.async` form:
+/// the caller knows them inside `from`.
+#[cube]
+fn copy_chunk_dense<I: Float>(
+    from: &Array<I>,
+    addr: i32,
+    to: &mut SharedMemory<I>,
+    at: usize,
+    #[comptime] vec: usize,
+) {
+    let start = usize::cast_from(addr);
+    let src = from.slice(start, start + vec);
+    let mut dst = to.slice_mut(at, at + vec);
+    copy_async(&src, &mut dst, comptime!(vec as u32));
 }
 
 #[cube]
@@ -833,6 +939,7 @@ fn conv_pipe<I: Float, M: Float>(
     #[comptime] vec: usize,
     #[comptime] stages: usize,
     #[comptime] producers: usize,
+    #[comptime] copies: u32,
     #[comptime] kw_inner: usize,
     #[comptime] halo: usize,
     #[comptime] run: usize,
@@ -1062,6 +1169,7 @@ fn conv_pipe<I: Float, M: Float>(
         unit_stride,
         probe,
         specialized,
+        copies,
     });
     let mut prod = Producer {
         rows: hrows,
@@ -1728,6 +1836,12 @@ fn split_target(dtype: DType) -> usize {
     if dtype == DType::F32 { 256 } else { 128 }
 }
 
+/// Whether `tile`'s stages cover the weights whole: every dst channel tile and every stage
+/// of reduced channels full, so no weight copy reaches past them ([`COPIES_DENSE`]).
+fn weights_whole(tile: &PipeTile, geo: &Geo) -> bool {
+    (geo.c_out as usize).is_multiple_of(tile.bn()) && (geo.c_red as usize).is_multiple_of(tile.bk)
+}
+
 /// Forward or backward-data into a fresh f32 tensor of `dst_shape` (channels-last strides
 /// `geo.sd`); the caller checked [`fits`], and `w` has its taps packed (tap `t` at
 /// `t · sw_w`). Tap groups split across cubes when the tiles alone cannot fill the device.
@@ -1761,6 +1875,12 @@ pub(crate) fn gemm(
     let vec = copy_granule(src.dtype);
     let bias_t = bias.unwrap_or(&out);
     let producers = conv_tune().fwd_producers.unwrap_or(0);
+    let copies = match conv_tune().fwd_copies.unwrap_or(0) {
+        0 => COPIES_DECODED,
+        1 => COPIES_STEPPED,
+        _ if weights_whole(&tile, geo) => COPIES_DENSE,
+        _ => COPIES_STEPPED,
+    };
     let warps = tile.warps_m * tile.warps_n + producers;
     check_warps("forward", warps);
     dispatch!(src.device, c => {
@@ -1783,7 +1903,7 @@ pub(crate) fn gemm(
                 k_splits as u32,
                 numel as i32,
                 tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, tile.bk, mk, vec,
-                tile.stages, producers, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg, tile.rows_halo,
+                tile.stages, producers, copies, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg, tile.rows_halo,
                 bias.is_some(),
                 transposed,
                 geo.stride == [1, 1, 1],

@@ -15,6 +15,7 @@
 //! | `fwd.h_loop` | 1: a rows halo's taps along h in a run-time loop; 0: unrolled | `h_tap_loop` |
 //! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
 //! | `fwd.producers` | warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | none yet (0) |
+//! | `fwd.copies` | how a thread's copies of a stage are issued: 0 each decoded from its index and guarded; 1 weight rows stepped and only a partial last round guarded; 2 as 1, and no zero-fill form for the weights where the tile covers them whole | none yet (0) |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
@@ -47,6 +48,7 @@ pub(crate) struct ConvTune {
     pub fwd_h_taps: Option<usize>,
     pub fwd_h_loop: Option<usize>,
     pub fwd_producers: Option<usize>,
+    pub fwd_copies: Option<usize>,
     pub wgrad_ks: Option<usize>,
     pub wgrad_warps_m: Option<usize>,
     pub wgrad_cc: Option<usize>,
@@ -55,7 +57,7 @@ pub(crate) struct ConvTune {
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
-                    fwd.h_taps, fwd.h_loop, fwd.producers, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
+                    fwd.h_taps, fwd.h_loop, fwd.producers, fwd.copies, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -83,6 +85,7 @@ impl ConvTune {
                 "fwd.h_taps" => (&mut t.fwd_h_taps, 7),
                 "fwd.h_loop" => (&mut t.fwd_h_loop, 1),
                 "fwd.producers" => (&mut t.fwd_producers, 8),
+                "fwd.copies" => (&mut t.fwd_copies, 2),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
                 "wgrad.warps_m" => (&mut t.wgrad_warps_m, 8),
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
@@ -92,7 +95,7 @@ impl ConvTune {
             };
             let min = match key.trim() {
                 k if k.ends_with(".slots") => 2,
-                "fwd.h_loop" | "fwd.producers" => 0,
+                "fwd.h_loop" | "fwd.producers" | "fwd.copies" => 0,
                 _ => 1,
             };
             if !(min..=max).contains(&n) {
@@ -237,6 +240,8 @@ mod tests {
             Some(4)
         );
         assert!(ConvTune::parse("fwd.producers=9").is_err());
+        assert_eq!(ConvTune::parse("fwd.copies=0").unwrap().fwd_copies, Some(0));
+        assert!(ConvTune::parse("fwd.copies=3").is_err());
         for bad in [
             "fwd.slots=0",
             "fwd.bk=0",
