@@ -11,6 +11,5 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace -q
 CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}" \
   cargo test -q -p ssm-runtime --features cuda-codegen --test cuda_codegen
-# The settings sweeps ask for that no table pass takes by rule yet (warp-specialized
-# producers), expanded the same way.
-bash scripts/codegen-check.sh scripts/sweeps/producers.txt
+# The copy settings sweeps ask for that no table pass takes by rule, expanded the same way.
+bash scripts/codegen-check.sh scripts/sweeps/copy-variants.txt

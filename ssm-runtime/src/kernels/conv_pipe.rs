@@ -1836,6 +1836,20 @@ fn split_target(dtype: DType) -> usize {
     if dtype == DType::F32 { 256 } else { 128 }
 }
 
+/// Warps of a cube that only copy ([`conv_pipe`]'s `producers`), with the stepped copies
+/// ([`COPIES_DENSE`]). On an H100 (2026-12-07, `scripts/sweeps/producers-copies*.txt`, µs
+/// channels-last forward) two beat none on every table shape (TF32 192 channels 158 -> 126,
+/// 96: 331 -> 272; bf16 192 88 -> 72, 96 185 -> 171, 48 502 -> 483); the TF32 tile of at
+/// most 48 dst channels, whose stages are mostly halo rows, wants four (727 -> 632 with
+/// four; bf16 there ran 523 with four). One was slower than none (TF32 192: 177).
+fn producer_warps(tile: &PipeTile, dtype: DType) -> usize {
+    if dtype == DType::F32 && tile.bn() <= 48 {
+        4
+    } else {
+        2
+    }
+}
+
 /// Whether `tile`'s stages cover the weights whole: every dst channel tile and every stage
 /// of reduced channels full, so no weight copy reaches past them ([`COPIES_DENSE`]).
 fn weights_whole(tile: &PipeTile, geo: &Geo) -> bool {
@@ -1874,10 +1888,15 @@ pub(crate) fn gemm(
     let (frag_ty, mk) = fragment(src.dtype);
     let vec = copy_granule(src.dtype);
     let bias_t = bias.unwrap_or(&out);
-    let producers = conv_tune().fwd_producers.unwrap_or(0);
-    let copies = match conv_tune().fwd_copies.unwrap_or(0) {
-        0 => COPIES_DECODED,
-        1 => COPIES_STEPPED,
+    let producers = conv_tune()
+        .fwd_producers
+        .unwrap_or_else(|| producer_warps(&tile, src.dtype));
+    let copies = match conv_tune().fwd_copies {
+        Some(0) => COPIES_DECODED,
+        Some(1) => COPIES_STEPPED,
+        // Without producer warps the stepped copies did not pay (H100, 96 channels: TF32
+        // 331 -> 345 µs, bf16 185 -> 218).
+        None if producers == 0 => COPIES_DECODED,
         _ if weights_whole(&tile, geo) => COPIES_DENSE,
         _ => COPIES_STEPPED,
     };
@@ -1926,6 +1945,34 @@ mod tests {
         assert_eq!(tap_splits(196, 9, split_target(DType::F32)), 2);
         assert_eq!(tap_splits(196, 9, split_target(DType::BF16)), 1);
         assert_eq!(tap_splits(784, 9, split_target(DType::F32)), 1);
+    }
+
+    #[test]
+    fn producer_warps_where_the_measurements_say() {
+        // The table's tiles (H100 sweep of 2026-12-07): four copying warps for the TF32
+        // 48-channel tile, two elsewhere.
+        for (c, dst_w) in [(48, 32), (96, 16), (192, 8)] {
+            for dtype in [DType::F32, DType::BF16] {
+                let elem = dtype.size();
+                let t = tile_for(c, 3, 1, 1, dst_w, reduce_depth(c, elem), elem, 227 * 1024);
+                let want = if c == 48 && dtype == DType::F32 { 4 } else { 2 };
+                assert_eq!(producer_warps(&t, dtype), want, "{c} {dtype:?}: {t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn dense_weight_copies_only_where_the_stages_cover_the_weights() {
+        let t = tile_for(192, 3, 1, 1, 8, 16, 4, 227 * 1024);
+        let geo = |c_out, c_red| Geo {
+            c_out,
+            c_red,
+            ..Geo::default()
+        };
+        assert!(weights_whole(&t, &geo(192, 192)));
+        // A partial channel tile, or a partial last stage of reduced channels.
+        assert!(!weights_whole(&t, &geo(200, 192)));
+        assert!(!weights_whole(&t, &geo(192, 40)));
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! | `fwd.split_target` | cubes below which the taps split | `split_target` |
 //! | `fwd.h_loop` | 1: a rows halo's taps along h in a run-time loop; 0: unrolled | `h_tap_loop` |
 //! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
-//! | `fwd.producers` | warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | none yet (0) |
-//! | `fwd.copies` | how a thread's copies of a stage are issued: 0 each decoded from its index and guarded; 1 weight rows stepped and only a partial last round guarded; 2 as 1, and no zero-fill form for the weights where the tile covers them whole | none yet (0) |
+//! | `fwd.producers` | warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | `producer_warps` |
+//! | `fwd.copies` | how a thread's copies of a stage are issued: 0 each decoded from its index and guarded; 1 weight rows stepped and only a partial last round guarded; 2 as 1, and no zero-fill form for the weights where the tile covers them whole (else as 1) | `gemm`: 2 with producer warps, else 0 |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
