@@ -79,6 +79,9 @@ struct StageShape {
     stage_rows: usize,
     vec: usize,
     probe: u32,
+    /// Producer warps of their own: the copies then commit and arrive at the slot's full
+    /// barrier (see [`conv_wgrad_pipe`]'s `producers`).
+    specialized: bool,
 }
 
 /// One thread's producer: the cube's rows and where the next stage starts, plus what stays
@@ -281,6 +284,9 @@ impl Producer {
         }
         let stage_rows = comptime!(sh.stage_rows);
         bars.commit(slot);
+        if comptime!(sh.specialized) {
+            bars.arrive(slot);
+        }
         self.st.sg += 1;
         if self.st.sg == self.spr {
             next_rows(&mut self.st, g, &self.tile, i32::cast_from(stage_rows));
@@ -290,6 +296,11 @@ impl Producer {
 
 /// Pipelined weight gradient (see the module docs). Grid: x = (td, th) taps × channel
 /// chunks, y = dst-channel tiles, z = row splits × groups.
+///
+/// `producers` > 0 specializes the warps as [`super::conv_pipe`]'s forward does: the
+/// tile's warps only load fragments and multiply, `producers` more warps only copy, behind
+/// a full barrier (producer arrivals and copies) and an empty one (consumer arrivals) a
+/// slot.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn conv_wgrad_pipe<I: Float, M: Float>(
@@ -315,10 +326,19 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     #[comptime] mk: usize,
     #[comptime] vec: usize,
     #[comptime] stages: usize,
+    #[comptime] producers: usize,
     #[comptime] probe: u32,
     #[define(I, M)] _d: [StorageType; 2],
 ) {
-    let threads = comptime!(32 * warps_m * kw);
+    // Consumer warps first, then any producer warps; `threads` are the ones that copy.
+    let consumers = comptime!(32 * warps_m * kw);
+    let specialized = comptime!(producers > 0);
+    let cube_threads = comptime!(consumers + producers * 32);
+    let threads = comptime!(if specialized {
+        producers * 32
+    } else {
+        consumers
+    });
     let bm = comptime!(warps_m * frags_m * 16);
     let frags_n = comptime!(cc / 8);
     let a_pitch = comptime!(bm + PAD);
@@ -326,7 +346,13 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let a_stage = comptime!(ks * SEG * a_pitch);
     let b_stage = comptime!(ks * halo * b_pitch);
 
-    let tid = UNIT_POS as usize;
+    let unit = UNIT_POS as usize;
+    // The copying thread's index (for a consumer of a specialized cube: unused).
+    let tid = if comptime!(specialized) {
+        (unit + comptime!(producers * 32)) % cube_threads
+    } else {
+        unit
+    };
     let lane = UNIT_POS_X;
     let warp = UNIT_POS_Y as usize;
     let wm = warp % warps_m;
@@ -366,7 +392,17 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
 
     let mut a_s = SharedMemory::<I>::new_aligned(stages * a_stage, 16usize);
     let mut b_s = SharedMemory::<I>::new_aligned(stages * b_stage, 16usize);
-    let bars = SlotBarriers::new();
+    let bars = if comptime!(specialized) {
+        SlotBarriers::counted(comptime!(threads as u32), stages)
+    } else {
+        SlotBarriers::new()
+    };
+    // (Without producer warps `empty` is never used: a copy of `bars`, declaring nothing.)
+    let empty = if comptime!(specialized) {
+        SlotBarriers::counted(comptime!(consumers as u32), stages)
+    } else {
+        bars
+    };
 
     let def = cmma::MmaDefinition::<M, M, f32>::new(16usize, 8usize, mk);
     let size!(NA) = def.vector_size(cmma::MatrixIdent::A);
@@ -452,26 +488,61 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         stage_rows,
         vec,
         probe,
+        specialized,
     });
-    #[unroll]
-    for j in 0..stages - 1 {
-        if i32::cast_from(j) < n_stages {
-            prod.produce::<I>(x, dy, &mut a_s, &mut b_s, &g, &bars, j, sh);
+    let mut producer_warp = false;
+    if comptime!(specialized) {
+        producer_warp = unit >= consumers;
+    }
+    if producer_warp {
+        if comptime!(specialized) {
+            // Stage s goes to slot s % stages once the consumers are done with the slot's
+            // previous stage (the empty barrier's phase of the use before).
+            let mut k = i32::new(0);
+            let mut phase = 0u32;
+            while k < n_stages {
+                #[unroll]
+                for j in 0..stages {
+                    if k + i32::cast_from(j) < n_stages {
+                        if k > 0i32 {
+                            empty.wait_parity(j, 1u32 - phase);
+                        }
+                        prod.produce::<I>(x, dy, &mut a_s, &mut b_s, &g, &bars, j, sh);
+                    }
+                }
+                k += i32::cast_from(stages);
+                phase = 1u32 - phase;
+            }
+        }
+        terminate!();
+    }
+    if comptime!(!specialized) {
+        #[unroll]
+        for j in 0..stages - 1 {
+            if i32::cast_from(j) < n_stages {
+                prod.produce::<I>(x, dy, &mut a_s, &mut b_s, &g, &bars, j, sh);
+            }
         }
     }
 
     let m_warp = wm * frags_m * 16;
     let shift = usize::cast_from(g.dil_w) * u;
     let mut k = i32::new(0);
+    let mut phase = 0u32;
     while k < n_stages {
         #[unroll]
         for j in 0..stages {
             let s = k + i32::cast_from(j);
             if s < n_stages {
-                bars.wait(j);
-                let fill = comptime!((j + stages - 1) % stages);
-                if s + i32::cast_from(stages - 1) < n_stages {
-                    prod.produce::<I>(x, dy, &mut a_s, &mut b_s, &g, &bars, fill, sh);
+                if comptime!(specialized) {
+                    // Stage s has landed in slot j (its use k / stages).
+                    bars.wait_parity(j, phase);
+                } else {
+                    bars.wait(j);
+                    let fill = comptime!((j + stages - 1) % stages);
+                    if s + i32::cast_from(stages - 1) < n_stages {
+                        prod.produce::<I>(x, dy, &mut a_s, &mut b_s, &g, &bars, fill, sh);
+                    }
                 }
 
                 #[unroll]
@@ -567,9 +638,15 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
                         );
                     }
                 }
+                if comptime!(specialized) {
+                    empty.arrive(j);
+                }
             }
         }
         k += i32::cast_from(stages);
+        if comptime!(specialized) {
+            phase = 1u32 - phase;
+        }
     }
 
     // out[split, grp·c_out + co, tap, c].
@@ -688,6 +765,8 @@ pub(crate) struct WgradTile {
     /// Whole dst rows per stage (1: a stage is a run within one row).
     pub stage_rows: usize,
     pub stages: usize,
+    /// Warps a cube that only copy (0: every warp copies and multiplies).
+    pub producers: usize,
 }
 
 impl WgradTile {
@@ -695,9 +774,14 @@ impl WgradTile {
         self.warps_m * self.frags_m * 16
     }
 
-    /// Warps a cube: `warps_m` along the dst channels × one per tap along w.
+    /// Warps a cube that multiply: `warps_m` along the dst channels × one per tap along w.
     fn warps(&self) -> usize {
         self.warps_m * self.kw
+    }
+
+    /// Warps a cube in all: those that multiply and any that only copy.
+    fn cube_warps(&self) -> usize {
+        self.warps() + self.producers
     }
 
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
@@ -783,6 +867,7 @@ pub(crate) fn wgrad_tile(
         seg_per_row,
         stage_rows,
         stages: 0, // stage_slots, once the slot size is known
+        producers: 0,
     };
     tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     tile
@@ -816,6 +901,8 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
     if let Some(slots) = tune.wgrad_slots {
         tile.stages = slots;
     }
+    tile.producers = tune.wgrad_producers.unwrap_or(0);
+    check_warps("weight-gradient", tile.cube_warps());
     check_fits(
         "weight-gradient",
         tile.stages * tile.stage_bytes(elem),
@@ -854,7 +941,7 @@ fn split_rows(geo: &Geo, tile: &WgradTile, tiles: usize, target: usize) -> (usiz
 /// registers and 2048 threads an SM); on sm_86 / sm_89 (1536 threads) the count can come
 /// out one high, which only moves the split count.
 fn cubes_per_sm(tile: &WgradTile, elem: usize, max_shared: usize) -> usize {
-    let threads = 32 * tile.warps();
+    let threads = 32 * tile.cube_warps();
     let accumulators = tile.frags_m * tile.cc / 8 * 4;
     let regs = if elem == 4 && accumulators > 72 {
         204
@@ -948,7 +1035,7 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
             m_tiles as u32,
             (splits * geo.groups as usize) as u32,
         );
-        let dim = CubeDim::new_2d(32, tile.warps() as u32);
+        let dim = CubeDim::new_2d(32, tile.cube_warps() as u32);
         record_launch();
         unsafe {
             conv_wgrad_pipe::launch_unchecked(
@@ -965,6 +1052,7 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
                 tile.warps_m, tile.frags_m, tile.kw, tile.cc, tile.ks, tile.halo, tile.run,
                 tile.rows_per_seg, tile.seg_per_row, tile.stage_rows, mk, vec,
                 tile.stages,
+                tile.producers,
                 conv_probe(),
                 [x.dtype.storage(), frag_ty],
             )

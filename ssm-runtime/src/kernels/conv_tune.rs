@@ -20,6 +20,7 @@
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
+//! | `wgrad.producers` | weight-gradient warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | none yet (0) |
 //! | `wgrad.target` | cubes the row splits aim for | `wave_filling_cubes` (512 on Vulkan) |
 //!
 //! e.g. `SSM_CONV_TUNE=wgrad.ks=4,wgrad.target=256`. Unset, the rules hold. A tile the
@@ -54,10 +55,11 @@ pub(crate) struct ConvTune {
     pub wgrad_cc: Option<usize>,
     pub wgrad_slots: Option<usize>,
     pub wgrad_target: Option<usize>,
+    pub wgrad_producers: Option<usize>,
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
-                    fwd.h_taps, fwd.h_loop, fwd.producers, fwd.copies, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target";
+                    fwd.h_taps, fwd.h_loop, fwd.producers, fwd.copies, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target, wgrad.producers";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -91,11 +93,12 @@ impl ConvTune {
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
                 "wgrad.slots" => (&mut t.wgrad_slots, 4),
                 "wgrad.target" => (&mut t.wgrad_target, usize::MAX),
+                "wgrad.producers" => (&mut t.wgrad_producers, 8),
                 other => return Err(format!("unknown key `{other}` (known: {KEYS})")),
             };
             let min = match key.trim() {
                 k if k.ends_with(".slots") => 2,
-                "fwd.h_loop" | "fwd.producers" | "fwd.copies" => 0,
+                "fwd.h_loop" | "fwd.producers" | "fwd.copies" | "wgrad.producers" => 0,
                 _ => 1,
             };
             if !(min..=max).contains(&n) {
@@ -242,6 +245,13 @@ mod tests {
         assert!(ConvTune::parse("fwd.producers=9").is_err());
         assert_eq!(ConvTune::parse("fwd.copies=0").unwrap().fwd_copies, Some(0));
         assert!(ConvTune::parse("fwd.copies=3").is_err());
+        assert_eq!(
+            ConvTune::parse("wgrad.producers=2")
+                .unwrap()
+                .wgrad_producers,
+            Some(2)
+        );
+        assert!(ConvTune::parse("wgrad.producers=9").is_err());
         for bad in [
             "fwd.slots=0",
             "fwd.bk=0",
