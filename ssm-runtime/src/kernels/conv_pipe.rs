@@ -213,7 +213,7 @@ struct StageShape {
     unit_stride: bool,
     probe: u32,
     /// Producer warps of their own ([`conv_pipe`]'s `producers`): the copies then commit
-    /// and arrive at the slot's full barrier, and the weight copies run in a loop.
+    /// and arrive at the slot's full barrier.
     specialized: bool,
     /// How the copies are issued ([`conv_pipe`]'s `copies`): [`COPIES_DECODED`],
     /// [`COPIES_STEPPED`] or [`COPIES_DENSE`].
@@ -547,8 +547,6 @@ fn issue_stage<I: Float>(
     let b_slot = slot * (kh_inner * kw_inner * bn * pitch);
     if comptime!(sh.copies != COPIES_DECODED) {
         weight_copies_unrolled::<I>(w, b_s, g, p, tap0, b_slot, sh);
-    } else if comptime!(sh.specialized) {
-        weight_copies_stepped::<I>(w, b_s, g, p, tap0, b_slot, sh);
     } else {
         let b_chunks = comptime!(kh_inner * kw_inner * bn * chunks);
         #[unroll]
@@ -568,65 +566,6 @@ fn issue_stage<I: Float>(
                 };
                 let addr = w_grp + tap * g.sw_w + col * g.sw_o + c;
                 copy_chunk::<I>(w, addr, ok, b_s, b_slot + row * pitch + ch * vec, vec);
-            }
-        }
-    }
-}
-
-/// The weight copies of a stage for dedicated producer warps: a run-time loop over this
-/// thread's weight rows (`threads / chunks` apart; its chunk of each row is the same
-/// every time), stepping the row's tap and channel instead of decoding them. Unrolled with
-/// divisions, as the shared producers have it, a copy took ~46 instructions and the
-/// producers twice the copies each.
-#[cube]
-fn weight_copies_stepped<I: Float>(
-    w: &Array<I>,
-    b_s: &mut SharedMemory<I>,
-    g: &ConvGeo,
-    p: &Producer,
-    tap0: i32,
-    b_slot: usize,
-    #[comptime] sh: StageShape,
-) {
-    let (threads, kh_inner, kw_inner) = comptime!((sh.threads, sh.kh_inner, sh.kw_inner));
-    let (bn, bk, vec) = comptime!((sh.bn, sh.bk, sh.vec));
-    let pitch = comptime!(bk + vec);
-    let step = comptime!(threads / (bk / vec));
-    let b_rows = comptime!(kh_inner * kw_inner * bn);
-    let c = p.cur.c0 + i32::cast_from(p.chunk * vec);
-    let c_ok = c < g.c_red;
-    // Row `row` of the stage's weights: tap (uh, uw) of the group, dst channel n0 + cl.
-    let (bni, kwi) = (i32::cast_from(bn), i32::cast_from(kw_inner));
-    let mut row = p.row0;
-    let mut cl = i32::cast_from(row % bn);
-    let u = i32::cast_from(row / bn);
-    let mut uw = u % kwi;
-    let mut uh = u / kwi;
-    let mut at = b_slot + row * pitch + p.chunk * vec;
-    while row < b_rows {
-        let col = p.n0 + cl;
-        let tap = tap0 + uh * g.k_w + uw;
-        let addr = p.w_grp + tap * g.sw_w + col * g.sw_o + c;
-        copy_chunk::<I>(w, addr, c_ok && col < g.c_out, b_s, at, vec);
-        row += step;
-        at += comptime!(step * pitch);
-        cl += i32::cast_from(step);
-        if comptime!(step <= bn) {
-            // At most one wrap a step: selects, no branch.
-            let wrap = cl >= bni;
-            cl = select(wrap, cl - bni, cl);
-            uw = select(wrap, uw + 1i32, uw);
-            let wrap_w = uw == kwi;
-            uw = select(wrap_w, 0i32, uw);
-            uh = select(wrap_w, uh + 1i32, uh);
-        } else {
-            while cl >= bni {
-                cl -= bni;
-                uw += 1i32;
-                if uw == kwi {
-                    uw = 0i32;
-                    uh += 1i32;
-                }
             }
         }
     }
