@@ -84,6 +84,177 @@ struct StageShape {
     specialized: bool,
 }
 
+impl StageShape {
+    /// Whether the producer warps copy a stage sub-row by sub-row ([`RowCopies`]): stages
+    /// of whole dst rows, one segment a row group, and segments with no unused positions
+    /// (rows of 1, 2, 4, 8 or more than 8 positions).
+    fn row_warps(&self) -> bool {
+        self.specialized
+            && self.stage_rows > 1
+            && self.seg_per_row == 1
+            && self.rows_per_seg * self.run == SEG
+    }
+
+    /// dy copies of one sub-row (`run` positions × `bm / vec` chunks), x copies of its
+    /// halo (`halo / rows_per_seg` rows × `cc / vec` chunks), sub-rows a producer warp
+    /// takes, for [`RowCopies`] (1 each when the stage is not copied that way).
+    fn row_copies(&self) -> (usize, usize, usize) {
+        if self.row_warps() {
+            (
+                self.run * (self.bm / self.vec),
+                self.halo / self.rows_per_seg * (self.cc / self.vec),
+                self.stage_rows.div_ceil(self.threads / 32),
+            )
+        } else {
+            (1, 1, 1)
+        }
+    }
+}
+
+/// A producer warp's plan for copying whole sub-rows ([`StageShape::row_warps`]): warp
+/// `pw` takes the stage's sub-rows `pw, pw + P, ..` (P producer warps), whose dy and x row
+/// bases it finds once a sub-row (warp-uniform); its lanes take the sub-row's copies
+/// `lane, lane + 32, ..`, whose offsets, fixed for the kernel, are decoded here once:
+/// source offsets past the row base (−1: the copy is zero-filled: past the row, the
+/// channels or x) and places in the slot past the sub-row's first. Decoded per copy and
+/// per stage instead, with a loop stepping the sub-row across h and d, a copy took ~47
+/// instructions (ptxas, bf16 192 channels).
+#[derive(CubeType)]
+struct RowCopies {
+    dy_src: Array<i32>,
+    dy_at: Array<u32>,
+    x_src: Array<i32>,
+    x_at: Array<u32>,
+    /// The sub-rows this warp takes (≥ `stage_rows`: none) and where each starts in the
+    /// dy and x slots.
+    sub: Array<i32>,
+    sub_a: Array<u32>,
+    sub_b: Array<u32>,
+}
+
+/// [`RowCopies`] for copying thread `tid` (`tid / 32` its producer warp).
+#[cube]
+fn row_copies(g: &ConvGeo, tid: usize, m0: i32, c0: i32, #[comptime] sh: StageShape) -> RowCopies {
+    let (n_dy, n_x, n_sub) = comptime!(sh.row_copies());
+    let (bm, cc, vec, run, halo) = comptime!((sh.bm, sh.cc, sh.vec, sh.run, sh.halo));
+    let rows_per_seg = comptime!(sh.rows_per_seg);
+    let (a_chunks, b_chunks) = comptime!((bm / vec, cc / vec));
+    let sub_halo = comptime!(halo / rows_per_seg);
+    let (a_pitch, b_pitch) = comptime!((bm + PAD, cc + PAD));
+    let mut rc = RowCopies {
+        dy_src: Array::<i32>::new(comptime!(n_dy.div_ceil(32))),
+        dy_at: Array::<u32>::new(comptime!(n_dy.div_ceil(32))),
+        x_src: Array::<i32>::new(comptime!(n_x.div_ceil(32))),
+        x_at: Array::<u32>::new(comptime!(n_x.div_ceil(32))),
+        sub: Array::<i32>::new(n_sub),
+        sub_a: Array::<u32>::new(n_sub),
+        sub_b: Array::<u32>::new(n_sub),
+    };
+    if comptime!(sh.row_warps()) {
+        let lane = tid % 32;
+        let pw = tid / 32;
+        #[unroll]
+        for i in 0..n_dy.div_ceil(32) {
+            let e = lane + i * 32;
+            let (w, ch) = (e / a_chunks, e % a_chunks);
+            let co = m0 + i32::cast_from(ch * vec);
+            let ok = e < n_dy && i32::cast_from(w) < g.dst_w && co < g.c_out;
+            rc.dy_src[i] = select(ok, i32::cast_from(w) * g.sd_w + co * g.sd_c, -1i32);
+            rc.dy_at[i] = (w * a_pitch + ch * vec) as u32;
+        }
+        #[unroll]
+        for i in 0..n_x.div_ceil(32) {
+            let e = lane + i * 32;
+            let (hw, ch) = (e / b_chunks, e % b_chunks);
+            let sw = i32::cast_from(hw) - g.pad_w;
+            let c = c0 + i32::cast_from(ch * vec);
+            let ok = e < n_x && sw >= 0 && sw < g.src_w && c < g.c_red;
+            rc.x_src[i] = select(ok, sw * g.ss_w + c * g.ss_c, -1i32);
+            rc.x_at[i] = (hw * b_pitch + ch * vec) as u32;
+        }
+        #[unroll]
+        for t in 0..n_sub {
+            // Sub-row j: row j % rows_per_seg of segment j / rows_per_seg.
+            let j = pw + t * comptime!(sh.threads / 32);
+            let (s, r) = (j / rows_per_seg, j % rows_per_seg);
+            rc.sub[t] = i32::cast_from(j);
+            rc.sub_a[t] = ((s * SEG + r * run) * a_pitch) as u32;
+            rc.sub_b[t] = ((s * halo + r * sub_halo) * b_pitch) as u32;
+        }
+    }
+    rc
+}
+
+/// The copies of one stage sub-row by sub-row ([`RowCopies`]); only a partial last round
+/// of a sub-row's copies is guarded (every lane of the others has one).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn issue_stage_rows<I: Float>(
+    x: &Array<I>,
+    dy: &Array<I>,
+    a_s: &mut SharedMemory<I>,
+    b_s: &mut SharedMemory<I>,
+    g: &ConvGeo,
+    prod: &Producer,
+    #[comptime] slot: usize,
+    #[comptime] sh: StageShape,
+) {
+    let (n_dy, n_x, n_sub) = comptime!(sh.row_copies());
+    let (ks, halo, stage_rows) = comptime!((sh.ks, sh.halo, sh.stage_rows));
+    let (a_pitch, b_pitch) = comptime!((sh.bm + PAD, sh.cc + PAD));
+    let a_slot = comptime!((slot * ks * SEG * a_pitch) as u32);
+    let b_slot = comptime!((slot * ks * halo * b_pitch) as u32);
+    let lane = (prod.tid % 32) as u32;
+    let rc = &prod.rows;
+    let st = &prod.st;
+    #[unroll]
+    for t in 0..n_sub {
+        let j = rc.sub[t];
+        if j < i32::cast_from(stage_rows) {
+            let (n, od, oh) = rows_on(g, st.n, st.od, st.oh, j);
+            let in_range = st.row + j < prod.tile.row_end;
+            let dy_row = dy_base(g, &prod.tile, n, od, oh);
+            let x_row = select(in_range, x_base(g, &prod.tile, n, od, oh), -1i32);
+            let a_at = a_slot + rc.sub_a[t];
+            let b_at = b_slot + rc.sub_b[t];
+            #[unroll]
+            for i in 0..n_dy.div_ceil(32) {
+                if comptime!((i + 1) * 32 <= n_dy)
+                    || lane + comptime!((i * 32) as u32) < comptime!(n_dy as u32)
+                {
+                    let off = rc.dy_src[i];
+                    let at = (a_at + rc.dy_at[i]) as usize;
+                    copy_chunk::<I>(
+                        dy,
+                        dy_row + off,
+                        in_range && off >= 0,
+                        a_s,
+                        at,
+                        comptime!(sh.vec),
+                    );
+                }
+            }
+            #[unroll]
+            for i in 0..n_x.div_ceil(32) {
+                if comptime!((i + 1) * 32 <= n_x)
+                    || lane + comptime!((i * 32) as u32) < comptime!(n_x as u32)
+                {
+                    let off = rc.x_src[i];
+                    let at = (b_at + rc.x_at[i]) as usize;
+                    copy_chunk::<I>(
+                        x,
+                        x_row + off,
+                        x_row >= 0 && off >= 0,
+                        b_s,
+                        at,
+                        comptime!(sh.vec),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One thread's producer: the cube's rows and where the next stage starts, plus what stays
 /// fixed (segment groups per row `spr`, thread index `tid`, first dst channel `m0` and
 /// input channel `c0`).
@@ -95,6 +266,7 @@ struct Producer {
     tid: usize,
     m0: i32,
     c0: i32,
+    rows: RowCopies,
 }
 
 /// dy base (channel 0 of the group) of dst row (n, od, oh).
@@ -280,7 +452,11 @@ impl Producer {
         #[comptime] sh: StageShape,
     ) {
         if comptime!(sh.probe != PROBE_NO_COPIES) {
-            issue_stage::<I>(x, dy, a_s, b_s, g, self, slot, sh);
+            if comptime!(sh.row_warps()) {
+                issue_stage_rows::<I>(x, dy, a_s, b_s, g, self, slot, sh);
+            } else {
+                issue_stage::<I>(x, dy, a_s, b_s, g, self, slot, sh);
+            }
         }
         let stage_rows = comptime!(sh.stage_rows);
         bars.commit(slot);
@@ -459,6 +635,20 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         acc.push(a);
     }
 
+    let sh = comptime!(StageShape {
+        threads,
+        bm,
+        cc,
+        ks,
+        halo,
+        run,
+        rows_per_seg,
+        seg_per_row,
+        stage_rows,
+        vec,
+        probe,
+        specialized,
+    });
     let mut prod = Producer {
         tile: tr,
         st: RowState {
@@ -474,22 +664,9 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         tid,
         m0,
         c0,
+        rows: row_copies(&g, tid, m0, c0, sh),
     };
     set_row(&mut prod.st, &g, &prod.tile, row_start);
-    let sh = comptime!(StageShape {
-        threads,
-        bm,
-        cc,
-        ks,
-        halo,
-        run,
-        rows_per_seg,
-        seg_per_row,
-        stage_rows,
-        vec,
-        probe,
-        specialized,
-    });
     let mut producer_warp = false;
     if comptime!(specialized) {
         producer_warp = unit >= consumers;
