@@ -216,7 +216,7 @@ struct StageShape {
     /// and arrive at the slot's full barrier.
     specialized: bool,
     /// How the copies are issued ([`conv_pipe`]'s `copies`): [`COPIES_DECODED`],
-    /// [`COPIES_STEPPED`] or [`COPIES_DENSE`].
+    /// [`COPIES_STEPPED`], [`COPIES_DENSE`] or [`COPIES_PLACED`].
     copies: u32,
 }
 
@@ -230,6 +230,12 @@ pub(crate) const COPIES_STEPPED: u32 = 1;
 /// of the tile's, reduced channels of the stage depth): the weight copies need no bounds,
 /// so they take the plain `cp.async` form instead of the zero-filling one.
 pub(crate) const COPIES_DENSE: u32 = 2;
+/// As [`COPIES_DENSE`], and where the tile's dst channels are a multiple of a thread's
+/// step between weight rows, each copy's row placed at compile time instead of stepped:
+/// a thread's first row lies below the step, so no step straddles a tap's last channel,
+/// and round `r`'s tap and channel offset follow from `r` alone (independent copies, no
+/// chain of wraps).
+pub(crate) const COPIES_PLACED: u32 = 3;
 
 /// One thread's producer: its halo rows, the cursor at the next stage to issue, and what
 /// stays fixed for the cube (thread index `tid`, its first halo row `row0` and the copy
@@ -592,7 +598,8 @@ fn weight_copies_unrolled<I: Float>(
     let step = comptime!(threads / (bk / vec));
     let b_rows = comptime!(kh_inner * kw_inner * bn);
     let rounds = comptime!(b_rows.div_ceil(step));
-    let dense = comptime!(sh.copies == COPIES_DENSE);
+    let dense = comptime!(sh.copies == COPIES_DENSE || sh.copies == COPIES_PLACED);
+    let placed = comptime!(sh.copies == COPIES_PLACED && bn.is_multiple_of(step));
     let c = p.cur.c0 + i32::cast_from(p.chunk * vec);
     let c_ok = c < g.c_red;
     let (bni, kwi) = (i32::cast_from(bn), i32::cast_from(kw_inner));
@@ -606,18 +613,28 @@ fn weight_copies_unrolled<I: Float>(
     let next_w = g.sw_w - bni * g.sw_o;
     let next_h = (g.k_w - kwi) * g.sw_w;
     let at = b_slot + p.row0 * pitch + p.chunk * vec;
+    // (Placed: row0 < step ≤ bn puts the first row at tap 0, channel row0.)
+    let kw_sw = g.k_w * g.sw_w;
     #[unroll]
     for r in 0..rounds {
         let whole = comptime!((r + 1) * step <= b_rows);
         if whole || p.row0 + comptime!(r * step) < b_rows {
             let to = at + comptime!(r * step * pitch);
-            if comptime!(dense) {
+            if comptime!(placed) {
+                let (u, co) = comptime!(((r * step) / bn, (r * step) % bn));
+                let (uh, uw) = comptime!((u / kw_inner, u % kw_inner));
+                let placed_addr = addr
+                    + i32::cast_from(uh) * kw_sw
+                    + i32::cast_from(uw) * g.sw_w
+                    + i32::cast_from(co) * g.sw_o;
+                copy_chunk_dense::<I>(w, placed_addr, b_s, to, vec);
+            } else if comptime!(dense) {
                 copy_chunk_dense::<I>(w, addr, b_s, to, vec);
             } else {
                 copy_chunk::<I>(w, addr, c_ok && p.n0 + cl < g.c_out, b_s, to, vec);
             }
         }
-        if comptime!(r + 1 < rounds) {
+        if comptime!(!placed && r + 1 < rounds) {
             if comptime!(step <= bn) {
                 cl += i32::cast_from(step);
                 addr += i32::cast_from(step) * g.sw_o;
@@ -1833,6 +1850,7 @@ pub(crate) fn gemm(
     let copies = match conv_tune().fwd_copies {
         Some(0) => COPIES_DECODED,
         Some(1) => COPIES_STEPPED,
+        Some(3) if weights_whole(&tile, geo) => COPIES_PLACED,
         // Without producer warps the stepped copies did not pay (H100, 96 channels: TF32
         // 331 -> 345 µs, bf16 185 -> 218).
         None if producers == 0 => COPIES_DECODED,

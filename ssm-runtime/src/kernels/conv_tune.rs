@@ -15,7 +15,7 @@
 //! | `fwd.h_loop` | 1: a rows halo's taps along h in a run-time loop; 0: unrolled | `h_tap_loop` |
 //! | `fwd.h_taps` | taps along h a stage holds: 1, or the kernel height (one halo of the src rows all of them read) where the tile allows | `rows_halo_taps` |
 //! | `fwd.producers` | warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | `producer_warps` |
-//! | `fwd.copies` | how a thread's copies of a stage are issued: 0 each decoded from its index and guarded; 1 weight rows stepped and only a partial last round guarded; 2 as 1, and no zero-fill form for the weights where the tile covers them whole (else as 1) | `gemm`: 2 with producer warps, else 0 |
+//! | `fwd.copies` | how a thread's copies of a stage are issued: 0 each decoded from its index and guarded; 1 weight rows stepped and only a partial last round guarded; 2 as 1, and no zero-fill form for the weights where the tile covers them whole (else as 1); 3 as 2, each weight row placed at compile time where the tile's dst channels are a multiple of the step (else as 2) | `gemm`: 2 with producer warps, else 0 |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
@@ -87,7 +87,7 @@ impl ConvTune {
                 "fwd.h_taps" => (&mut t.fwd_h_taps, 7),
                 "fwd.h_loop" => (&mut t.fwd_h_loop, 1),
                 "fwd.producers" => (&mut t.fwd_producers, 8),
-                "fwd.copies" => (&mut t.fwd_copies, 2),
+                "fwd.copies" => (&mut t.fwd_copies, 3),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
                 "wgrad.warps_m" => (&mut t.wgrad_warps_m, 8),
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
@@ -244,7 +244,7 @@ mod tests {
         );
         assert!(ConvTune::parse("fwd.producers=9").is_err());
         assert_eq!(ConvTune::parse("fwd.copies=0").unwrap().fwd_copies, Some(0));
-        assert!(ConvTune::parse("fwd.copies=3").is_err());
+        assert!(ConvTune::parse("fwd.copies=4").is_err());
         assert_eq!(
             ConvTune::parse("wgrad.producers=2")
                 .unwrap()
