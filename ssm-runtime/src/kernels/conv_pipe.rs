@@ -1797,12 +1797,16 @@ fn split_target(dtype: DType) -> usize {
 /// channels-last forward) two beat none on every table shape (TF32 192 channels 158 -> 126,
 /// 96: 331 -> 272; bf16 192 88 -> 72, 96 185 -> 171, 48 502 -> 483); the TF32 tile of at
 /// most 48 dst channels, whose stages are mostly halo rows, wants four (727 -> 632 with
-/// four; bf16 there ran 523 with four). One was slower than none (TF32 192: 177).
+/// four; bf16 there ran 523 with four). One was slower than none (TF32 192: 177). The
+/// TF32 tile of one cube an SM (192 channels) takes three (H100, 2026-12-07, 08:00 UTC,
+/// `rule-neighbours.txt`: forward 126.9 -> 122.0, backward-data 132.8 -> 131.2; ptxas
+/// spills 12 B a thread with two, none with three); bf16 at 96 channels ran slower with
+/// three (171.7 -> 187.8).
 fn producer_warps(tile: &PipeTile, dtype: DType) -> usize {
-    if dtype == DType::F32 && tile.bn() <= 48 {
-        4
-    } else {
-        2
+    match dtype {
+        DType::F32 if tile.bn() <= 48 => 4,
+        DType::F32 if tile.one_per_sm => 3,
+        _ => 2,
     }
 }
 
@@ -1906,13 +1910,24 @@ mod tests {
 
     #[test]
     fn producer_warps_where_the_measurements_say() {
-        // The table's tiles (H100 sweep of 2026-12-07): four copying warps for the TF32
-        // 48-channel tile, two elsewhere.
-        for (c, dst_w) in [(48, 32), (96, 16), (192, 8)] {
+        // The table's tiles on an H100's 132 multiprocessors (sweeps of 2026-12-07): four
+        // copying warps for the TF32 48-channel tile, three for the TF32 192-channel one
+        // (one cube an SM), two elsewhere.
+        let hopper = 227 * 1024;
+        for (c, dst_w, rows) in [
+            (48, 32, 2 * 112 * 112),
+            (96, 16, 2 * 56 * 56),
+            (192, 8, 2 * 28 * 28),
+        ] {
             for dtype in [DType::F32, DType::BF16] {
                 let elem = dtype.size();
-                let t = tile_for(c, 3, 1, 1, dst_w, reduce_depth(c, elem), elem, 227 * 1024);
-                let want = if c == 48 && dtype == DType::F32 { 4 } else { 2 };
+                let t = tile_for(c, 3, 1, 1, dst_w, reduce_depth(c, elem), elem, hopper);
+                let t = balanced(t, |t| t.cubes(rows, dst_w, c, 1), elem, Some(132), hopper);
+                let want = match (c, dtype) {
+                    (48, DType::F32) => 4,
+                    (192, DType::F32) => 3,
+                    _ => 2,
+                };
                 assert_eq!(producer_warps(&t, dtype), want, "{c} {dtype:?}: {t:?}");
             }
         }

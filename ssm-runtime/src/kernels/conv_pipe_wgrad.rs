@@ -1078,7 +1078,9 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
     if let Some(slots) = tune.wgrad_slots {
         tile.stages = slots;
     }
-    tile.producers = tune.wgrad_producers.unwrap_or(0);
+    tile.producers = tune
+        .wgrad_producers
+        .unwrap_or_else(|| producer_warps(&tile, elem));
     check_warps("weight-gradient", tile.cube_warps());
     check_fits(
         "weight-gradient",
@@ -1086,6 +1088,17 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
         max_shared,
     );
     tile
+}
+
+/// Warps of a cube that only copy ([`conv_wgrad_pipe`]'s `producers`). On an H100
+/// (2026-12-07, 08:00 UTC, `scripts/sweeps/wgrad-producers.txt`, channels-last µs, none -> two)
+/// two paid in every bf16 tile (192 channels 144.4 -> 122.8, 96: 197.9 -> 164.3, 48: 393.7
+/// -> 380.5; four: 122.5 and 183.6) and in the TF32 tile of two warps along the dst
+/// channels (96 channels: 442.1 -> 423.8), not in the other TF32 ones: the four-warp tile
+/// (192 channels), held to 128 registers beside them, spills (275.1 -> 371.0; 316.7 with
+/// four), and the one-warp tile (48 channels) ran 848.5 -> 903.0.
+fn producer_warps(tile: &WgradTile, elem: usize) -> usize {
+    if elem == 2 || tile.warps_m == 2 { 2 } else { 0 }
 }
 
 /// At most this many cubes (`tiles × row splits`): on an H200 the six benchmark shapes ran
@@ -1303,31 +1316,64 @@ mod tests {
     }
 
     /// The benchmark shapes' tiles (3 × 3 × 3, C → C; dst rows of 32, 16 and 8) on an H100
-    /// or H200 (227 KiB of shared memory a cube, 132 SMs).
+    /// or H200 (227 KiB of shared memory a cube, 132 SMs), with the rule's producer warps.
     fn bench_tile(c: usize, dst_w: usize, elem: usize) -> WgradTile {
-        wgrad_tile(c, c, 3, 1, dst_w, elem, stage_segments(dst_w, elem))
+        let tile = wgrad_tile(c, c, 3, 1, dst_w, elem, stage_segments(dst_w, elem));
+        WgradTile {
+            producers: producer_warps(&tile, elem),
+            ..tile
+        }
+    }
+
+    /// [`bench_tile`] without producer warps (every warp copies and multiplies).
+    fn bare_tile(c: usize, dst_w: usize, elem: usize) -> WgradTile {
+        WgradTile {
+            producers: 0,
+            ..bench_tile(c, dst_w, elem)
+        }
+    }
+
+    #[test]
+    fn producer_warps_where_the_measurements_say() {
+        // Two in every bf16 tile and in the TF32 one of two warps along the dst channels
+        // (96 channels); none in the TF32 tiles of four (192) and one (48).
+        for (c, dst_w, tf32, bf16) in [(192, 8, 0, 2), (96, 16, 2, 2), (48, 32, 0, 2)] {
+            assert_eq!(bench_tile(c, dst_w, 4).producers, tf32, "TF32 {c}");
+            assert_eq!(bench_tile(c, dst_w, 2).producers, bf16, "bf16 {c}");
+        }
     }
     const HOPPER_SHARED: usize = 227 * 1024;
 
     #[test]
     fn cubes_an_sm_as_ncu_counted_them() {
-        // 192 channels: TF32 one (204 registers), bf16 two (167 registers, 74.5 KB).
-        assert_eq!(cubes_per_sm(&bench_tile(192, 8, 4), 4, HOPPER_SHARED), 1);
-        assert_eq!(cubes_per_sm(&bench_tile(192, 8, 2), 2, HOPPER_SHARED), 2);
+        // Without producer warps, as `ncu` counted them: 192 channels: TF32 one (204
+        // registers), bf16 two (167 registers, 74.5 KB).
+        assert_eq!(cubes_per_sm(&bare_tile(192, 8, 4), 4, HOPPER_SHARED), 1);
+        assert_eq!(cubes_per_sm(&bare_tile(192, 8, 2), 2, HOPPER_SHARED), 2);
         // 96 channels (48 input channels a tile): two in both types; 48 channels (one warp
         // of dst channels, 96 threads): four.
         for elem in [2, 4] {
             assert_eq!(
-                cubes_per_sm(&bench_tile(96, 16, elem), elem, HOPPER_SHARED),
+                cubes_per_sm(&bare_tile(96, 16, elem), elem, HOPPER_SHARED),
                 2
             );
             assert_eq!(
-                cubes_per_sm(&bench_tile(48, 32, elem), elem, HOPPER_SHARED),
+                cubes_per_sm(&bare_tile(48, 32, elem), elem, HOPPER_SHARED),
                 4
             );
         }
+        // Two producer warps more: the six-warp tiles' registers hold one cube an SM (bf16
+        // 192 channels: 162 registers in ptxas), the 48-channel bf16 tile's two.
+        assert_eq!(cubes_per_sm(&bench_tile(192, 8, 2), 2, HOPPER_SHARED), 1);
+        for elem in [2, 4] {
+            assert_eq!(
+                cubes_per_sm(&bench_tile(96, 16, elem), elem, HOPPER_SHARED),
+                1
+            );
+        }
+        assert_eq!(cubes_per_sm(&bench_tile(48, 32, 2), 2, HOPPER_SHARED), 2);
         // Shared memory bounds it where a cube takes most of it.
-        let t = bench_tile(192, 8, 2);
+        let t = bare_tile(192, 8, 2);
         assert_eq!(cubes_per_sm(&t, 2, t.stages * t.stage_bytes(2)), 1);
     }
 
@@ -1355,11 +1401,13 @@ mod tests {
         // The counts each rule picks, all timed with `wgrad.target` on an H200 (the doc of
         // `wave_filling_cubes`; 48 channels: 57 splits, 812 / 384 µs, before). TF32 at 192:
         // one tile of all dst channels (27 tiles), 14 splits, the 378 cubes of the two-tile
-        // rule's 7 (timed on an H100 with `wgrad.warps_m=4`: `wgrad_tile`'s doc).
+        // rule's 7 (timed on an H100 with `wgrad.warps_m=4`: `wgrad_tile`'s doc). With
+        // producer warps (one cube an SM at 192 and 96 channels, two at 48 in bf16) the
+        // counts the H100 sweep of 2026-12-07 ran: bf16 7 / 22 / 29, TF32 96 22.
         for (c, dst, tf32, bf16) in [
-            (192, [28, 28, 8], 14, 9),
-            (96, [56, 56, 16], 14, 14),
-            (48, [112, 112, 32], 56, 56),
+            (192, [28, 28, 8], 14, 7),
+            (96, [56, 56, 16], 22, 22),
+            (48, [112, 112, 32], 56, 29),
         ] {
             let geo = Geo {
                 dst,
