@@ -1091,8 +1091,8 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
 }
 
 /// Warps of a cube that only copy ([`conv_wgrad_pipe`]'s `producers`). On an H100
-/// (2026-12-07, 08:00 UTC, `scripts/sweeps/wgrad-producers.txt`, channels-last µs, none -> two)
-/// two paid in every bf16 tile (192 channels 144.4 -> 122.8, 96: 197.9 -> 164.3, 48: 393.7
+/// (2026-12-07, 08:00 UTC, `scripts/sweeps/wgrad-producers.txt`, channels-last µs, none ->
+/// two) two paid in every bf16 tile (192 channels 144.4 -> 122.8, 96: 197.9 -> 164.3, 48: 393.7
 /// -> 380.5; four: 122.5 and 183.6) and in the TF32 tile of two warps along the dst
 /// channels (96 channels: 442.1 -> 423.8), not in the other TF32 ones: the four-warp tile
 /// (192 channels), held to 128 registers beside them, spills (275.1 -> 371.0; 316.7 with

@@ -20,7 +20,7 @@
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
-//! | `wgrad.producers` | weight-gradient warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | none yet (0) |
+//! | `wgrad.producers` | weight-gradient warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | `conv_pipe_wgrad::producer_warps` |
 //! | `wgrad.target` | cubes the row splits aim for | `wave_filling_cubes` (512 on Vulkan) |
 //!
 //! e.g. `SSM_CONV_TUNE=wgrad.ks=4,wgrad.target=256`. Unset, the rules hold. A tile the
