@@ -1075,6 +1075,12 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
         check_warps("weight-gradient", tile.warps());
         tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     }
+    if let Some(frags_m) = tune.wgrad_frags_m {
+        // Fewer accumulators a warp: more warps fit an SM's registers, each A fragment
+        // serves fewer products.
+        tile.frags_m = frags_m;
+        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
+    }
     if let Some(slots) = tune.wgrad_slots {
         tile.stages = slots;
     }

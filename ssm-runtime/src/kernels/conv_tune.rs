@@ -18,6 +18,7 @@
 //! | `fwd.copies` | how a thread's copies of a stage are issued: 0 each decoded from its index and guarded; 1 weight rows stepped and only a partial last round guarded; 2 as 1, and no zero-fill form for the weights where the tile covers them whole (else as 1); 3 as 2, each weight row placed at compile time where the tile's dst channels are a multiple of the step (else as 2) | `gemm`: 2 with producer warps, else 0 |
 //! | `wgrad.ks` | segments a weight-gradient stage | `stage_segments` |
 //! | `wgrad.warps_m` | warps along the dst channels of a weight-gradient tile (its 16-row blocks spread over them) | `wgrad_tile` |
+//! | `wgrad.frags_m` | 16-row blocks a weight-gradient warp (after `wgrad.warps_m`: the tile then spans `warps_m · frags_m · 16` dst channels; at most 3) | `wgrad_tile` |
 //! | `wgrad.cc` | input channels a weight-gradient tile (16, 32, 48 or 64) | `wgrad_tile` |
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
 //! | `wgrad.producers` | weight-gradient warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | `conv_pipe_wgrad::producer_warps` |
@@ -52,6 +53,7 @@ pub(crate) struct ConvTune {
     pub fwd_copies: Option<usize>,
     pub wgrad_ks: Option<usize>,
     pub wgrad_warps_m: Option<usize>,
+    pub wgrad_frags_m: Option<usize>,
     pub wgrad_cc: Option<usize>,
     pub wgrad_slots: Option<usize>,
     pub wgrad_target: Option<usize>,
@@ -59,7 +61,7 @@ pub(crate) struct ConvTune {
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
-                    fwd.h_taps, fwd.h_loop, fwd.producers, fwd.copies, wgrad.ks, wgrad.warps_m, wgrad.cc, wgrad.slots, wgrad.target, wgrad.producers";
+                    fwd.h_taps, fwd.h_loop, fwd.producers, fwd.copies, wgrad.ks, wgrad.warps_m, wgrad.frags_m, wgrad.cc, wgrad.slots, wgrad.target, wgrad.producers";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -90,6 +92,7 @@ impl ConvTune {
                 "fwd.copies" => (&mut t.fwd_copies, 3),
                 "wgrad.ks" => (&mut t.wgrad_ks, 16),
                 "wgrad.warps_m" => (&mut t.wgrad_warps_m, 8),
+                "wgrad.frags_m" => (&mut t.wgrad_frags_m, 3),
                 "wgrad.cc" => (&mut t.wgrad_cc, 64),
                 "wgrad.slots" => (&mut t.wgrad_slots, 4),
                 "wgrad.target" => (&mut t.wgrad_target, usize::MAX),
@@ -226,6 +229,8 @@ mod tests {
             ConvTune::parse("wgrad.warps_m=4").unwrap().wgrad_warps_m,
             Some(4)
         );
+        let t = ConvTune::parse("wgrad.warps_m=3,wgrad.frags_m=2").unwrap();
+        assert_eq!((t.wgrad_warps_m, t.wgrad_frags_m), (Some(3), Some(2)));
         assert_eq!(ConvTune::parse("fwd.bk=16").unwrap().fwd_bk, Some(16));
         let t = ConvTune::parse("fwd.warps_n=4,fwd.frags_n=3").unwrap();
         assert_eq!((t.fwd_warps_n, t.fwd_frags_n), (Some(4), Some(3)));
@@ -264,6 +269,8 @@ mod tests {
             "fwd.h_taps=8",
             "fwd.h_loop=2",
             "wgrad.warps_m=9",
+            "wgrad.frags_m=4",
+            "wgrad.frags_m=0",
         ] {
             let e = ConvTune::parse(bad).unwrap_err();
             assert!(e.contains("must lie in"), "{bad}: {e}");
