@@ -6,9 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-# One-shot builds: incremental state would only double the target folder (a CI machine's
-# linker died of a full disk once). Say how much room there is, for the log.
+# One-shot builds, small on disk (a CI machine's linker died of a full disk once): no
+# incremental state, no debug info in the workspace's test binaries (a panic still names
+# its file and line). Say how much room there is, for the log.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-0}"
 df -h . | tail -1 | awk '{print "test.sh: " $4 " free on " $6}' >&2
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
