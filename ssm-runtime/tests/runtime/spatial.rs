@@ -292,81 +292,61 @@ fn host_weights(
 fn resize_matches_pytorch_vectors() {
     let d = device();
     let x = Tensor::from_f64(&[0.0, 1.0, 2.0, 3.0], &[1, 1, 4], DType::F64, &d).unwrap();
-    let lin = x
-        .resize(
-            &ResizeTo::Size(vec![8]),
+    // (label, target, mode, align_corners, PyTorch's output, tolerance).
+    type Vector = (
+        &'static str,
+        ResizeTo,
+        ResizeMode,
+        bool,
+        &'static [f64],
+        f64,
+    );
+    let vectors: [Vector; 5] = [
+        (
+            "linear x2",
+            ResizeTo::Size(vec![8]),
             ResizeMode::Linear,
             false,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
-    assert_close(
-        "linear x2",
-        &lin.to_f64_vec().unwrap(),
-        &[0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0],
-        1e-15,
-        1e-15,
-    );
-    let ac = x
-        .resize(
-            &ResizeTo::Size(vec![7]),
+            &[0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0],
+            1e-15,
+        ),
+        (
+            "align corners",
+            ResizeTo::Size(vec![7]),
             ResizeMode::Linear,
             true,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
-    assert_close(
-        "align corners",
-        &ac.to_f64_vec().unwrap(),
-        &[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
-        1e-15,
-        1e-15,
-    );
-    let nn = x
-        .resize(
-            &ResizeTo::Size(vec![7]),
+            &[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+            1e-15,
+        ),
+        (
+            "nearest",
+            ResizeTo::Size(vec![7]),
             ResizeMode::Nearest,
             false,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
-    assert_close(
-        "nearest",
-        &nn.to_f64_vec().unwrap(),
-        &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0],
-        0.0,
-        0.0,
-    );
-    let ne = x
-        .resize(
-            &ResizeTo::Size(vec![7]),
+            &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0],
+            0.0,
+        ),
+        (
+            "nearest-exact",
+            ResizeTo::Size(vec![7]),
             ResizeMode::NearestExact,
             false,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
-    assert_close(
-        "nearest-exact",
-        &ne.to_f64_vec().unwrap(),
-        &[0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 3.0],
-        0.0,
-        0.0,
-    );
-    let down = x
-        .resize(
-            &ResizeTo::Scale(vec![0.5]),
+            &[0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 3.0],
+            0.0,
+        ),
+        (
+            "linear /2",
+            ResizeTo::Scale(vec![0.5]),
             ResizeMode::Linear,
             false,
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
-    assert_close(
-        "linear /2",
-        &down.to_f64_vec().unwrap(),
-        &[0.5, 2.5],
-        1e-15,
-        1e-15,
-    );
+            &[0.5, 2.5],
+            1e-15,
+        ),
+    ];
+    for (label, to, mode, align, want, tol) in vectors {
+        let got = x.resize(&to, mode, align, Layout::ChannelsFirst).unwrap();
+        assert_close(label, &got.to_f64_vec().unwrap(), want, tol, tol);
+    }
     // Nearest indices where PyTorch's f32 arithmetic and exact (or f64) arithmetic part
     // ways, whatever the data type: (input, target, output index, PyTorch's source index).
     // 39·(1/1.3) is 30 in f32 (29.999… in f64); 41·(2/82) is 0.99999994 in f32 (1 in f64);
