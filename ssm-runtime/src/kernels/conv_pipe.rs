@@ -1655,12 +1655,16 @@ fn with_rows_halo(
 ///   backward-data 14 / 15 % faster; on an H100 (2026-12-06) TF32 17 / 17 % faster than
 ///   two segments in two tap splits (265 → 219 µs, 260 → 216), while three segments in two
 ///   tap splits gained only 3 / 5 %.
-/// - TF32 only: four segments a warp where four-segment cubes still fill every
-///   multiprocessor twice and two of them fit one (its shared memory): each B fragment
-///   serves four A fragments, 149 shared bytes per MMA instead of 213. 96 channels (784 → 392 cubes):
-///   forward / backward-data 10 / 11 % faster on an H100 (449 → 404 µs, 446 → 397); at 192
-///   channels (98 cubes) 11 / 16 % slower. bf16 at 96 channels ran 9 % slower in three
-///   segments (H200), so bf16 keeps two there.
+/// - Four segments a warp where four-segment cubes still fill every multiprocessor twice
+///   and fit it (TF32: two of them, in two slots; bf16: one, in [`stage_slots`]): each B
+///   fragment serves four A fragments, 149 shared bytes per MMA instead of 213 in TF32.
+///   TF32 at 96 channels (784 → 392 cubes): forward / backward-data 10 / 11 % faster on an
+///   H100 (449 → 404 µs, 446 → 397); at 192 channels (98 cubes) 11 / 16 % slower; at 48
+///   (two do not fit an SM) within 1 % in four (H100, 2026-12-07). bf16, with two producer
+///   warps (H100, 2026-12-07, `scripts/sweeps/fm4-96.txt`, channels-last µs, two → four
+///   segments): 96 channels 171 / 175 → 154 / 164 (three slots; two: 164 / 170; three
+///   segments: 159 / 169), 48 channels 483 / 491 → 449 / 458. Both hold one cube an SM
+///   (ptxas: 167–168 registers a thread, 320 threads).
 fn balanced(
     tile: PipeTile,
     cubes: impl Fn(&PipeTile) -> usize,
@@ -1674,20 +1678,24 @@ fn balanced(
     if tile.frags_m != 2 {
         return tile;
     }
-    let taller = |frags_m| PipeTile {
-        frags_m,
+    let three = PipeTile {
+        frags_m: 3,
         stages: 2,
         ..tile
     };
-    let (three, four) = (taller(3), taller(4));
+    let mut four = PipeTile { frags_m: 4, ..tile };
+    four.stages = stage_slots(four.stage_bytes(elem), elem);
     let now = cubes(&tile);
     let uneven = now > sms && now < 2 * sms;
+    // Four-segment cubes an SM must hold: TF32 two; bf16 one (its 167 registers a thread
+    // leave one cube an SM anyway, whose three slots ran faster than two).
+    let four_per_sm = if elem == 4 { 2 } else { 1 };
     if uneven && cubes(&three) <= sms && three.shared_bytes(elem) <= max_shared {
         PipeTile {
             one_per_sm: true,
             ..three
         }
-    } else if elem == 4 && cubes(&four) >= 2 * sms && 2 * four.shared_bytes(elem) <= max_shared {
+    } else if cubes(&four) >= 2 * sms && four_per_sm * four.shared_bytes(elem) <= max_shared {
         four
     } else {
         tile
@@ -2014,15 +2022,20 @@ mod tests {
         assert_eq!(tile(192, 2 * 28 * 28, 8, 2, None), (2, 3, 196, false));
         assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(114)), (2, 3, 196, false));
         assert_eq!(tile(192, 2 * 28 * 28, 8, 4, Some(114)), (2, 2, 196, false));
-        // 96 channels: TF32 in four-segment warps (784 → 392 cubes, 1.5 waves of two an
-        // SM); bf16 unchanged. 48 channels: 8-warp tiles, unchanged (two four-segment
-        // ones would not fit one SM).
+        // 96 channels: four-segment warps (784 → 392 cubes), TF32 in two slots (1.5 waves
+        // of two an SM), bf16 in three (one an SM); too few for 200 multiprocessors.
         assert_eq!(tile(96, 2 * 56 * 56, 16, 4, Some(132)), (4, 2, 392, false));
-        assert_eq!(tile(96, 2 * 56 * 56, 16, 2, Some(132)).0, 2);
-        assert_eq!(tile(96, 2 * 56 * 56, 16, 4, Some(200)).0, 2);
+        assert_eq!(tile(96, 2 * 56 * 56, 16, 2, Some(132)), (4, 3, 392, false));
         for elem in [2, 4] {
-            assert_eq!(tile(48, 2 * 112 * 112, 32, elem, Some(132)).0, 2);
+            assert_eq!(tile(96, 2 * 56 * 56, 16, elem, Some(200)).0, 2);
         }
+        // 48 channels (8-warp tiles): bf16 in four segments (3136 → 1568 cubes); TF32
+        // unchanged (two four-segment cubes would not fit one SM).
+        assert_eq!(
+            tile(48, 2 * 112 * 112, 32, 2, Some(132)),
+            (4, 3, 1568, false)
+        );
+        assert_eq!(tile(48, 2 * 112 * 112, 32, 4, Some(132)).0, 2);
         // The taps of a one-per-SM tile are not split; others as `split_target` says.
         let t = tile(192, 2 * 28 * 28, 8, 4, Some(132));
         assert!(t.3 && tap_splits(t.2, 9, split_target(DType::F32)) == 2);
@@ -2101,11 +2114,11 @@ mod tests {
                 t
             );
         }
-        // 96 channels, bf16: 8 segments of one 16-position row = 8 dst rows, 12 halo rows
-        // of 18 positions.
+        // 96 channels, bf16: 16 segments of one 16-position row = 16 dst rows, 20 halo
+        // rows of 18 positions.
         let t = bench(96, 16, 2, 2 * 56 * 56);
         let h = with_rows_halo(t, &geo(96, [56, 56, 16]), 3, 2, hopper);
-        assert_eq!((h.rows_halo.tile_rows, h.rows_halo.ext_rows()), (8, 12));
+        assert_eq!((h.rows_halo.tile_rows, h.rows_halo.ext_rows()), (16, 20));
         assert_eq!(h.rows_halo.row_halo, 18);
         // Rows of two segments (32 positions): whole rows only.
         let t = bench(48, 32, 2, 2 * 112 * 112);
@@ -2114,7 +2127,8 @@ mod tests {
         assert_eq!(h.rows_halo.row_halo, 34);
         // The rule on the benchmark shapes (132 SMs): 192 channels in both types, 48 in
         // TF32; not 96 in TF32 (its four-segment tile's two slots fit one, which ran
-        // slower) nor bf16 at 96 and 48 (two cubes an SM without). Its taps along h loop
+        // slower) nor bf16 at 48 and 96 (slower in two-segment tiles; at 96 in four-segment
+        // ones too: H100, 2026-12-07, fwd / bwd-data 154 / 164 µs → 196 / 197). Its taps along h loop
         // at 192 channels only (the one-cube-an-SM tiles, which spilled unrolled).
         for (c, dst, elem, want, looped) in [
             (192, [28, 28, 8], 2, 3, true),
