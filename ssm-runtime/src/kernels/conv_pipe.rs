@@ -1656,15 +1656,16 @@ fn with_rows_halo(
 ///   two segments in two tap splits (265 → 219 µs, 260 → 216), while three segments in two
 ///   tap splits gained only 3 / 5 %.
 /// - Four segments a warp where four-segment cubes still fill every multiprocessor twice
-///   and fit it (TF32: two of them, in two slots; bf16: one, in [`stage_slots`]): each B
+///   and fit it (TF32: two of them, in two slots; bf16: one, in up to four): each B
 ///   fragment serves four A fragments, 149 shared bytes per MMA instead of 213 in TF32.
 ///   TF32 at 96 channels (784 → 392 cubes): forward / backward-data 10 / 11 % faster on an
 ///   H100 (449 → 404 µs, 446 → 397); at 192 channels (98 cubes) 11 / 16 % slower; at 48
 ///   (two do not fit an SM) within 1 % in four (H100, 2026-12-07). bf16, with two producer
 ///   warps (H100, 2026-12-07, `scripts/sweeps/fm4-96.txt`, channels-last µs, two → four
-///   segments): 96 channels 171 / 175 → 154 / 164 (three slots; two: 164 / 170; three
-///   segments: 159 / 169), 48 channels 483 / 491 → 449 / 458. Both hold one cube an SM
-///   (ptxas: 167–168 registers a thread, 320 threads).
+///   segments): 96 channels 171 / 175 → 154 / 164 in three slots, 152.8 / 158.3 in four
+///   (`after-fm4.txt`, `fm4-slots.txt`: twice; two slots 164 / 170; three segments 159 /
+///   169), 48 channels 483 / 491 → 449 / 458 (three slots; four 456 / 451). Both hold one
+///   cube an SM (ptxas: 167–168 registers a thread, 320 threads).
 fn balanced(
     tile: PipeTile,
     cubes: impl Fn(&PipeTile) -> usize,
@@ -1683,13 +1684,19 @@ fn balanced(
         stages: 2,
         ..tile
     };
-    let mut four = PipeTile { frags_m: 4, ..tile };
-    four.stages = stage_slots(four.stage_bytes(elem), elem);
+    // Four-segment cubes an SM must hold: TF32 two, in two slots; bf16 one (its 167
+    // registers a thread leave one cube an SM anyway), in as many of four slots as fit.
+    let (four_per_sm, four_slots) = if elem == 4 { (2, 2) } else { (1, 4) };
+    let mut four = PipeTile {
+        frags_m: 4,
+        stages: four_slots,
+        ..tile
+    };
+    while four.stages > 2 && four.shared_bytes(elem) > max_shared {
+        four.stages -= 1;
+    }
     let now = cubes(&tile);
     let uneven = now > sms && now < 2 * sms;
-    // Four-segment cubes an SM must hold: TF32 two; bf16 one (its 167 registers a thread
-    // leave one cube an SM anyway, whose three slots ran faster than two).
-    let four_per_sm = if elem == 4 { 2 } else { 1 };
     if uneven && cubes(&three) <= sms && three.shared_bytes(elem) <= max_shared {
         PipeTile {
             one_per_sm: true,
@@ -2023,9 +2030,9 @@ mod tests {
         assert_eq!(tile(192, 2 * 28 * 28, 8, 2, Some(114)), (2, 3, 196, false));
         assert_eq!(tile(192, 2 * 28 * 28, 8, 4, Some(114)), (2, 2, 196, false));
         // 96 channels: four-segment warps (784 → 392 cubes), TF32 in two slots (1.5 waves
-        // of two an SM), bf16 in three (one an SM); too few for 200 multiprocessors.
+        // of two an SM), bf16 in four (one an SM); too few for 200 multiprocessors.
         assert_eq!(tile(96, 2 * 56 * 56, 16, 4, Some(132)), (4, 2, 392, false));
-        assert_eq!(tile(96, 2 * 56 * 56, 16, 2, Some(132)), (4, 3, 392, false));
+        assert_eq!(tile(96, 2 * 56 * 56, 16, 2, Some(132)), (4, 4, 392, false));
         for elem in [2, 4] {
             assert_eq!(tile(96, 2 * 56 * 56, 16, elem, Some(200)).0, 2);
         }
@@ -2033,7 +2040,7 @@ mod tests {
         // unchanged (two four-segment cubes would not fit one SM).
         assert_eq!(
             tile(48, 2 * 112 * 112, 32, 2, Some(132)),
-            (4, 3, 1568, false)
+            (4, 4, 1568, false)
         );
         assert_eq!(tile(48, 2 * 112 * 112, 32, 4, Some(132)).0, 2);
         // The taps of a one-per-SM tile are not split; others as `split_target` says.
