@@ -2043,6 +2043,9 @@ mod tests {
             (4, 4, 1568, false)
         );
         assert_eq!(tile(48, 2 * 112 * 112, 32, 4, Some(132)).0, 2);
+        // The GPU test's odd shape (48 channels, 59 × 58 rows of 30): bf16 in four
+        // segments with a partial last cube.
+        assert_eq!(tile(48, 2 * 59 * 58, 30, 2, Some(132)), (4, 4, 428, false));
         // The taps of a one-per-SM tile are not split; others as `split_target` says.
         let t = tile(192, 2 * 28 * 28, 8, 4, Some(132));
         assert!(t.3 && tap_splits(t.2, 9, split_target(DType::F32)) == 2);

@@ -449,9 +449,11 @@ fn conv_large_shapes_on_gpu() {
 #[test]
 fn conv_tensor_cores_on_the_benchmark_shapes_on_gpu() {
     // The tile rules choose differently at the GSC shapes on a GPU of many multiprocessors
-    // (three-segment warps one cube an SM and unsplit at 192 channels, four-segment TF32
-    // warps at 96, the weight gradient's row splits): every pass there against the exact
-    // f32 GEMM on CUDA cores, on the same (for bf16: bf16-rounded) operands.
+    // (three-segment warps one cube an SM and unsplit at 192 channels, four-segment warps
+    // at 96 and for bf16 at 48, the weight gradient's row splits): every pass there against
+    // the exact f32 GEMM on CUDA cores, on the same (for bf16: bf16-rounded) operands. The
+    // 48-channel shape is smaller than the benchmark's and odd (rows of 30, 59 × 58 of
+    // them): partial segments and a partial last cube (`conv_pipe`'s tile tests).
     let d = device();
     if d.kind() != DeviceKind::Cuda {
         crate::skip(
@@ -475,7 +477,11 @@ fn conv_tensor_cores_on_the_benchmark_shapes_on_gpu() {
             assert_product_sums(what, got, &want, &mag, 2e-4, 1e-4);
         }
     };
-    for (c, sp) in [(96usize, [56usize, 56, 16]), (192, [28, 28, 8])] {
+    for (c, sp) in [
+        (48usize, [59usize, 58, 30]),
+        (96, [56, 56, 16]),
+        (192, [28, 28, 8]),
+    ] {
         let spec = ConvSpec::new()
             .same()
             .layout(Layout::ChannelsLast)
