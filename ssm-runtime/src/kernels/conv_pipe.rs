@@ -1444,6 +1444,19 @@ impl PipeTile {
     fn shared_bytes(&self, elem: usize) -> usize {
         self.stages * self.stage_bytes(elem) + self.segs() * SEG * 4
     }
+
+    /// `self` in `slots` stage slots, fewer (down to two) while the cube passes
+    /// `max_shared`; the caller checks that the result fits.
+    fn in_slots_that_fit(self, slots: usize, elem: usize, max_shared: usize) -> PipeTile {
+        let mut tile = PipeTile {
+            stages: slots,
+            ..self
+        };
+        while tile.stages > 2 && tile.shared_bytes(elem) > max_shared {
+            tile.stages -= 1;
+        }
+        tile
+    }
 }
 
 /// Tile for `c_out` dst channels per group and a kernel `k_w` wide with w stride `st_w`
@@ -1577,10 +1590,11 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
 /// 192 101.4 / 95.0 → 96.2 / 92.2, but at 96 202.5 / 206.7 → 219.2 / 213.5 and at 48 within
 /// 3 %. Its nine taps of weights a slot leave one cube an SM where two fitted: the
 /// one-cube-an-SM tiles lose nothing, TF32 (half the MMAs a byte) gains anyway, bf16 tiles
-/// of two cubes an SM lose. So: one-per-SM tiles and TF32, except TF32's four-segment
-/// warps (96 channels), whose two slots with a rows halo fit once 16-byte row padding
-/// shrank the f32 slots, and then ran slower (H100, 2026-12-06, fwd / bwd-data 372.3 /
-/// 364.4 µs against 333.2 / 331.2 per-segment).
+/// of two cubes an SM lose (and so did bf16's four-segment tile at 96 channels, one cube an
+/// SM: H100, 2026-12-07, fwd / bwd-data 154 / 164 → 196 / 197 µs). So: one-per-SM tiles
+/// and TF32, except TF32's four-segment warps (96 channels), whose two slots with a rows
+/// halo fit once 16-byte row padding shrank the f32 slots, and then ran slower (H100,
+/// 2026-12-06, fwd / bwd-data 372.3 / 364.4 µs against 333.2 / 331.2 per-segment).
 fn rows_halo_taps(tile: &PipeTile, elem: usize, k_h: usize) -> usize {
     if tile.one_per_sm || (elem == 4 && tile.frags_m < 4) {
         k_h
@@ -1631,14 +1645,12 @@ fn with_rows_halo(
         segs_per_row * SEG
     };
     let row_halo = row_positions + (k_w - 1) * geo.dil[2] as usize;
-    let mut halo_tile = PipeTile {
+    let halo_tile = PipeTile {
         rows_halo: RowsHalo::new(k_h, tile_rows, dst_h, row_halo),
         ..tile
     };
-    halo_tile.stages = stage_slots(halo_tile.stage_bytes(elem), elem);
-    while halo_tile.stages > 2 && halo_tile.shared_bytes(elem) > max_shared {
-        halo_tile.stages -= 1;
-    }
+    let slots = stage_slots(halo_tile.stage_bytes(elem), elem);
+    let halo_tile = halo_tile.in_slots_that_fit(slots, elem, max_shared);
     if halo_tile.shared_bytes(elem) <= max_shared {
         halo_tile
     } else {
@@ -1687,14 +1699,7 @@ fn balanced(
     // Four-segment cubes an SM must hold: TF32 two, in two slots; bf16 one (its 167
     // registers a thread leave one cube an SM anyway), in as many of four slots as fit.
     let (four_per_sm, four_slots) = if elem == 4 { (2, 2) } else { (1, 4) };
-    let mut four = PipeTile {
-        frags_m: 4,
-        stages: four_slots,
-        ..tile
-    };
-    while four.stages > 2 && four.shared_bytes(elem) > max_shared {
-        four.stages -= 1;
-    }
+    let four = PipeTile { frags_m: 4, ..tile }.in_slots_that_fit(four_slots, elem, max_shared);
     let now = cubes(&tile);
     let uneven = now > sms && now < 2 * sms;
     if uneven && cubes(&three) <= sms && three.shared_bytes(elem) <= max_shared {
@@ -2138,8 +2143,9 @@ mod tests {
         // The rule on the benchmark shapes (132 SMs): 192 channels in both types, 48 in
         // TF32; not 96 in TF32 (its four-segment tile's two slots fit one, which ran
         // slower) nor bf16 at 48 and 96 (slower in two-segment tiles; at 96 in four-segment
-        // ones too: H100, 2026-12-07, fwd / bwd-data 154 / 164 µs → 196 / 197). Its taps along h loop
-        // at 192 channels only (the one-cube-an-SM tiles, which spilled unrolled).
+        // ones too: H100, 2026-12-07, fwd / bwd-data 154 / 164 µs → 196 / 197). Its taps
+        // along h loop at 192 channels only (the one-cube-an-SM tiles, which spilled
+        // unrolled).
         for (c, dst, elem, want, looped) in [
             (192, [28, 28, 8], 2, 3, true),
             (192, [28, 28, 8], 4, 3, true),
