@@ -910,6 +910,10 @@ pub(crate) fn gemm(
     if super::conv_pipe::fits(src, w, geo, channels_last) {
         return super::conv_pipe::gemm(src, w, bias, dst_shape, geo, transposed);
     }
+    assert_eq!(
+        geo.sw[1], 1,
+        "tensor-core conv: weights with their dst channels fastest reach only the pipelined kernel (conv_pipe::reads_dst_fastest)"
+    );
     let m_total = geo.dst_positions();
     let numel: usize = dst_shape.iter().product();
     if m_total == 0 || numel == 0 {

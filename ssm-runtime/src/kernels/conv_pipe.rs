@@ -218,6 +218,40 @@ struct StageShape {
     /// How the copies are issued ([`conv_pipe`]'s `copies`): [`COPIES_DECODED`],
     /// [`COPIES_STEPPED`], [`COPIES_DENSE`] or [`COPIES_PLACED`].
     copies: u32,
+    /// The weights' dst channels are fastest in memory ([`conv_pipe`]'s `w_dst_fastest`):
+    /// a slot holds each tap's `bk` reduced channels as rows of `bn` dst channels.
+    w_dst_fastest: bool,
+}
+
+impl StageShape {
+    /// Elements of one slot's weights ([`weight_slot`]).
+    fn b_stage(&self) -> usize {
+        weight_slot(
+            self.kh_inner * self.kw_inner,
+            self.bn,
+            self.bk,
+            self.vec,
+            self.w_dst_fastest,
+        )
+    }
+}
+
+/// Elements of one slot's weights for `taps` taps, `bn` dst and `bk` reduced channels, rows
+/// padded by `pad`: a row of `bk` reduced channels per dst channel and tap, or with
+/// `dst_fastest` a row of `bn` dst channels per reduced channel and tap (the weights'
+/// memory order either way, so that the copies move 16-byte runs).
+pub(crate) fn weight_slot(
+    taps: usize,
+    bn: usize,
+    bk: usize,
+    pad: usize,
+    dst_fastest: bool,
+) -> usize {
+    if dst_fastest {
+        taps * bk * (bn + pad)
+    } else {
+        taps * bn * (bk + pad)
+    }
 }
 
 /// Each copy of a stage decodes its place from its index and is guarded.
@@ -550,8 +584,10 @@ fn issue_stage<I: Float>(
             copy_chunk::<I>(src, addrs[q] + c, ok, a_s, a_slot + rho * pitch + col, vec);
         }
     }
-    let b_slot = slot * (kh_inner * kw_inner * bn * pitch);
-    if comptime!(sh.copies != COPIES_DECODED) {
+    let b_slot = slot * comptime!(sh.b_stage());
+    if comptime!(sh.w_dst_fastest) {
+        weight_copies_dst_fastest::<I>(w, b_s, g, p, tap0, b_slot, sh);
+    } else if comptime!(sh.copies != COPIES_DECODED) {
         weight_copies_unrolled::<I>(w, b_s, g, p, tap0, b_slot, sh);
     } else {
         let b_chunks = comptime!(kh_inner * kw_inner * bn * chunks);
@@ -654,6 +690,57 @@ fn weight_copies_unrolled<I: Float>(
                 let u = i32::cast_from(row / bn);
                 let tap = tap0 + (u / kwi) * g.k_w + u % kwi;
                 addr = p.w_grp + tap * g.sw_w + (p.n0 + cl) * g.sw_o + c;
+            }
+        }
+    }
+}
+
+/// The weight copies of a stage whose weights have their dst channels fastest
+/// ([`StageShape::w_dst_fastest`]; the tile covers them whole, so no copy is guarded): a
+/// thread takes one 16-byte chunk of the `bn` dst channels (`chunk` of `bn / vec`) and, for
+/// each tap of the group, the reduced channels `row0, row0 + step, ..` of the stage, so
+/// each copy's address is the thread's first plus offsets known at compile time times the
+/// strides. Threads past `step · chunks` copy nothing.
+#[cube]
+fn weight_copies_dst_fastest<I: Float>(
+    w: &Array<I>,
+    b_s: &mut SharedMemory<I>,
+    g: &ConvGeo,
+    p: &Producer,
+    tap0: i32,
+    b_slot: usize,
+    #[comptime] sh: StageShape,
+) {
+    let (threads, kh_inner, kw_inner) = comptime!((sh.threads, sh.kh_inner, sh.kw_inner));
+    let (bn, bk, vec) = comptime!((sh.bn, sh.bk, sh.vec));
+    let chunks = comptime!(bn / vec);
+    let step = comptime!(threads / chunks);
+    let pitch = comptime!(bn + vec);
+    let (row0, chunk) = (p.tid / chunks, p.tid % chunks);
+    if row0 < step {
+        let col = chunk * vec;
+        let first = p.w_grp
+            + tap0 * g.sw_w
+            + (p.cur.c0 + i32::cast_from(row0)) * g.sw_i
+            + p.n0
+            + i32::cast_from(col);
+        let at = b_slot + row0 * pitch + col;
+        #[unroll]
+        for u in 0..kh_inner * kw_inner {
+            let (uh, uw) = comptime!((u / kw_inner, u % kw_inner));
+            let tap_addr =
+                first + i32::cast_from(uh) * g.k_w * g.sw_w + i32::cast_from(uw) * g.sw_w;
+            #[unroll]
+            for r in 0..bk.div_ceil(step) {
+                if comptime!((r + 1) * step <= bk) || row0 + comptime!(r * step) < bk {
+                    copy_chunk_dense::<I>(
+                        w,
+                        tap_addr + i32::cast_from(comptime!(r * step)) * g.sw_i,
+                        b_s,
+                        at + comptime!((u * bk + r * step) * pitch),
+                        vec,
+                    );
+                }
             }
         }
     }
@@ -896,6 +983,7 @@ fn conv_pipe<I: Float, M: Float>(
     #[comptime] stages: usize,
     #[comptime] producers: usize,
     #[comptime] copies: u32,
+    #[comptime] w_dst_fastest: bool,
     #[comptime] kw_inner: usize,
     #[comptime] halo: usize,
     #[comptime] run: usize,
@@ -924,7 +1012,10 @@ fn conv_pipe<I: Float, M: Float>(
         comptime!((rows_halo.kh_inner, rows_halo.tile_rows, rows_halo.row_halo,));
     let a_rows = comptime!(rows_halo.stage_rows(segs, halo));
     let a_stage = comptime!(a_rows * pitch);
-    let b_stage = comptime!(kh_inner * kw_inner * bn * pitch);
+    let b_stage = comptime!(weight_slot(kh_inner * kw_inner, bn, bk, vec, w_dst_fastest));
+    // A weight row's pitch in the slot (a row of bk reduced channels, or with w_dst_fastest
+    // of bn dst channels).
+    let b_pitch = comptime!(if w_dst_fastest { bn + vec } else { pitch });
     // Halo copies: a row is `chunks` copies long, and adjacent threads take adjacent chunks
     // of one row, so a warp reads whole 32-byte sectors (with a thread per row, each copy
     // instruction fetched half-used sectors: ncu counted 46 % of the L2 sectors as excess
@@ -1097,9 +1188,26 @@ fn conv_pipe<I: Float, M: Float>(
         );
         lane_a[i] = a * pitch + (lane / 16) as usize * vec;
     }
-    let b_k = ((lane / 8) % 2) as usize * vec;
-    let lane_b = (lane % 8 + (lane / 16) * 8) as usize * pitch + b_k;
-    let lane_b_odd = (lane % 8) as usize * pitch + b_k;
+    // With w_dst_fastest (bf16) the slot's rows are reduced channels: `ldmatrix.trans`,
+    // lanes 0-7 / 8-15 give rows k0 / k0 + 8 of the first block, lanes 16-31 the same of the
+    // second (an x2 reads lanes 0-15 only). `b_col` and `b_red` step a dst and a reduced
+    // channel in the slot.
+    let (b_col, b_red) = comptime!(if w_dst_fastest {
+        (1, b_pitch)
+    } else {
+        (pitch, 1)
+    });
+    let w_tap = comptime!(b_stage / (kh_inner * kw_inner));
+    let (lane_b, lane_b_odd) = if comptime!(w_dst_fastest) {
+        let at = (lane % 8 + ((lane / 8) % 2) * 8) as usize * b_pitch + (lane / 16) as usize * 8;
+        (at, at)
+    } else {
+        let b_k = ((lane / 8) % 2) as usize * vec;
+        (
+            (lane % 8 + (lane / 16) * 8) as usize * pitch + b_k,
+            (lane % 8) as usize * pitch + b_k,
+        )
+    };
     let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
     for _ in 0..frags_m * frags_n {
@@ -1126,6 +1234,7 @@ fn conv_pipe<I: Float, M: Float>(
         probe,
         specialized,
         copies,
+        w_dst_fastest,
     });
     let mut prod = Producer {
         rows: hrows,
@@ -1208,7 +1317,7 @@ fn conv_pipe<I: Float, M: Float>(
                             let shift_h = if transposed { kh_inner - 1 - uh } else { uh };
                             let a_slot = j * a_stage + (shift_h * row_halo + shift) * pitch;
                             let b_slot =
-                                j * b_stage + ((uh * kw_inner + u) * bn + warp_col) * pitch;
+                                j * b_stage + (uh * kw_inner + u) * w_tap + warp_col * b_col;
                             #[unroll]
                             for kk in 0..bk / mk {
                                 let k0 = kk * mk;
@@ -1229,26 +1338,43 @@ fn conv_pipe<I: Float, M: Float>(
                                 // B: ldmatrix.x4 over two 8-channel blocks, lanes 0-7 / 8-15 give
                                 // the first block at k0 / k0 + 16 bytes, lanes 16-23 / 24-31 the
                                 // second; an odd last block takes an x2.
+                                let b_k0 = b_slot + k0 * b_red;
                                 #[unroll]
                                 for jp in 0..frags_n / 2 {
-                                    let regs = ldmatrix_frags::<I, M, NB>(
-                                        &b_s,
-                                        b_slot + jp * 16 * pitch + lane_b + k0,
-                                        cmma::MatrixIdent::B,
-                                        4usize,
-                                        mk,
-                                    );
-                                    b_frags.push(regs_as::<M, M, NB>(&regs, 0usize, 2usize));
-                                    b_frags.push(regs_as::<M, M, NB>(&regs, 2usize, 2usize));
+                                    let at = b_k0 + jp * 16 * b_col + lane_b;
+                                    if comptime!(w_dst_fastest) {
+                                        push_b_pair::<I, M, NB>(&b_s, at, true, &mut b_frags);
+                                    } else {
+                                        let regs = ldmatrix_frags::<I, M, NB>(
+                                            &b_s,
+                                            at,
+                                            cmma::MatrixIdent::B,
+                                            4usize,
+                                            mk,
+                                        );
+                                        b_frags.push(regs_as::<M, M, NB>(&regs, 0usize, 2usize));
+                                        b_frags.push(regs_as::<M, M, NB>(&regs, 2usize, 2usize));
+                                    }
                                 }
                                 if comptime!(frags_n % 2 == 1) {
-                                    b_frags.push(ldmatrix_frags::<I, M, NB>(
-                                        &b_s,
-                                        b_slot + (frags_n - 1) * 8 * pitch + lane_b_odd + k0,
-                                        cmma::MatrixIdent::B,
-                                        2usize,
-                                        mk,
-                                    ));
+                                    let at = b_k0 + (frags_n - 1) * 8 * b_col + lane_b_odd;
+                                    if comptime!(w_dst_fastest) {
+                                        b_frags.push(ldmatrix_regs::<I, M, NB>(
+                                            &b_s,
+                                            at,
+                                            cmma::MatrixIdent::B,
+                                            2usize,
+                                            true,
+                                        ));
+                                    } else {
+                                        b_frags.push(ldmatrix_frags::<I, M, NB>(
+                                            &b_s,
+                                            at,
+                                            cmma::MatrixIdent::B,
+                                            2usize,
+                                            mk,
+                                        ));
+                                    }
                                 }
                                 mma_tile::<M, NA, NB, NC>(
                                     &def, &a_frags, &b_frags, &mut acc, frags_m, frags_n,
@@ -1394,6 +1520,8 @@ pub(crate) struct PipeTile {
     pub one_per_sm: bool,
     /// A stage's halo along h ([`RowsHalo`]; `kh_inner` 1: per-segment halos).
     pub rows_halo: RowsHalo,
+    /// The weights are read as they lie with their dst channels fastest ([`dst_fastest`]).
+    pub w_dst_fastest: bool,
 }
 
 impl PipeTile {
@@ -1436,8 +1564,10 @@ impl PipeTile {
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
         let rh = &self.rows_halo;
-        let a_rows = rh.stage_rows(self.segs(), self.halo);
-        (a_rows + rh.kh_inner * self.kw_inner * self.bn()) * (self.bk + row_pad(elem)) * elem
+        let (a_rows, pad) = (rh.stage_rows(self.segs(), self.halo), row_pad(elem));
+        let taps = rh.kh_inner * self.kw_inner;
+        let w = weight_slot(taps, self.bn(), self.bk, pad, self.w_dst_fastest);
+        (a_rows * (self.bk + pad) + w) * elem
     }
 
     /// Shared memory of one cube: the stage slots and the epilogue's row table.
@@ -1501,6 +1631,7 @@ pub(crate) fn pipe_tile(
         stages: 0, // stage_slots, once the slot size is known
         one_per_sm: false,
         rows_halo: RowsHalo::NONE,
+        w_dst_fastest: false,
     };
     tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     tile
@@ -1579,8 +1710,30 @@ fn tile_of(geo: &Geo, dtype: DType, device: &Device) -> PipeTile {
     if let Some(slots) = tune.fwd_slots {
         tile.stages = slots;
     }
+    tile.w_dst_fastest = dst_fastest(&tile, geo, elem, max_shared);
     check_fits("forward", tile.shared_bytes(elem), max_shared);
     tile
+}
+
+/// Whether `tile` reads the weights of `geo` as they lie when their dst channels are
+/// fastest (backward-data on PyTorch's `channels_last_3d` weights, `[C_out, taps, C_in]`
+/// memory, whose dst channels are C_in), instead of `ops::conv` copying them reduced
+/// channel fastest first (a transpose launch, ~4 µs of a 160 µs pass at 96 channels): bf16
+/// (`ldmatrix.trans` moves 16-bit elements; TF32 fragments come from reduced-channel
+/// rows), a tile that covers the weights whole (the copies go unguarded), a row of dst
+/// channels of at most 32 copies (a producer warp's threads take it in one round), and
+/// slots that still fit.
+fn dst_fastest(tile: &PipeTile, geo: &Geo, elem: usize, max_shared: usize) -> bool {
+    let rows_of_dst = PipeTile {
+        w_dst_fastest: true,
+        ..*tile
+    };
+    elem == 2
+        && geo.sw[0] == 1
+        && geo.sw[1] != 1
+        && weights_whole(tile, geo)
+        && tile.bn() / row_pad(elem) <= 32
+        && rows_of_dst.shared_bytes(elem) <= max_shared
 }
 
 /// Taps along h a stage of `tile` holds, for a kernel `k_h` high (1: per-segment halos;
@@ -1742,7 +1895,8 @@ fn tile_for(
 
 /// Whether [`gemm`] can run this problem: a device with `mma.sync` and `cp.async` for the
 /// operand type, channels-last operands of one type whose channel runs and row starts are
-/// 16-byte aligned (the copy granule), and stage slots that fit in shared memory.
+/// 16-byte aligned (the copy granule; the weights' runs of reduced channels, or of dst
+/// channels where [`dst_fastest`] allows), and stage slots that fit in shared memory.
 ///
 /// `SSM_CONV_PIPELINE=0` turns this path off (the `wmma` kernel of [`super::conv_mma`] runs
 /// instead), so benchmarks can compare the two in one process.
@@ -1754,11 +1908,30 @@ pub(crate) fn fits(src: &SsmTensor, w: &SsmTensor, geo: &Geo, channels_last: boo
     let granule = copy_granule(dtype) as i32;
     let max_shared = src.device.max_shared_memory();
     let tile = tile_of(geo, dtype, &src.device);
+    // The weights' fastest axis first among the channels, as `rows_aligned` reads them.
+    let [o, i, d, h, wd] = geo.sw;
+    let sw = if tile.w_dst_fastest {
+        [i, o, d, h, wd]
+    } else {
+        geo.sw
+    };
     rows_aligned(src.offset, &geo.ss, dtype)
-        && rows_aligned(w.offset, &geo.sw, dtype)
+        && rows_aligned(w.offset, &sw, dtype)
         && geo.w_group % granule == 0
         && geo.c_red % granule == 0
         && tile.shared_bytes(dtype.size()) <= max_shared
+}
+
+/// Whether [`gemm`] runs this problem on weights `w` as they lie with their dst channels
+/// fastest ([`dst_fastest`]); when not, the caller must hand it reduced-channel-fastest
+/// weights.
+pub(crate) fn reads_dst_fastest(
+    src: &SsmTensor,
+    w: &SsmTensor,
+    geo: &Geo,
+    channels_last: bool,
+) -> bool {
+    geo.sw[1] != 1 && fits(src, w, geo, channels_last)
 }
 
 /// Whether the pipelined kernels may take operands `a` and `b` at all: the path is on,
@@ -1903,7 +2076,7 @@ pub(crate) fn gemm(
                 k_splits as u32,
                 numel as i32,
                 tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, tile.bk, mk, vec,
-                tile.stages, producers, copies, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg, tile.rows_halo,
+                tile.stages, producers, copies, tile.w_dst_fastest, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg, tile.rows_halo,
                 bias.is_some(),
                 transposed,
                 geo.stride == [1, 1, 1],
@@ -1965,6 +2138,35 @@ mod tests {
         // A partial channel tile, or a partial last stage of reduced channels.
         assert!(!weights_whole(&t, &geo(200, 192)));
         assert!(!weights_whole(&t, &geo(192, 40)));
+    }
+
+    #[test]
+    fn weights_read_dst_fastest_only_in_bf16_whole_tiles() {
+        let hopper = 227 * 1024;
+        // Backward-data on channels-last weights `[C_out, 3, 3, 3, C_in]`: the dst channels
+        // (C_in) have stride 1, the reduced ones (C_out) 27·C_in.
+        let geo = |c_in: i32, c_out: i32, sw_o: i32, sw_i: i32| Geo {
+            c_out: c_in,
+            c_red: c_out,
+            sw: [sw_o, sw_i, 9 * c_in, 3 * c_in, c_in],
+            ..Geo::default()
+        };
+        for (c, dst_w, elem) in [(96, 16, 2), (192, 8, 2), (48, 32, 2), (96, 16, 4)] {
+            let t = tile_for(c, 3, 1, 1, dst_w, reduce_depth(c, elem), elem, hopper);
+            let g = geo(c as i32, c as i32, 1, 27 * c as i32);
+            assert_eq!(dst_fastest(&t, &g, elem, hopper), elem == 2, "{c} {elem}");
+            // Weights reduced-channel fastest stay as they are read now.
+            let reduced = geo(c as i32, c as i32, 27 * c as i32, 1);
+            assert!(!dst_fastest(&t, &reduced, elem, hopper), "{c} {elem}");
+        }
+        // A partial tile of dst channels or a partial stage of reduced ones: copied first.
+        let t = tile_for(96, 3, 1, 1, 16, 32, 2, hopper);
+        assert!(!dst_fastest(&t, &geo(88, 96, 1, 27 * 88), 2, hopper));
+        assert!(!dst_fastest(&t, &geo(96, 80, 1, 27 * 96), 2, hopper));
+        // Its slots are smaller where bn > bk: 96 dst channels in 32-deep stages.
+        let mut rows = t;
+        rows.w_dst_fastest = true;
+        assert!(rows.stage_bytes(2) < t.stage_bytes(2));
     }
 
     #[test]

@@ -856,9 +856,20 @@ impl Tensor {
         {
             check_operands(op, &[("output gradient", dy), ("weight", weight)])?;
             let (cl, copied) = channel_fastest_pass(&p, dy.dtype(), dy.device());
-            let w_order = Some(reduced_fastest(weight, 0));
+            let dx_strides = strides_of_contiguous(input_shape, p.layout);
+            // Weights whose C_in (this pass's dst channels) is fastest, as PyTorch's
+            // `channels_last_3d` holds them, are read as they lie where the kernel can (a
+            // channels-last pass copies nothing then); otherwise copied C_out fastest.
+            let as_they_lie = !copied
+                && conv_pipe::reads_dst_fastest(
+                    dy,
+                    weight,
+                    &bwd_geo(&p, dy, weight, dx_strides),
+                    cl,
+                );
+            let w_order = (!as_they_lie).then(|| reduced_fastest(weight, 0));
             let (dy, wt) = in_memory_order((dy, operand_order(dy, copied)), (weight, w_order))?;
-            let geo = bwd_geo(&p, &dy, &wt, strides_of_contiguous(input_shape, p.layout));
+            let geo = bwd_geo(&p, &dy, &wt, dx_strides);
             let tile = tc::gemm_tile(p.c_in_g());
             let dx = tc::gemm(&dy, &wt, None, input_shape, &geo, cl, true, tile);
             return Ok((dx, ConvImpl::TensorCore));

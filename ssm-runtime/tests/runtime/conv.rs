@@ -530,12 +530,29 @@ fn conv_tensor_cores_on_the_benchmark_shapes_on_gpu() {
                     .unwrap()
                     .0
             };
+            let dx_want = dx(&dy32, &w32, gemm);
+            let dx_mag = dx(&dya, &wa, gemm);
             check(
                 &format!("{what} input grad"),
                 dtype,
                 &dx(&dy, &w, tc),
-                &dx(&dy32, &w32, gemm),
-                &dx(&dya, &wa, gemm),
+                &dx_want,
+                &dx_mag,
+            );
+            // Channels-last weights, as the bench times them (bf16 reads them as they lie).
+            let w_cl = w
+                .permute(&[0, 2, 3, 4, 1])
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .permute(&[0, 4, 1, 2, 3])
+                .unwrap();
+            check(
+                &format!("{what} input grad, channels-last weights"),
+                dtype,
+                &dx(&dy, &w_cl, tc),
+                &dx_want,
+                &dx_mag,
             );
             let dw = |x: &Tensor, dy: &Tensor, which| {
                 Tensor::conv_backward_weight(x, dy, &w_shape, &spec, which)
@@ -883,6 +900,47 @@ fn conv_tensor_cores_match_host() {
                         Tensor::conv_backward_weight(&x, &dy, &w_shape, &spec, which).unwrap();
                     assert_eq!(ran, want_ran, "{input:?} {which:?} weight grad");
                     check("weight grad", &dw, &dw_want, &dw_mag);
+                }
+                if layout == Layout::ChannelsLast {
+                    // The weights held channels-last (`[C_out, *kernel, C_in]` memory seen in
+                    // PyTorch's axis order, as `channels_last_3d` holds them): the pipelined
+                    // bf16 backward-data reads them as they lie (C_in, its dst channels,
+                    // fastest) where its tile covers them whole (dst channels a multiple of 8
+                    // up to 64 here, reduced ones of 16: the stage depth) and copies nothing;
+                    // otherwise they are copied C_out fastest first. The same results.
+                    let r = w.rank();
+                    let to_last: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+                    let to_first: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+                    let w_cl = w
+                        .permute(&to_last)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                        .permute(&to_first)
+                        .unwrap();
+                    let before = ssm_runtime::copied_elements();
+                    let (dx, _) = Tensor::conv_backward_input(
+                        &dy,
+                        &w_cl,
+                        &in_shape,
+                        &spec,
+                        ConvImpl::TensorCore,
+                    )
+                    .unwrap();
+                    let copied = ssm_runtime::copied_elements() - before;
+                    check("input grad, channels-last weights", &dx, &dx_want, &dx_mag);
+                    let (c_in_g, c_out_g) = (input[1] / spec.groups, c_out / spec.groups);
+                    let as_they_lie = dtype == DType::BF16
+                        && d.has_pipelined_mma(dtype)
+                        && std::env::var("SSM_CONV_PIPELINE").as_deref() != Ok("0")
+                        && c_in_g % 8 == 0
+                        && c_in_g <= 64
+                        && c_out_g % 16 == 0;
+                    assert_eq!(
+                        copied == 0,
+                        as_they_lie,
+                        "{input:?} {dtype}: {copied} elements copied for channels-last weights"
+                    );
                 }
                 if layout == Layout::ChannelsFirst {
                     // The same operands held channel-fastest (channels-last memory seen as
