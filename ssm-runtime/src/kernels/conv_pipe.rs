@@ -897,7 +897,8 @@ fn ldmatrix_tf32<I: Float, M: Float, N: Size>(
 }
 
 /// One `ldmatrix` of `matrices` matrices at `at` as operand registers of the `mk`-deep MMA
-/// (16: bf16 as it is, 8: TF32 through [`ldmatrix_tf32`]).
+/// (16: bf16 as it is, transposed with `transpose`; 8: TF32 through [`ldmatrix_tf32`],
+/// never transposed).
 #[cube]
 fn ldmatrix_frags<I: Float, M: Float, N: Size>(
     s: &SharedMemory<I>,
@@ -905,10 +906,15 @@ fn ldmatrix_frags<I: Float, M: Float, N: Size>(
     #[comptime] ident: cmma::MatrixIdent,
     #[comptime] matrices: usize,
     #[comptime] mk: usize,
+    #[comptime] transpose: bool,
 ) -> Array<Vector<M, N>> {
     if comptime!(mk == 16) {
-        ldmatrix_regs::<I, M, N>(s, at, ident, matrices, false)
+        ldmatrix_regs::<I, M, N>(s, at, ident, matrices, transpose)
     } else {
+        comptime!(assert!(
+            !transpose,
+            "TF32 fragments come from untransposed rows"
+        ));
         ldmatrix_tf32::<I, M, N>(s, at, ident, matrices)
     }
 }
@@ -1333,6 +1339,7 @@ fn conv_pipe<I: Float, M: Float>(
                                         cmma::MatrixIdent::A,
                                         4usize,
                                         mk,
+                                        false,
                                     ));
                                 }
                                 // B: ldmatrix.x4 over two 8-channel blocks, lanes 0-7 / 8-15 give
@@ -1341,40 +1348,26 @@ fn conv_pipe<I: Float, M: Float>(
                                 let b_k0 = b_slot + k0 * b_red;
                                 #[unroll]
                                 for jp in 0..frags_n / 2 {
-                                    let at = b_k0 + jp * 16 * b_col + lane_b;
-                                    if comptime!(w_dst_fastest) {
-                                        push_b_pair::<I, M, NB>(&b_s, at, true, &mut b_frags);
-                                    } else {
-                                        let regs = ldmatrix_frags::<I, M, NB>(
-                                            &b_s,
-                                            at,
-                                            cmma::MatrixIdent::B,
-                                            4usize,
-                                            mk,
-                                        );
-                                        b_frags.push(regs_as::<M, M, NB>(&regs, 0usize, 2usize));
-                                        b_frags.push(regs_as::<M, M, NB>(&regs, 2usize, 2usize));
-                                    }
+                                    let regs = ldmatrix_frags::<I, M, NB>(
+                                        &b_s,
+                                        b_k0 + jp * 16 * b_col + lane_b,
+                                        cmma::MatrixIdent::B,
+                                        4usize,
+                                        mk,
+                                        w_dst_fastest,
+                                    );
+                                    b_frags.push(regs_as::<M, M, NB>(&regs, 0usize, 2usize));
+                                    b_frags.push(regs_as::<M, M, NB>(&regs, 2usize, 2usize));
                                 }
                                 if comptime!(frags_n % 2 == 1) {
-                                    let at = b_k0 + (frags_n - 1) * 8 * b_col + lane_b_odd;
-                                    if comptime!(w_dst_fastest) {
-                                        b_frags.push(ldmatrix_regs::<I, M, NB>(
-                                            &b_s,
-                                            at,
-                                            cmma::MatrixIdent::B,
-                                            2usize,
-                                            true,
-                                        ));
-                                    } else {
-                                        b_frags.push(ldmatrix_frags::<I, M, NB>(
-                                            &b_s,
-                                            at,
-                                            cmma::MatrixIdent::B,
-                                            2usize,
-                                            mk,
-                                        ));
-                                    }
+                                    b_frags.push(ldmatrix_frags::<I, M, NB>(
+                                        &b_s,
+                                        b_k0 + (frags_n - 1) * 8 * b_col + lane_b_odd,
+                                        cmma::MatrixIdent::B,
+                                        2usize,
+                                        mk,
+                                        w_dst_fastest,
+                                    ));
                                 }
                                 mma_tile::<M, NA, NB, NC>(
                                     &def, &a_frags, &b_frags, &mut acc, frags_m, frags_n,
