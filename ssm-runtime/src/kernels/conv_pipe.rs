@@ -1019,9 +1019,6 @@ fn conv_pipe<I: Float, M: Float>(
     let a_rows = comptime!(rows_halo.stage_rows(segs, halo));
     let a_stage = comptime!(a_rows * pitch);
     let b_stage = comptime!(weight_slot(kh_inner * kw_inner, bn, bk, vec, w_dst_fastest));
-    // A weight row's pitch in the slot (a row of bk reduced channels, or with w_dst_fastest
-    // of bn dst channels).
-    let b_pitch = comptime!(if w_dst_fastest { bn + vec } else { pitch });
     // Halo copies: a row is `chunks` copies long, and adjacent threads take adjacent chunks
     // of one row, so a warp reads whole 32-byte sectors (with a thread per row, each copy
     // instruction fetched half-used sectors: ncu counted 46 % of the L2 sectors as excess
@@ -1197,15 +1194,15 @@ fn conv_pipe<I: Float, M: Float>(
     // With w_dst_fastest (bf16) the slot's rows are reduced channels: `ldmatrix.trans`,
     // lanes 0-7 / 8-15 give rows k0 / k0 + 8 of the first block, lanes 16-31 the same of the
     // second (an x2 reads lanes 0-15 only). `b_col` and `b_red` step a dst and a reduced
-    // channel in the slot.
+    // channel in the slot (one of them is the padded row pitch).
     let (b_col, b_red) = comptime!(if w_dst_fastest {
-        (1, b_pitch)
+        (1, bn + vec)
     } else {
         (pitch, 1)
     });
     let w_tap = comptime!(b_stage / (kh_inner * kw_inner));
     let (lane_b, lane_b_odd) = if comptime!(w_dst_fastest) {
-        let at = (lane % 8 + ((lane / 8) % 2) * 8) as usize * b_pitch + (lane / 16) as usize * 8;
+        let at = (lane % 8 + ((lane / 8) % 2) * 8) as usize * b_red + (lane / 16) as usize * 8;
         (at, at)
     } else {
         let b_k = ((lane / 8) % 2) as usize * vec;
