@@ -415,10 +415,25 @@ fn act_strides(t: &Tensor, layout: Layout) -> [i32; 5] {
     layout_strides(t.strides(), layout)
 }
 
-/// (out, in, d, h, w) strides of a weight view.
+/// (out, in, d, h, w) strides of a weight view. A tap axis of extent 1 only ever takes
+/// index 0, so its stored stride means nothing, and any value may sit there (a 1 × 1
+/// kernel held channels-last has 1): such axes get 0, except w, which the tensor-core
+/// kernels step a packed tap index by (tap `t` at `t · sw_w`), so it gets the step of the
+/// innermost longer tap axis. Left as stored, an odd stride failed the 16-byte copy
+/// alignment checks and cost a copy of the weights.
 fn weight_strides(w: &Tensor) -> [i32; 5] {
     let st = w.strides();
-    let s3 = pad3(&st[2..], 0);
+    let k = pad3(&w.shape()[2..], 1);
+    let mut s3 = pad3(&st[2..], 0);
+    let unit = (0..3).rev().find(|&a| k[a] > 1).map_or(0, |a| s3[a]);
+    for a in 0..2 {
+        if k[a] == 1 {
+            s3[a] = 0;
+        }
+    }
+    if k[2] == 1 {
+        s3[2] = unit;
+    }
     [st[0] as i32, st[1] as i32, s3[0], s3[1], s3[2]]
 }
 
@@ -1261,5 +1276,33 @@ mod tests {
         // A 1 × 1 × 1 kernel has no tap stride to go by.
         let point = Tensor::zeros(&[24, 16, 1, 1, 1], DType::F32, &d).unwrap();
         assert_eq!(reduced_fastest(&point, 0), [1, 2, 3, 4, 0]);
+    }
+
+    #[test]
+    fn weight_strides_of_single_tap_axes_follow_the_packed_taps() {
+        let d = device();
+        let channels_last = |shape: &[usize]| {
+            let r = shape.len();
+            let last: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+            let held: Vec<usize> = last.iter().map(|&a| shape[a]).collect();
+            let back: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+            let t = Tensor::zeros(&held, DType::F32, &d).unwrap();
+            t.permute(&back).unwrap()
+        };
+        // A 1 × 1 kernel held channels-last may carry stride 1 on its tap axes (the GPU
+        // test saw a weight copy for it): no tap axis counts, all 0.
+        let point = channels_last(&[32, 16, 1, 1]);
+        assert_eq!(weight_strides(&point), [16, 1, 0, 0, 0]);
+        let point = Tensor::zeros(&[32, 16, 1, 1], DType::F32, &d).unwrap();
+        assert_eq!(point.strides(), [16, 1, 1, 1]);
+        assert_eq!(weight_strides(&point), [16, 1, 0, 0, 0]);
+        // One tap along w: w steps as the packed tap index does, here along h.
+        let column = channels_last(&[32, 16, 3, 1]);
+        assert_eq!(weight_strides(&column), [48, 1, 0, 16, 16]);
+        let column = Tensor::zeros(&[32, 16, 3, 3, 1], DType::F32, &d).unwrap();
+        assert_eq!(weight_strides(&column), [144, 9, 3, 1, 1]);
+        // Longer tap axes keep what they hold.
+        let cube = channels_last(&[32, 16, 3, 3, 3]);
+        assert_eq!(weight_strides(&cube), [432, 1, 144, 48, 16]);
     }
 }
