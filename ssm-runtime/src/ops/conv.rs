@@ -1282,12 +1282,10 @@ mod tests {
     fn weight_strides_of_single_tap_axes_follow_the_packed_taps() {
         let d = device();
         let channels_last = |shape: &[usize]| {
-            let r = shape.len();
-            let last: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+            let last = first_to_last(shape.len());
             let held: Vec<usize> = last.iter().map(|&a| shape[a]).collect();
-            let back: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
             let t = Tensor::zeros(&held, DType::F32, &d).unwrap();
-            t.permute(&back).unwrap()
+            t.permute(&inverse(&last)).unwrap()
         };
         // A 1 × 1 kernel held channels-last may carry stride 1 on its tap axes (the GPU
         // test saw a weight copy for it): no tap axis counts, all 0.
