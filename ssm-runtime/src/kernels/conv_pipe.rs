@@ -1200,7 +1200,13 @@ fn conv_pipe<I: Float, M: Float>(
     } else {
         (pitch, 1)
     });
-    let w_tap = comptime!(b_stage / (kh_inner * kw_inner));
+    // A tap's slot in `b_col` steps (`bn` when `b_col` is the pitch). The slot offsets below
+    // keep the shape they had before dst-fastest weights, `((tap · cols + warp_col) · b_col`
+    // then `+ jp · 16 · b_col + lane_b + k0`, the constant last: NVRTC 13 compiled the TF32
+    // 192-channel loops of another order (`b_slot + k0` first) to ~10 % more address
+    // arithmetic, and they ran 137 µs instead of 123 (H100, 2026-12-07 evening,
+    // `scripts/sweeps/tf32-192-regression.txt`).
+    let tap_cols = comptime!(b_stage / (kh_inner * kw_inner) / b_col);
     let (lane_b, lane_b_odd) = if comptime!(w_dst_fastest) {
         let at = (lane % 8 + ((lane / 8) % 2) * 8) as usize * b_red + (lane / 16) as usize * 8;
         (at, at)
@@ -1320,7 +1326,7 @@ fn conv_pipe<I: Float, M: Float>(
                             let shift_h = if transposed { kh_inner - 1 - uh } else { uh };
                             let a_slot = j * a_stage + (shift_h * row_halo + shift) * pitch;
                             let b_slot =
-                                j * b_stage + (uh * kw_inner + u) * w_tap + warp_col * b_col;
+                                j * b_stage + ((uh * kw_inner + u) * tap_cols + warp_col) * b_col;
                             #[unroll]
                             for kk in 0..bk / mk {
                                 let k0 = kk * mk;
@@ -1342,12 +1348,11 @@ fn conv_pipe<I: Float, M: Float>(
                                 // B: ldmatrix.x4 over two 8-channel blocks, lanes 0-7 / 8-15 give
                                 // the first block at k0 / k0 + 16 bytes, lanes 16-23 / 24-31 the
                                 // second; an odd last block takes an x2.
-                                let b_k0 = b_slot + k0 * b_red;
                                 #[unroll]
                                 for jp in 0..frags_n / 2 {
                                     let regs = ldmatrix_frags::<I, M, NB>(
                                         &b_s,
-                                        b_k0 + jp * 16 * b_col + lane_b,
+                                        b_slot + jp * 16 * b_col + lane_b + k0 * b_red,
                                         cmma::MatrixIdent::B,
                                         4usize,
                                         mk,
@@ -1359,7 +1364,10 @@ fn conv_pipe<I: Float, M: Float>(
                                 if comptime!(frags_n % 2 == 1) {
                                     b_frags.push(ldmatrix_frags::<I, M, NB>(
                                         &b_s,
-                                        b_k0 + (frags_n - 1) * 8 * b_col + lane_b_odd,
+                                        b_slot
+                                            + (frags_n - 1) * 8 * b_col
+                                            + lane_b_odd
+                                            + k0 * b_red,
                                         cmma::MatrixIdent::B,
                                         2usize,
                                         mk,
