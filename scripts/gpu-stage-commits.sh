@@ -5,8 +5,8 @@
 #   bash scripts/gpu-stage-commits.sh 16d91cc 02d38d8     # -> stage-16d91cc/, stage-02d38d8/
 #
 # Each commit is checked out in a worktree under /tmp and built into this checkout's target
-# folder (only ssm-runtime and the benches rebuild: ~3 min a commit), so a stage is ~11 MiB
-# and five fit one device call's 64 MiB carry. On the GPU machine:
+# folder (only ssm-runtime and the benches rebuild: ~3 min a commit), so a stage is ~5 MiB
+# and several fit one device call's 64 MiB carry. On the GPU machine:
 #
 #   for s in stage-16d91cc stage-02d38d8; do STAGE=$s OUT=$OUT/$s \
 #     bash scripts/gpu-sweep.sh scripts/sweeps/FILE.txt; done
@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
+# shellcheck source=scripts/stage-lib.sh
+source scripts/stage-lib.sh
 [ "$#" -gt 0 ] || { echo "usage: gpu-stage-commits.sh COMMIT..." >&2; exit 2; }
 for commit in "$@"; do
   short=$(git rev-parse --short "$commit^{commit}")
@@ -22,22 +24,12 @@ for commit in "$@"; do
   echo "== building the model_ops bench of $short" >&2
   exe=$(cd "$tree" && CARGO_TARGET_DIR="$root/target" cargo bench -p ssm-benches \
     --bench model_ops --features cuda --no-run --message-format=json-render-diagnostics \
-    | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "model_ops" and m.get("executable"):
-        print(m["executable"])
-')
+    | executables | awk '$1 == "model_ops" {print $2}')
   stage="stage-$short"
   rm -rf "$stage" && mkdir -p "$stage/bin"
-  cp "$exe" "$stage/bin/bench-model_ops" && strip "$stage/bin/bench-model_ops"
-  cp scripts/gpu-run.sh "$stage/"
+  cp "$exe" "$stage/bin/bench-model_ops"
   echo "$stage = $short (the model_ops bench only)" > "$stage/COMMIT"
-  tar -C "$stage" -I "xz -T0 -6" -cf "$stage/bin.tar.xz" bin && rm -rf "$stage/bin"
+  pack_stage "$stage"
   git worktree remove --force "$tree"
   echo "staged $stage ($(du -h "$stage/bin.tar.xz" | cut -f1))" >&2
 done

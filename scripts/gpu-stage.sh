@@ -23,19 +23,8 @@ STAGE="${STAGE:-stage}"
 case "$STAGE" in stage*) ;; *) echo "STAGE must name a git-ignored stage* folder" >&2; exit 2 ;; esac
 rm -rf "$STAGE" && mkdir -p "$STAGE/bin"
 
-# Print "name path" for every executable cargo reports in its JSON messages.
-executables() {
-  python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["target"]["name"], m["executable"])
-'
-}
+# shellcheck source=scripts/stage-lib.sh
+source scripts/stage-lib.sh
 
 if [ "${SLIM:-0}" = 1 ]; then
   echo "== building the runtime tests and the model_ops bench (release, cuda)" >&2
@@ -71,12 +60,10 @@ while read -r name path; do
 done < "$STAGE/benches.txt"
 while read -r name path; do if [ "$name" = ssm ]; then cp "$path" "$STAGE/bin/ssm"; fi; done < "$STAGE/cli.txt"
 for name in ${LEAVE_OUT:-}; do rm -f "$STAGE/bin/$name"; done
-strip "$STAGE"/bin/* 2>/dev/null || true
-cp scripts/gpu-run.sh "$STAGE/"
 # Which build this is (a stage outlives the checkout it came from).
 echo "$STAGE = $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!stage*' || echo '+uncommitted') \
 ($(git rev-parse --abbrev-ref HEAD)$([ "${SLIM:-0}" = 1 ] && echo ', slim'))" > "$STAGE/COMMIT"
-tar -C "$STAGE" -I "xz -T0 -6" -cf "$STAGE/bin.tar.xz" bin && rm -rf "$STAGE/bin"
+pack_stage "$STAGE"
 
 size=$(du -sm "$STAGE" | cut -f1)
 echo "== staged ${size} MiB in $STAGE/ (limit 64 MiB with the working tree)" >&2
