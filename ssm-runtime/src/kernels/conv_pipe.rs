@@ -1201,7 +1201,7 @@ fn conv_pipe<I: Float, M: Float>(
         (pitch, 1)
     });
     // A tap's slot in `b_col` steps (`bn` when `b_col` is the pitch). The slot offsets below
-    // keep the shape they had before dst-fastest weights, `((tap · cols + warp_col) · b_col`
+    // keep the shape they had before dst-fastest weights, `(tap · cols + warp_col) · b_col`
     // then `+ jp · 16 · b_col + lane_b + k0`, the constant last: NVRTC 13 compiled the TF32
     // 192-channel loops of another order (`b_slot + k0` first) to ~10 % more address
     // arithmetic, and they ran 137 µs instead of 123 (H100, 2026-12-07 evening,
