@@ -991,6 +991,7 @@ fn conv_pipe<I: Float, M: Float>(
     #[comptime] copies: u32,
     #[comptime] w_dst_fastest: bool,
     #[comptime] kw_inner: usize,
+    #[comptime] dil_w: usize,
     #[comptime] halo: usize,
     #[comptime] run: usize,
     #[comptime] rows_per_seg: usize,
@@ -1318,11 +1319,14 @@ fn conv_pipe<I: Float, M: Float>(
                         for u in 0..kw_inner {
                             // Tap (uh, u) of the group reads the halo shifted by this many rows: u
                             // positions along w, and in a rows halo uh dst rows along h.
-                            let shift = if transposed {
-                                usize::cast_from(g.dil_w) * (kw_inner - 1 - u)
+                            // (`dil_w` at compile time: with the run-time dilation in
+                            // every fragment address, the TF32 192-channel loop spent three
+                            // integer instructions on each A `ldmatrix`.)
+                            let shift = comptime!(if transposed {
+                                dil_w * (kw_inner - 1 - u)
                             } else {
-                                usize::cast_from(g.dil_w) * u
-                            };
+                                dil_w * u
+                            });
                             let shift_h = if transposed { kh_inner - 1 - uh } else { uh };
                             let a_slot = j * a_stage + (shift_h * row_halo + shift) * pitch;
                             let b_slot =
@@ -2074,7 +2078,7 @@ pub(crate) fn gemm(
                 k_splits as u32,
                 numel as i32,
                 tile.warps_m, tile.warps_n, tile.frags_m, tile.frags_n, tile.bk, mk, vec,
-                tile.stages, producers, copies, tile.w_dst_fastest, tile.kw_inner, tile.halo, tile.run, tile.rows_per_seg, tile.rows_halo,
+                tile.stages, producers, copies, tile.w_dst_fastest, tile.kw_inner, geo.dil[2] as usize, tile.halo, tile.run, tile.rows_per_seg, tile.rows_halo,
                 bias.is_some(),
                 transposed,
                 geo.stride == [1, 1, 1],
