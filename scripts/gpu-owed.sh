@@ -6,7 +6,9 @@
 #                                              the two tensor-core conv tests (~250 / ~140 s
 #                                              on an H100), the other conv tests, the rest
 #                                              (default limit 420 s)
-#   bash scripts/gpu-owed.sh table             every tensor-core pass, ours then PyTorch's
+#   bash scripts/gpu-owed.sh table [bf|tf]     every tensor-core pass, ours then PyTorch's
+#                                              (~500-600 s, near one call's 600 s limit);
+#                                              bf or tf: one type's half, a call each
 #   bash scripts/gpu-owed.sh wgrad             the tensor-core weight gradients, likewise
 #   bash scripts/gpu-owed.sh sweep FILE        one sweep file (scripts/sweeps/)
 #   bash scripts/gpu-owed.sh ab FILE [BASE]    one sweep file on the build in BASE (default
@@ -57,7 +59,7 @@ ncu_first_launch() {
   echo "== $label"
 }
 
-what="${1:?usage: gpu-owed.sh tests [SECONDS] | table | wgrad | sweep FILE | ab FILE [BASE] | reduce | profile|stalls|sass LABEL KERNEL BENCH [VAR=value ...]}"
+what="${1:?usage: gpu-owed.sh tests [SECONDS] | table [bf|tf] | wgrad | sweep FILE | ab FILE [BASE] | reduce | profile|stalls|sass LABEL KERNEL BENCH [VAR=value ...]}"
 case "$what" in
   tests)
     limit="${2:-420}"
@@ -87,11 +89,25 @@ case "$what" in
     # The status: 1 when a part failed or did not finish (stopped at its limit).
     ! grep -qsE 'FAILED|panicked' "$OUT"/tests-{tc,conv,rest}/tests.log && [ "$incomplete" -eq 0 ] ;;
   table)
-    OUT="$OUT/table" STAGE="$STAGE" bash scripts/gpu-sweep.sh scripts/sweeps/tensor-core-passes.txt
-    python3 benches/torch_model_ops.py bf16_c tf32_c > "$OUT/table/torch_model_ops.log" 2>&1
-    cat "$OUT"/table/sweep-*.log > "$OUT/table/bench-model_ops.log"
-    python3 benches/model_ops_table.py "$OUT/table/bench-model_ops.log" \
-      "$OUT/table/torch_model_ops.log" | tee "$OUT/table/table.md" ;;
+    # A half is the sweep file's line of that label (bf: bf16, tf: TF32) and PyTorch's
+    # cases of the same type.
+    half="${2:-}"
+    case "$half" in
+      '') torch_cases=(bf16_c tf32_c) ;;
+      bf) torch_cases=(bf16_c) ;;
+      tf) torch_cases=(tf32_c) ;;
+      *) echo "gpu-owed: table takes bf, tf or nothing, not '$half'" >&2; exit 2 ;;
+    esac
+    dir="$OUT/table${half:+-$half}"
+    mkdir -p "$dir"
+    sweep="$dir/passes.txt"
+    awk -v h="$half" '/^[a-z]/ && (h == "" || $1 == h)' \
+      scripts/sweeps/tensor-core-passes.txt > "$sweep"
+    OUT="$dir" STAGE="$STAGE" bash scripts/gpu-sweep.sh "$sweep"
+    python3 benches/torch_model_ops.py "${torch_cases[@]}" > "$dir/torch_model_ops.log" 2>&1
+    cat "$dir"/sweep-*.log > "$dir/bench-model_ops.log"
+    python3 benches/model_ops_table.py "$dir/bench-model_ops.log" \
+      "$dir/torch_model_ops.log" | tee "$dir/table.md" ;;
   wgrad)
     OUT="$OUT/wgrad" STAGE="$STAGE" bash scripts/gpu-sweep.sh scripts/sweeps/wgrad-rule.txt
     python3 benches/torch_model_ops.py tf32_cl/bwd_weight tf32_cf/bwd_weight \
