@@ -136,8 +136,9 @@ pub type ConvCase = (Vec<usize>, usize, Vec<usize>, crate::ConvSpec);
 /// channels than one tile holds and dst rows of partial 16-position segments, a
 /// 64-channel one (bf16 stages then reduce 32 channels, two per tap group), one of rows
 /// shorter than a segment in an odd count (the weight gradient's two-row stages end half
-/// past the rows), and a grouped stride-1 one (TF32 takes rows halos there, each group's
-/// src rows from its own channels).
+/// past the rows), a grouped stride-1 one (TF32 takes rows halos there, each group's
+/// src rows from its own channels), and a grouped one of rows of 16 dilated along w (the
+/// bf16 weight gradient's cubes take all taps along h).
 pub fn tensor_core_conv_cases() -> Vec<ConvCase> {
     use crate::ConvSpec;
     vec![
@@ -179,6 +180,15 @@ pub fn tensor_core_conv_cases() -> Vec<ConvCase> {
             32,
             vec![3, 3, 3],
             ConvSpec::new().same().groups(2),
+        ),
+        // Rows of 16: the bf16 weight gradient's cubes take all taps along h (stages of
+        // the 6 rows of a plane and their 2 halo rows; x rows of 16 + 4 at w dilation 2),
+        // groups of 40 dst channels (a 48-channel tile, partly masked).
+        (
+            vec![2, 96, 6, 16],
+            80,
+            vec![3, 3],
+            ConvSpec::new().same().dilation(&[1, 2]).groups(2),
         ),
     ]
 }

@@ -82,6 +82,9 @@ struct StageShape {
     /// Producer warps of their own: the copies then commit and arrive at the slot's full
     /// barrier (see [`conv_wgrad_pipe`]'s `producers`).
     specialized: bool,
+    /// x sub-rows a stage holds for all taps along h ([`WgradTile::x_rows`]; 0: a halo a
+    /// dst sub-row, copied with it).
+    x_rows: usize,
 }
 
 impl StageShape {
@@ -109,6 +112,21 @@ impl StageShape {
             (1, 1, 1)
         }
     }
+
+    /// x sub-rows a producer warp takes when the stage's x rows serve all taps along h
+    /// (at least 1, so that [`RowCopies`]' arrays are never empty).
+    fn x_sub_rows(&self) -> usize {
+        self.x_rows.div_ceil(self.threads / 32).max(1)
+    }
+
+    /// x rows (positions) of a stage slot: [`WgradTile::b_rows`].
+    fn b_rows(&self) -> usize {
+        if self.x_rows > 0 {
+            self.x_rows * (self.halo / self.rows_per_seg)
+        } else {
+            self.ks * self.halo
+        }
+    }
 }
 
 /// A producer warp's plan for copying whole sub-rows ([`StageShape::row_warps`]): warp
@@ -130,6 +148,10 @@ struct RowCopies {
     sub: Array<i32>,
     sub_a: Array<u32>,
     sub_b: Array<u32>,
+    /// With x rows shared by the taps along h: the x sub-rows this warp takes (≥ `x_rows`:
+    /// none) and where each starts in the x slot.
+    sub_x: Array<i32>,
+    sub_bx: Array<u32>,
 }
 
 /// [`RowCopies`] for copying thread `tid` (`tid / 32` its producer warp).
@@ -149,6 +171,8 @@ fn row_copies(g: &ConvGeo, tid: usize, m0: i32, c0: i32, #[comptime] sh: StageSh
         sub: Array::<i32>::new(n_sub),
         sub_a: Array::<u32>::new(n_sub),
         sub_b: Array::<u32>::new(n_sub),
+        sub_x: Array::<i32>::new(comptime!(sh.x_sub_rows())),
+        sub_bx: Array::<u32>::new(comptime!(sh.x_sub_rows())),
     };
     if comptime!(sh.row_warps()) {
         let lane = tid % 32;
@@ -181,6 +205,14 @@ fn row_copies(g: &ConvGeo, tid: usize, m0: i32, c0: i32, #[comptime] sh: StageSh
             rc.sub_a[t] = ((s * SEG + r * run) * a_pitch) as u32;
             rc.sub_b[t] = ((s * halo + r * sub_halo) * b_pitch) as u32;
         }
+        if comptime!(sh.x_rows > 0) {
+            #[unroll]
+            for t in 0..comptime!(sh.x_sub_rows()) {
+                let j = pw + t * comptime!(sh.threads / 32);
+                rc.sub_x[t] = i32::cast_from(j);
+                rc.sub_bx[t] = (j * sub_halo * b_pitch) as u32;
+            }
+        }
     }
     rc
 }
@@ -199,11 +231,11 @@ fn issue_stage_rows<I: Float>(
     #[comptime] slot: usize,
     #[comptime] sh: StageShape,
 ) {
-    let (n_dy, n_x, n_sub) = comptime!(sh.row_copies());
-    let (ks, halo, stage_rows) = comptime!((sh.ks, sh.halo, sh.stage_rows));
+    let (n_dy, _, n_sub) = comptime!(sh.row_copies());
+    let (ks, stage_rows, x_rows) = comptime!((sh.ks, sh.stage_rows, sh.x_rows));
     let (a_pitch, b_pitch) = comptime!((sh.bm + PAD, sh.cc + PAD));
     let a_slot = comptime!((slot * ks * SEG * a_pitch) as u32);
-    let b_slot = comptime!((slot * ks * halo * b_pitch) as u32);
+    let b_slot = comptime!((slot * sh.b_rows() * b_pitch) as u32);
     let lane = (prod.tid % 32) as u32;
     let rc = &prod.rows;
     let st = &prod.st;
@@ -214,9 +246,7 @@ fn issue_stage_rows<I: Float>(
             let (n, od, oh) = rows_on(g, st.n, st.od, st.oh, j);
             let in_range = st.row + j < prod.tile.row_end;
             let dy_row = dy_base(g, &prod.tile, n, od, oh);
-            let x_row = select(in_range, x_base(g, &prod.tile, n, od, oh), -1i32);
             let a_at = a_slot + rc.sub_a[t];
-            let b_at = b_slot + rc.sub_b[t];
             #[unroll]
             for i in 0..n_dy.div_ceil(32) {
                 if comptime!((i + 1) * 32 <= n_dy)
@@ -234,23 +264,53 @@ fn issue_stage_rows<I: Float>(
                     );
                 }
             }
-            #[unroll]
-            for i in 0..n_x.div_ceil(32) {
-                if comptime!((i + 1) * 32 <= n_x)
-                    || lane + comptime!((i * 32) as u32) < comptime!(n_x as u32)
-                {
-                    let off = rc.x_src[i];
-                    let at = (b_at + rc.x_at[i]) as usize;
-                    copy_chunk::<I>(
-                        x,
-                        x_row + off,
-                        x_row >= 0 && off >= 0,
-                        b_s,
-                        at,
-                        comptime!(sh.vec),
-                    );
-                }
+            if comptime!(x_rows == 0) {
+                let x_row = select(in_range, x_base(g, &prod.tile, n, od, oh), -1i32);
+                copy_x_row::<I>(x, b_s, rc, x_row, b_slot + rc.sub_b[t], lane, sh);
             }
+        }
+    }
+    if comptime!(x_rows > 0) {
+        // The stage's x rows for all taps along h: sub-row j is x row oh − pad_h + j of
+        // the stage's (n, od) plane (the stage never leaves it: [`h_taps_fit`]).
+        #[unroll]
+        for t in 0..comptime!(sh.x_sub_rows()) {
+            let j = rc.sub_x[t];
+            if j < i32::cast_from(x_rows) {
+                let x_row = x_row_at(g, &prod.tile, st.n, st.od, st.oh - g.pad_h + j);
+                copy_x_row::<I>(x, b_s, rc, x_row, b_slot + rc.sub_bx[t], lane, sh);
+            }
+        }
+    }
+}
+
+/// The copies of one x sub-row (base `x_row`, −1: zero-filled) into the slot at `b_at`.
+#[cube]
+fn copy_x_row<I: Float>(
+    x: &Array<I>,
+    b_s: &mut SharedMemory<I>,
+    rc: &RowCopies,
+    x_row: i32,
+    b_at: u32,
+    lane: u32,
+    #[comptime] sh: StageShape,
+) {
+    let (_, n_x, _) = comptime!(sh.row_copies());
+    #[unroll]
+    for i in 0..n_x.div_ceil(32) {
+        if comptime!((i + 1) * 32 <= n_x)
+            || lane + comptime!((i * 32) as u32) < comptime!(n_x as u32)
+        {
+            let off = rc.x_src[i];
+            let at = (b_at + rc.x_at[i]) as usize;
+            copy_chunk::<I>(
+                x,
+                x_row + off,
+                x_row >= 0 && off >= 0,
+                b_s,
+                at,
+                comptime!(sh.vec),
+            );
         }
     }
 }
@@ -279,8 +339,14 @@ fn dy_base(g: &ConvGeo, t: &TileRows, n: i32, od: i32, oh: i32) -> i32 {
 /// tap, −1 outside x.
 #[cube]
 fn x_base(g: &ConvGeo, t: &TileRows, n: i32, od: i32, oh: i32) -> i32 {
+    x_row_at(g, t, n, od, oh * g.st_h - g.pad_h + t.th * g.dil_h)
+}
+
+/// x base (w = 0, channel 0 of the group) of x row `sh` read by dst plane (n, od) at the
+/// tile's tap along d, −1 outside x.
+#[cube]
+fn x_row_at(g: &ConvGeo, t: &TileRows, n: i32, od: i32, sh: i32) -> i32 {
     let sd = od * g.st_d - g.pad_d + t.td * g.dil_d;
-    let sh = oh * g.st_h - g.pad_h + t.th * g.dil_h;
     let ok = sd >= 0 && sd < g.src_d && sh >= 0 && sh < g.src_h;
     select(
         ok,
@@ -503,11 +569,13 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     #[comptime] vec: usize,
     #[comptime] stages: usize,
     #[comptime] producers: usize,
+    #[comptime] h_taps: usize,
+    #[comptime] x_rows: usize,
     #[comptime] probe: u32,
     #[define(I, M)] _d: [StorageType; 2],
 ) {
     // Consumer warps first, then any producer warps; `threads` are the ones that copy.
-    let consumers = comptime!(32 * warps_m * kw);
+    let consumers = comptime!(32 * warps_m * kw * h_taps);
     let specialized = comptime!(producers > 0);
     let cube_threads = comptime!(consumers + producers * 32);
     let threads = comptime!(if specialized {
@@ -519,8 +587,14 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let frags_n = comptime!(cc / 8);
     let a_pitch = comptime!(bm + PAD);
     let b_pitch = comptime!(cc + PAD);
+    let sub_halo = comptime!(halo / rows_per_seg);
     let a_stage = comptime!(ks * SEG * a_pitch);
-    let b_stage = comptime!(ks * halo * b_pitch);
+    let b_rows = comptime!(if x_rows > 0 {
+        x_rows * sub_halo
+    } else {
+        ks * halo
+    });
+    let b_stage = comptime!(b_rows * b_pitch);
 
     let unit = UNIT_POS as usize;
     // The copying thread's index (for a consumer of a specialized cube: unused).
@@ -532,12 +606,18 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let lane = UNIT_POS_X;
     let warp = UNIT_POS_Y as usize;
     let wm = warp % warps_m;
-    let u = warp / warps_m;
+    let u = (warp / warps_m) % kw;
+    // The warp's tap along h past the tile's (0 unless the cube takes all of them).
+    let tw = warp / comptime!(warps_m * kw);
     let xi = i32::cast_from(CUBE_POS_X);
     let tap_dh = xi / c_tiles;
     let c0 = (xi % c_tiles) * i32::cast_from(cc);
-    let td = tap_dh / g.k_h;
-    let th = tap_dh % g.k_h;
+    let mut td = tap_dh / g.k_h;
+    let mut th = tap_dh % g.k_h;
+    if comptime!(h_taps > 1) {
+        td = tap_dh;
+        th = 0i32;
+    }
     let m0 = i32::cast_from(CUBE_POS_Y) * i32::cast_from(bm);
     let zi = i32::cast_from(CUBE_POS_Z);
     let split = zi % splits;
@@ -599,7 +679,6 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     // unconverted, as in `conv_pipe` (the tensor cores truncate them to TF32).
     // x rows are read through `seg_row`: position k of a segment sits at halo row
     // seg_row(k) (k itself unless the segment holds several dst rows).
-    let sub_halo = comptime!(halo / rows_per_seg);
     let blocks = comptime!(SEG / mk);
     let (gq, tq) = ((lane / 4) as usize, (lane % 4) as usize);
     // This lane's A elements at k = t (k = t + 4 four rows on).
@@ -648,6 +727,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
         vec,
         probe,
         specialized,
+        x_rows,
     });
     let mut prod = Producer {
         tile: tr,
@@ -703,7 +783,9 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     }
 
     let m_warp = wm * frags_m * 16;
-    let shift = usize::cast_from(g.dil_w) * u;
+    // x rows past a segment's first: tap u along w, and tap tw along h (`tw·dil_h` sub-rows
+    // on, where a stage's x rows serve all taps along h).
+    let shift = usize::cast_from(g.dil_w) * u + tw * usize::cast_from(g.dil_h) * sub_halo;
     let mut k = i32::new(0);
     let mut phase = 0u32;
     while k < n_stages {
@@ -828,7 +910,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
 
     // out[split, grp·c_out + co, tap, c].
     let taps = g.k_d * g.k_h * g.k_w;
-    let tap = tap_dh * g.k_w + i32::cast_from(u);
+    let tap = (td * g.k_h + th + i32::cast_from(tw)) * g.k_w + i32::cast_from(u);
     let co_total = g.c_out * g.groups;
     // TF32: under the column map of the fragment loads (`tf32_column`), column n of the four
     // fragments 4q .. 4q + 3 is four adjacent input channels, so each lane writes them in
@@ -944,6 +1026,12 @@ pub(crate) struct WgradTile {
     pub stages: usize,
     /// Warps a cube that only copy (0: every warp copies and multiplies).
     pub producers: usize,
+    /// Taps along h a cube takes: 1, or `k_h`, whose x rows a stage then holds once
+    /// ([`h_taps`]).
+    pub h_taps: usize,
+    /// x sub-rows (of `halo / rows_per_seg` positions) a stage holds when `h_taps > 1`:
+    /// `stage_rows + (h_taps − 1)·dil_h`; 0 otherwise.
+    pub x_rows: usize,
 }
 
 impl WgradTile {
@@ -951,9 +1039,20 @@ impl WgradTile {
         self.warps_m * self.frags_m * 16
     }
 
-    /// Warps a cube that multiply: `warps_m` along the dst channels × one per tap along w.
+    /// Warps a cube that multiply: `warps_m` along the dst channels × one per tap along w
+    /// and along h.
     fn warps(&self) -> usize {
-        self.warps_m * self.kw
+        self.warps_m * self.kw * self.h_taps
+    }
+
+    /// x rows (positions) of a stage: a halo a segment, or the `x_rows` sub-rows all taps
+    /// along h share.
+    fn b_rows(&self) -> usize {
+        if self.h_taps > 1 {
+            self.x_rows * (self.halo / self.rows_per_seg)
+        } else {
+            self.ks * self.halo
+        }
     }
 
     /// Warps a cube in all: those that multiply and any that only copy.
@@ -963,7 +1062,7 @@ impl WgradTile {
 
     /// Shared memory of one stage slot, in bytes, for operands of `elem` bytes.
     fn stage_bytes(&self, elem: usize) -> usize {
-        (self.ks * SEG * (self.bm() + PAD) + self.ks * self.halo * (self.cc + PAD)) * elem
+        (self.ks * SEG * (self.bm() + PAD) + self.b_rows() * (self.cc + PAD)) * elem
     }
 }
 
@@ -1045,16 +1144,20 @@ pub(crate) fn wgrad_tile(
         stage_rows,
         stages: 0, // stage_slots, once the slot size is known
         producers: 0,
+        h_taps: 1,
+        x_rows: 0,
     };
     tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     tile
 }
 
-/// The tile for `geo`: [`wgrad_tile`] with [`stage_segments`], then any `SSM_CONV_TUNE`
-/// overrides ([`super::conv_tune`]) checked against `max_shared`.
+/// The tile for `geo`: [`wgrad_tile`] with [`stage_segments`] (where the cubes take all
+/// taps along h, [`h_taps_stage_rows`] and one warp along the dst channels instead), then
+/// any `SSM_CONV_TUNE` overrides ([`super::conv_tune`]) checked against `max_shared`.
 fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
     let (elem, dst_w) = (dtype.size(), geo.dst[2] as usize);
     let tune = conv_tune();
+    let h_rows = h_taps_stage_rows(geo, elem);
     let mut tile = wgrad_tile(
         geo.c_out as usize,
         geo.c_red as usize,
@@ -1062,8 +1165,17 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
         geo.dil[2] as usize,
         dst_w,
         elem,
-        tune.wgrad_ks.unwrap_or_else(|| stage_segments(dst_w, elem)),
+        tune.wgrad_ks
+            .unwrap_or_else(|| h_rows.unwrap_or_else(|| stage_segments(dst_w, elem))),
     );
+    if h_rows.is_some() {
+        // One warp along the dst channels (up to three 16-row blocks): the taps' warps
+        // fill the cube.
+        let mf = (geo.c_out as usize).div_ceil(16);
+        tile.warps_m = 1;
+        tile.frags_m = mf.div_ceil(mf.div_ceil(3));
+        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
+    }
     if let Some(cc) = tune.wgrad_cc {
         tile.cc = cc;
         tile.stages = stage_slots(tile.stage_bytes(elem), elem);
@@ -1087,6 +1199,20 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
     tile.producers = tune
         .wgrad_producers
         .unwrap_or_else(|| producer_warps(&tile, elem));
+    // `wgrad.h_taps` applies where the tile allows, as `fwd.h_taps` does.
+    let k_h = geo.k[1] as usize;
+    let h = match tune.wgrad_h_taps {
+        Some(h) if h_taps_fit(geo, &tile, h) => h,
+        None if h_rows.is_some() && h_taps_fit(geo, &tile, k_h) => k_h,
+        _ => 1,
+    };
+    if h > 1 {
+        tile.h_taps = h;
+        tile.x_rows = tile.stage_rows + (h - 1) * geo.dil[1] as usize;
+        if tune.wgrad_slots.is_none() {
+            tile.stages = stage_slots(tile.stage_bytes(elem), elem);
+        }
+    }
     check_warps("weight-gradient", tile.cube_warps());
     check_fits(
         "weight-gradient",
@@ -1094,6 +1220,41 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
         max_shared,
     );
     tile
+}
+
+/// Where the rule's cubes take all taps along h (where [`h_taps_fit`] agrees), the dst
+/// rows of a stage: bf16 rows of exactly 16 positions (a segment each), at least two taps
+/// along h and at most nine along (h, w) (nine consumer warps of up to 48 × 64 and two
+/// producers fit an SM's registers), h stride and dilation 1 (a dilation along h has
+/// only run through `wgrad.h_taps`, not on a GPU); stages of the most rows up to 8 that
+/// divide the dst height. On an H100 (2026-12-07, `scripts/sweeps/wgrad-h-taps.txt`,
+/// channels-last µs): 96 channels (rows of 16) 164.2 → 144.3 in 8-row stages (151.4 in
+/// 4-row ones); at 192 channels (rows of 8, two a segment) 124.4 → 146.6 in 14-row stages
+/// (171.3 in 4-row ones), so rows of 8 keep a cube a tap along h (not understood: the
+/// cubes read half as much from L2 there).
+fn h_taps_stage_rows(geo: &Geo, elem: usize) -> Option<usize> {
+    let (k_h, k_w) = (geo.k[1] as usize, geo.k[2] as usize);
+    let (dst_h, dst_w) = (geo.dst[1] as usize, geo.dst[2] as usize);
+    let unit_h = geo.stride[1] == 1 && geo.dil[1] == 1;
+    if elem != 2 || dst_w != SEG || k_h < 2 || k_h * k_w > 9 || !unit_h {
+        return None;
+    }
+    (2..=8).rev().find(|&rows| dst_h.is_multiple_of(rows))
+}
+
+/// Whether a cube of `tile` can take all `h` taps along h, sharing a stage's x rows: `h`
+/// is the kernel height, the h stride is 1 (consecutive dst rows read consecutive x
+/// rows), the stage is copied whole rows a producer warp ([`StageShape::row_warps`]), and
+/// its rows divide the dst height, so that no stage leaves its (n, d) plane (row splits
+/// start at stages).
+fn h_taps_fit(geo: &Geo, tile: &WgradTile, h: usize) -> bool {
+    h == geo.k[1] as usize
+        && geo.stride[1] == 1
+        && tile.producers > 0
+        && tile.stage_rows > 1
+        && tile.seg_per_row == 1
+        && tile.rows_per_seg * tile.run == SEG
+        && (geo.dst[1] as usize).is_multiple_of(tile.stage_rows)
 }
 
 /// Warps of a cube that only copy ([`conv_wgrad_pipe`]'s `producers`). On an H100
@@ -1187,6 +1348,22 @@ fn wgrad_splits(geo: &Geo, tile: &WgradTile, tiles: usize, wave: Option<usize>) 
     split_rows(geo, tile, tiles, target)
 }
 
+/// (input-channel chunks, grid x = taps × chunks, grid y = dst-channel tiles) of `tile`:
+/// a cube per tap along (d, h), or along d where the cube takes those along h.
+fn grid_tiles(geo: &Geo, tile: &WgradTile) -> (usize, usize, usize) {
+    let c_tiles = (geo.c_red as usize).div_ceil(tile.cc);
+    let tap_rows = if tile.h_taps > 1 {
+        geo.k[0]
+    } else {
+        geo.k[0] * geo.k[1]
+    };
+    (
+        c_tiles,
+        tap_rows as usize * c_tiles,
+        (geo.c_out as usize).div_ceil(tile.bm()),
+    )
+}
+
 /// Whether [`wgrad`] can run this problem: the device and alignment rules of
 /// [`super::conv_pipe::fits`] ([`usable`], [`rows_aligned`]) for x and dy (dy rows are
 /// copied in 16-byte chunks of dst channels too), a w stride of 1 (the halo), at most 32
@@ -1213,9 +1390,7 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
     let taps = (geo.k[0] * geo.k[1] * geo.k[2]) as usize;
     let c_red = geo.c_red as usize;
     let co_total = (geo.c_out * geo.groups) as usize;
-    let c_tiles = c_red.div_ceil(tile.cc);
-    let x_tiles = (geo.k[0] * geo.k[1]) as usize * c_tiles;
-    let m_tiles = (geo.c_out as usize).div_ceil(tile.bm());
+    let (c_tiles, x_tiles, m_tiles) = grid_tiles(geo, &tile);
     let tiles = x_tiles * m_tiles * geo.groups as usize;
     let wave = x
         .device
@@ -1249,6 +1424,8 @@ pub(crate) fn wgrad(x: &SsmTensor, dy: &SsmTensor, geo: &Geo) -> SsmTensor {
                 tile.rows_per_seg, tile.seg_per_row, tile.stage_rows, mk, vec,
                 tile.stages,
                 tile.producers,
+                tile.h_taps,
+                tile.x_rows,
                 conv_probe(),
                 [x.dtype.storage(), frag_ty],
             )
@@ -1384,6 +1561,78 @@ mod tests {
     }
 
     #[test]
+    fn h_taps_only_where_a_stage_keeps_to_its_plane() {
+        let geo = |dst: [i32; 3], stride_h: i32| Geo {
+            dst,
+            k: [3; 3],
+            stride: [1, stride_h, 1],
+            dil: [1; 3],
+            c_red: 192,
+            c_out: 192,
+            groups: 1,
+            batch: 2,
+            ..Geo::default()
+        };
+        let tile = |dst_w, ks, producers| WgradTile {
+            producers,
+            ..wgrad_tile(192, 192, 3, 1, dst_w, 2, ks)
+        };
+        let g192 = geo([28, 28, 8], 1);
+        // Rows of 8, two a segment: 14-row stages (ks 7) divide the 28 rows of a plane,
+        // the rule's 8-row ones (ks 4) do not.
+        assert!(h_taps_fit(&g192, &tile(8, 7, 2), 3));
+        assert!(!h_taps_fit(&g192, &tile(8, 4, 2), 3));
+        // Only the kernel height, only with producer warps, only at h stride 1.
+        assert!(!h_taps_fit(&g192, &tile(8, 7, 2), 2));
+        assert!(!h_taps_fit(&g192, &tile(8, 7, 0), 3));
+        assert!(!h_taps_fit(&geo([28, 28, 8], 2), &tile(8, 7, 2), 3));
+        // Rows of 32 make stages of runs along one row: no.
+        assert!(!h_taps_fit(&geo([28, 28, 32], 1), &tile(32, 4, 2), 3));
+        // A stage of 14 rows and k_h = 3 holds 16 x sub-rows of 10 positions (8 + 2).
+        let t = WgradTile {
+            h_taps: 3,
+            x_rows: 16,
+            ..tile(8, 7, 2)
+        };
+        assert_eq!(
+            (t.stage_rows, t.b_rows(), t.warps()),
+            (14, 160, 3 * 3 * t.warps_m)
+        );
+    }
+
+    #[test]
+    fn h_taps_by_rule_for_bf16_rows_of_16() {
+        let geo = |dst: [i32; 3], k: [i32; 3], dil_h: i32| Geo {
+            dst,
+            k,
+            stride: [1; 3],
+            dil: [1, dil_h, 1],
+            ..Geo::default()
+        };
+        let k3 = [3; 3];
+        // The most rows up to 8 that divide the dst height.
+        assert_eq!(h_taps_stage_rows(&geo([56, 56, 16], k3, 1), 2), Some(8));
+        assert_eq!(
+            h_taps_stage_rows(&geo([1, 6, 16], [1, 3, 3], 1), 2),
+            Some(6)
+        );
+        assert_eq!(h_taps_stage_rows(&geo([4, 7, 16], k3, 1), 2), Some(7));
+        // Not TF32, rows other than 16, an h dilation, one tap along h, a 5 × 5 kernel,
+        // or a prime dst height past 8.
+        for (g, elem) in [
+            (geo([56, 56, 16], k3, 1), 4),
+            (geo([28, 28, 8], k3, 1), 2),
+            (geo([56, 56, 32], k3, 1), 2),
+            (geo([56, 56, 16], k3, 2), 2),
+            (geo([56, 56, 16], [3, 1, 3], 1), 2),
+            (geo([56, 56, 16], [1, 5, 5], 1), 2),
+            (geo([56, 11, 16], k3, 1), 2),
+        ] {
+            assert_eq!(h_taps_stage_rows(&g, elem), None, "{g:?} {elem}");
+        }
+    }
+
+    #[test]
     fn cubes_fill_their_last_wave() {
         let any_split = |target: usize, tiles: usize| target.div_ceil(tiles);
         let cubes = |tiles, wave| wave_filling_cubes(tiles, wave, |t| any_split(t, tiles));
@@ -1409,24 +1658,38 @@ mod tests {
         // one tile of all dst channels (27 tiles), 14 splits, the 378 cubes of the two-tile
         // rule's 7 (timed on an H100 with `wgrad.warps_m=4`: `wgrad_tile`'s doc). With
         // producer warps (one cube an SM at 192 and 96 channels, two at 48 in bf16) the
-        // counts the H100 sweep of 2026-12-07 ran: bf16 7 / 22 / 29, TF32 96 22.
+        // counts the H100 sweep of 2026-12-07 ran: bf16 7 / 22 / 29, TF32 96 22. The bf16
+        // 96-channel cubes take all taps along h (12 tiles of 48 dst channels × 9 taps × 48
+        // input channels): 11 splits, one wave of 132, as `wgrad-h-taps.txt` timed them.
         for (c, dst, tf32, bf16) in [
             (192, [28, 28, 8], 14, 7),
-            (96, [56, 56, 16], 22, 22),
+            (96, [56, 56, 16], 22, 11),
             (48, [112, 112, 32], 56, 29),
         ] {
             let geo = Geo {
                 dst,
                 k: [3; 3],
+                stride: [1; 3],
+                dil: [1; 3],
                 c_red: c as i32,
                 c_out: c as i32,
                 groups: 1,
                 batch: 2,
                 ..Geo::default()
             };
-            for (elem, want) in [(4, tf32), (2, bf16)] {
-                let tile = bench_tile(c, dst[2] as usize, elem);
-                let tiles = 9 * c.div_ceil(tile.cc) * c.div_ceil(tile.bm());
+            for (dtype, want) in [(DType::F32, tf32), (DType::BF16, bf16)] {
+                let elem = dtype.size();
+                let tile = tile_of(&geo, dtype, HOPPER_SHARED);
+                let h = (c, elem) == (96, 2);
+                assert_eq!(tile.h_taps, if h { 3 } else { 1 }, "{tile:?}");
+                if h {
+                    assert_eq!((tile.warps_m, tile.frags_m, tile.stage_rows), (1, 3, 8));
+                    assert_eq!((tile.x_rows, tile.warps(), tile.producers), (10, 9, 2));
+                } else {
+                    assert_eq!(tile, bench_tile(c, dst[2] as usize, elem));
+                }
+                let (_, x_tiles, m_tiles) = grid_tiles(&geo, &tile);
+                let tiles = x_tiles * m_tiles;
                 let wave = 132 * cubes_per_sm(&tile, elem, HOPPER_SHARED);
                 let (splits, rows) = wgrad_splits(&geo, &tile, tiles, Some(wave));
                 assert_eq!(splits, want, "{c} channels, {elem}-byte operands");

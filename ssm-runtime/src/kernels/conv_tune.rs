@@ -23,6 +23,7 @@
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
 //! | `wgrad.producers` | weight-gradient warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | `conv_pipe_wgrad::producer_warps` |
 //! | `wgrad.target` | cubes the row splits aim for | `wave_filling_cubes` (512 on Vulkan) |
+//! | `wgrad.h_taps` | taps along h a weight-gradient cube takes: 1, or the kernel height (a stage's x rows serve all of them) where the tile allows (`conv_pipe_wgrad::h_taps_fit`) | `conv_pipe_wgrad::h_taps` |
 //!
 //! e.g. `SSM_CONV_TUNE=wgrad.ks=4,wgrad.target=256`. Unset, the rules hold. A tile the
 //! device cannot hold is refused with a panic rather than left to another kernel, so a
@@ -58,10 +59,11 @@ pub(crate) struct ConvTune {
     pub wgrad_slots: Option<usize>,
     pub wgrad_target: Option<usize>,
     pub wgrad_producers: Option<usize>,
+    pub wgrad_h_taps: Option<usize>,
 }
 
 const KEYS: &str = "fwd.warps_m, fwd.frags_m, fwd.warps_n, fwd.frags_n, fwd.slots, fwd.bk, fwd.split_target, \
-                    fwd.h_taps, fwd.h_loop, fwd.producers, fwd.copies, wgrad.ks, wgrad.warps_m, wgrad.frags_m, wgrad.cc, wgrad.slots, wgrad.target, wgrad.producers";
+                    fwd.h_taps, fwd.h_loop, fwd.producers, fwd.copies, wgrad.ks, wgrad.warps_m, wgrad.frags_m, wgrad.cc, wgrad.slots, wgrad.target, wgrad.producers, wgrad.h_taps";
 
 impl ConvTune {
     /// Parse `key=value,...`; an empty string overrides nothing.
@@ -97,6 +99,7 @@ impl ConvTune {
                 "wgrad.slots" => (&mut t.wgrad_slots, 4),
                 "wgrad.target" => (&mut t.wgrad_target, usize::MAX),
                 "wgrad.producers" => (&mut t.wgrad_producers, 8),
+                "wgrad.h_taps" => (&mut t.wgrad_h_taps, 7),
                 other => return Err(format!("unknown key `{other}` (known: {KEYS})")),
             };
             let min = match key.trim() {
@@ -257,6 +260,11 @@ mod tests {
             Some(2)
         );
         assert!(ConvTune::parse("wgrad.producers=9").is_err());
+        assert_eq!(
+            ConvTune::parse("wgrad.h_taps=3").unwrap().wgrad_h_taps,
+            Some(3)
+        );
+        assert!(ConvTune::parse("wgrad.h_taps=0").is_err());
         for bad in [
             "fwd.slots=0",
             "fwd.bk=0",
