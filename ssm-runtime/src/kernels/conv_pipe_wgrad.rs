@@ -247,26 +247,13 @@ fn issue_stage_rows<I: Float>(
             let in_range = st.row + j < prod.tile.row_end;
             let dy_row = dy_base(g, &prod.tile, n, od, oh);
             let a_at = a_slot + rc.sub_a[t];
-            #[unroll]
-            for i in 0..n_dy.div_ceil(32) {
-                if comptime!((i + 1) * 32 <= n_dy)
-                    || lane + comptime!((i * 32) as u32) < comptime!(n_dy as u32)
-                {
-                    let off = rc.dy_src[i];
-                    let at = (a_at + rc.dy_at[i]) as usize;
-                    copy_chunk::<I>(
-                        dy,
-                        dy_row + off,
-                        in_range && off >= 0,
-                        a_s,
-                        at,
-                        comptime!(sh.vec),
-                    );
-                }
-            }
+            copy_sub_row::<I>(
+                dy, a_s, &rc.dy_src, &rc.dy_at, dy_row, in_range, a_at, lane, n_dy, sh.vec,
+            );
             if comptime!(x_rows == 0) {
                 let x_row = select(in_range, x_base(g, &prod.tile, n, od, oh), -1i32);
-                copy_x_row::<I>(x, b_s, rc, x_row, b_slot + rc.sub_b[t], lane, sh);
+                let b_at = b_slot + rc.sub_b[t];
+                copy_x_sub_row::<I>(x, b_s, rc, x_row, b_at, lane, sh);
             }
         }
     }
@@ -278,15 +265,16 @@ fn issue_stage_rows<I: Float>(
             let j = rc.sub_x[t];
             if j < i32::cast_from(x_rows) {
                 let x_row = x_row_at(g, &prod.tile, st.n, st.od, st.oh - g.pad_h + j);
-                copy_x_row::<I>(x, b_s, rc, x_row, b_slot + rc.sub_bx[t], lane, sh);
+                let b_at = b_slot + rc.sub_bx[t];
+                copy_x_sub_row::<I>(x, b_s, rc, x_row, b_at, lane, sh);
             }
         }
     }
 }
 
-/// The copies of one x sub-row (base `x_row`, −1: zero-filled) into the slot at `b_at`.
+/// [`copy_sub_row`] of one x sub-row (base `x_row`, −1: zero-filled) to the slot at `b_at`.
 #[cube]
-fn copy_x_row<I: Float>(
+fn copy_x_sub_row<I: Float>(
     x: &Array<I>,
     b_s: &mut SharedMemory<I>,
     rc: &RowCopies,
@@ -296,20 +284,49 @@ fn copy_x_row<I: Float>(
     #[comptime] sh: StageShape,
 ) {
     let (_, n_x, _) = comptime!(sh.row_copies());
+    copy_sub_row::<I>(
+        x,
+        b_s,
+        &rc.x_src,
+        &rc.x_at,
+        x_row,
+        x_row >= 0,
+        b_at,
+        lane,
+        n_x,
+        sh.vec,
+    );
+}
+
+/// A lane's copies of one sub-row of `n` chunks: from `row` plus the lane's source offsets
+/// `srcs` (−1: past the row) to the slot at `at` plus its places `ats`; chunks are
+/// zero-filled where `row_ok` fails or the offset is −1. Only a partial last round of the
+/// sub-row's chunks is guarded (every lane of the others has one).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn copy_sub_row<I: Float>(
+    src: &Array<I>,
+    slot: &mut SharedMemory<I>,
+    srcs: &Array<i32>,
+    ats: &Array<u32>,
+    row: i32,
+    row_ok: bool,
+    at: u32,
+    lane: u32,
+    #[comptime] n: usize,
+    #[comptime] vec: usize,
+) {
     #[unroll]
-    for i in 0..n_x.div_ceil(32) {
-        if comptime!((i + 1) * 32 <= n_x)
-            || lane + comptime!((i * 32) as u32) < comptime!(n_x as u32)
-        {
-            let off = rc.x_src[i];
-            let at = (b_at + rc.x_at[i]) as usize;
+    for i in 0..n.div_ceil(32) {
+        if comptime!((i + 1) * 32 <= n) || lane + comptime!((i * 32) as u32) < comptime!(n as u32) {
+            let off = srcs[i];
             copy_chunk::<I>(
-                x,
-                x_row + off,
-                x_row >= 0 && off >= 0,
-                b_s,
-                at,
-                comptime!(sh.vec),
+                src,
+                row + off,
+                row_ok && off >= 0,
+                slot,
+                (at + ats[i]) as usize,
+                vec,
             );
         }
     }
