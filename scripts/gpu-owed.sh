@@ -2,12 +2,12 @@
 # Runs on the GPU machine after scripts/gpu-stage.sh: the standing GPU work in one command,
 # so a device call that starts (they often do not) does all of it.
 #
-#   bash scripts/gpu-owed.sh tests [SECONDS]   whole suite as three processes on the one GPU:
-#                                              the two tensor-core conv tests (~250 / ~140 s
+#   bash scripts/gpu-owed.sh tests [SECONDS]   whole suite as four processes on the one GPU:
+#                                              each tensor-core conv test (~250 / ~140-160 s
 #                                              on an H100), the other conv tests, the rest
 #                                              (default limit 420 s)
 #   bash scripts/gpu-owed.sh table [bf|tf]     every tensor-core pass, ours then PyTorch's
-#                                              (~500-600 s, near one call's 600 s limit);
+#                                              (~240 s on an H100: ~120 s a half);
 #                                              bf or tf: one type's half, a call each
 #   bash scripts/gpu-owed.sh wgrad             the tensor-core weight gradients, likewise
 #   bash scripts/gpu-owed.sh sweep FILE        one sweep file (scripts/sweeps/)
@@ -63,15 +63,19 @@ what="${1:?usage: gpu-owed.sh tests [SECONDS] | table [bf|tf] | wgrad | sweep FI
 case "$what" in
   tests)
     limit="${2:-420}"
-    # The tensor-core tests in a process of their own: run with the other conv tests, they
-    # held that process's later binaries past 420 s (2026-12-07, H100).
-    OUT="$OUT/tests-tc" timeout "$limit" bash "$run" tests conv_tensor_cores > /dev/null 2>&1 &
+    # The two tensor-core tests in processes of their own: run with the other conv tests,
+    # they held that process's later binaries past 420 s, and together past 300 s
+    # (`conv_tensor_cores_match_host` alone takes over 185 s; H100, 2026-12-07).
+    OUT="$OUT/tests-tc" timeout "$limit" bash "$run" tests conv_tensor_cores_match_host \
+      > /dev/null 2>&1 &
+    OUT="$OUT/tests-tcb" timeout "$limit" bash "$run" tests conv_tensor_cores_on_the \
+      > /dev/null 2>&1 &
     OUT="$OUT/tests-conv" timeout "$limit" bash "$run" tests conv --skip conv_tensor_cores \
       > /dev/null 2>&1 &
     OUT="$OUT/tests-rest" timeout "$limit" bash "$run" tests --skip conv > /dev/null 2>&1
     wait
     incomplete=0
-    for part in tc conv rest; do
+    for part in tc tcb conv rest; do
       log="$OUT/tests-$part/tests.log"
       echo "== tests $part: $(grep -E '^test result' "$log" 2>/dev/null \
         | awk '{p+=$4; f+=$6} END {print "passed", p+0, "failed", f+0}')"
@@ -87,7 +91,7 @@ case "$what" in
       grep -E 'FAILED|panicked' "$log" 2>/dev/null | head -20 || true
     done
     # The status: 1 when a part failed or did not finish (stopped at its limit).
-    ! grep -qsE 'FAILED|panicked' "$OUT"/tests-{tc,conv,rest}/tests.log && [ "$incomplete" -eq 0 ] ;;
+    ! grep -qsE 'FAILED|panicked' "$OUT"/tests-{tc,tcb,conv,rest}/tests.log && [ "$incomplete" -eq 0 ] ;;
   table)
     # A half is the sweep file's line of that label (bf: bf16, tf: TF32) and PyTorch's
     # cases of the same type.
