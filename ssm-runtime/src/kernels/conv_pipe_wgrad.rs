@@ -88,14 +88,15 @@ struct StageShape {
 }
 
 impl StageShape {
-    /// Whether the producer warps copy a stage sub-row by sub-row ([`RowCopies`]): stages
-    /// of whole dst rows, one segment a row group, and segments with no unused positions
-    /// (rows of 1, 2, 4, 8 or more than 8 positions).
+    /// Whether the producer warps copy a stage sub-row by sub-row ([`RowCopies`]).
     fn row_warps(&self) -> bool {
-        self.specialized
-            && self.stage_rows > 1
-            && self.seg_per_row == 1
-            && self.rows_per_seg * self.run == SEG
+        whole_row_copies(
+            self.specialized,
+            self.stage_rows,
+            self.seg_per_row,
+            self.rows_per_seg,
+            self.run,
+        )
     }
 
     /// dy copies of one sub-row (`run` positions × `bm / vec` chunks), x copies of its
@@ -119,13 +120,33 @@ impl StageShape {
         self.x_rows.div_ceil(self.threads / 32).max(1)
     }
 
-    /// x rows (positions) of a stage slot: [`WgradTile::b_rows`].
+    /// x rows (positions) of a stage slot.
     fn b_rows(&self) -> usize {
-        if self.x_rows > 0 {
-            self.x_rows * (self.halo / self.rows_per_seg)
-        } else {
-            self.ks * self.halo
-        }
+        slot_x_rows(self.ks, self.halo, self.rows_per_seg, self.x_rows)
+    }
+}
+
+/// Whether producer warps copy a stage sub-row by sub-row ([`RowCopies`]): producer warps
+/// of their own, stages of whole dst rows, one segment a row group, and segments with no
+/// unused positions (rows of 1, 2, 4, 8 or more than 8 positions). Cubes that take all
+/// taps along h need it ([`h_taps_fit`]): only these copies bring their x rows.
+fn whole_row_copies(
+    specialized: bool,
+    stage_rows: usize,
+    seg_per_row: usize,
+    rows_per_seg: usize,
+    run: usize,
+) -> bool {
+    specialized && stage_rows > 1 && seg_per_row == 1 && rows_per_seg * run == SEG
+}
+
+/// x rows (positions) of a stage slot: `ks` segment halos of `halo`, or, where the x rows
+/// serve all taps along h, `x_rows` sub-rows of `halo / rows_per_seg`.
+fn slot_x_rows(ks: usize, halo: usize, rows_per_seg: usize, x_rows: usize) -> usize {
+    if x_rows > 0 {
+        x_rows * (halo / rows_per_seg)
+    } else {
+        ks * halo
     }
 }
 
@@ -606,12 +627,7 @@ fn conv_wgrad_pipe<I: Float, M: Float>(
     let b_pitch = comptime!(cc + PAD);
     let sub_halo = comptime!(halo / rows_per_seg);
     let a_stage = comptime!(ks * SEG * a_pitch);
-    let b_rows = comptime!(if x_rows > 0 {
-        x_rows * sub_halo
-    } else {
-        ks * halo
-    });
-    let b_stage = comptime!(b_rows * b_pitch);
+    let b_stage = comptime!(slot_x_rows(ks, halo, rows_per_seg, x_rows) * b_pitch);
 
     let unit = UNIT_POS as usize;
     // The copying thread's index (for a consumer of a specialized cube: unused).
@@ -1044,7 +1060,7 @@ pub(crate) struct WgradTile {
     /// Warps a cube that only copy (0: every warp copies and multiplies).
     pub producers: usize,
     /// Taps along h a cube takes: 1, or `k_h`, whose x rows a stage then holds once
-    /// ([`h_taps`]).
+    /// ([`h_taps_stage_rows`], [`h_taps_fit`]).
     pub h_taps: usize,
     /// x sub-rows (of `halo / rows_per_seg` positions) a stage holds when `h_taps > 1`:
     /// `stage_rows + (h_taps − 1)·dil_h`; 0 otherwise.
@@ -1065,11 +1081,7 @@ impl WgradTile {
     /// x rows (positions) of a stage: a halo a segment, or the `x_rows` sub-rows all taps
     /// along h share.
     fn b_rows(&self) -> usize {
-        if self.h_taps > 1 {
-            self.x_rows * (self.halo / self.rows_per_seg)
-        } else {
-            self.ks * self.halo
-        }
+        slot_x_rows(self.ks, self.halo, self.rows_per_seg, self.x_rows)
     }
 
     /// Warps a cube in all: those that multiply and any that only copy.
@@ -1267,10 +1279,13 @@ fn h_taps_stage_rows(geo: &Geo, elem: usize) -> Option<usize> {
 fn h_taps_fit(geo: &Geo, tile: &WgradTile, h: usize) -> bool {
     h == geo.k[1] as usize
         && geo.stride[1] == 1
-        && tile.producers > 0
-        && tile.stage_rows > 1
-        && tile.seg_per_row == 1
-        && tile.rows_per_seg * tile.run == SEG
+        && whole_row_copies(
+            tile.producers > 0,
+            tile.stage_rows,
+            tile.seg_per_row,
+            tile.rows_per_seg,
+            tile.run,
+        )
         && (geo.dst[1] as usize).is_multiple_of(tile.stage_rows)
 }
 

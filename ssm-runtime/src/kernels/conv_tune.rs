@@ -23,7 +23,7 @@
 //! | `wgrad.slots` | weight-gradient stage slots | `stage_slots` |
 //! | `wgrad.producers` | weight-gradient warps of the cube that only copy (0: every warp copies and multiplies; at most 8) | `conv_pipe_wgrad::producer_warps` |
 //! | `wgrad.target` | cubes the row splits aim for | `wave_filling_cubes` (512 on Vulkan) |
-//! | `wgrad.h_taps` | taps along h a weight-gradient cube takes: 1, or the kernel height (a stage's x rows serve all of them) where the tile allows (`conv_pipe_wgrad::h_taps_fit`) | `conv_pipe_wgrad::h_taps` |
+//! | `wgrad.h_taps` | taps along h a weight-gradient cube takes: 1, or the kernel height (a stage's x rows serve all of them) where the tile allows (`conv_pipe_wgrad::h_taps_fit`) | `conv_pipe_wgrad::h_taps_stage_rows` |
 //!
 //! e.g. `SSM_CONV_TUNE=wgrad.ks=4,wgrad.target=256`. Unset, the rules hold. A tile the
 //! device cannot hold is refused with a panic rather than left to another kernel, so a
