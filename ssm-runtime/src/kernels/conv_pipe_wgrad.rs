@@ -1203,27 +1203,20 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
         let mf = (geo.c_out as usize).div_ceil(16);
         tile.warps_m = 1;
         tile.frags_m = mf.div_ceil(mf.div_ceil(3));
-        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     }
     if let Some(cc) = tune.wgrad_cc {
         tile.cc = cc;
-        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     }
     if let Some(warps_m) = tune.wgrad_warps_m {
         // The dst channels' 16-row blocks spread over `warps_m` warps.
         tile.warps_m = warps_m;
         tile.frags_m = (geo.c_out as usize).div_ceil(16).div_ceil(warps_m);
         check_warps("weight-gradient", tile.warps());
-        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
     }
     if let Some(frags_m) = tune.wgrad_frags_m {
         // Fewer accumulators a warp: more warps fit an SM's registers, each A fragment
         // serves fewer products.
         tile.frags_m = frags_m;
-        tile.stages = stage_slots(tile.stage_bytes(elem), elem);
-    }
-    if let Some(slots) = tune.wgrad_slots {
-        tile.stages = slots;
     }
     tile.producers = tune
         .wgrad_producers
@@ -1238,10 +1231,11 @@ fn tile_of(geo: &Geo, dtype: DType, max_shared: usize) -> WgradTile {
     if h > 1 {
         tile.h_taps = h;
         tile.x_rows = tile.stage_rows + (h - 1) * geo.dil[1] as usize;
-        if tune.wgrad_slots.is_none() {
-            tile.stages = stage_slots(tile.stage_bytes(elem), elem);
-        }
     }
+    // The slots, once the slot size is final (nothing above reads them).
+    tile.stages = tune
+        .wgrad_slots
+        .unwrap_or_else(|| stage_slots(tile.stage_bytes(elem), elem));
     check_warps("weight-gradient", tile.cube_warps());
     check_fits(
         "weight-gradient",
